@@ -1,0 +1,511 @@
+// Reading .slim files (format: model.h). The reader trusts nothing in the file:
+// every size, offset, name and index is checked before use, and every problem
+// becomes an InvalidModel error that names the item.
+#include "core/model.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+
+#include "core/error.h"
+#include "core/plan.h"
+
+namespace slimrt {
+
+using Json = nlohmann::json;
+
+const char* op_kind_name(OpKind kind) {
+  switch (kind) {
+    case OpKind::Conv: return "conv";
+    case OpKind::Linear: return "linear";
+    case OpKind::Add: return "add";
+    case OpKind::Concat: return "concat";
+    case OpKind::MaxPool: return "maxpool";
+    case OpKind::AvgPool: return "avgpool";
+    case OpKind::GlobalAvgPool: return "global_avgpool";
+    case OpKind::Flatten: return "flatten";
+    case OpKind::Softmax: return "softmax";
+    case OpKind::Act: return "act";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr uint64_t kMaxHeader = uint64_t{100} << 20;
+
+struct TensorEntry {
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+  bool f32 = false;
+};
+
+using TensorTable = std::unordered_map<std::string, TensorEntry>;
+
+// --- JSON access with messages that say where ------------------------------
+
+const Json& member(const Json& obj, const char* key, const std::string& where) {
+  if (!obj.is_object()) fail_model(where + " is not a JSON object");
+  auto it = obj.find(key);
+  if (it == obj.end()) fail_model(where + " has no \"" + key + "\"");
+  return *it;
+}
+
+int64_t as_int(const Json& v, const std::string& what) {
+  if (!v.is_number_integer()) fail_model(what + " must be an integer");
+  return v.get<int64_t>();
+}
+
+int32_t as_int32(const Json& v, const std::string& what, int64_t lo, int64_t hi) {
+  const int64_t x = as_int(v, what);
+  if (x < lo || x > hi)
+    fail_model(what + " is " + std::to_string(x) + ", expected " + std::to_string(lo) + ".." + std::to_string(hi));
+  return static_cast<int32_t>(x);
+}
+
+std::string as_string(const Json& v, const std::string& what) {
+  if (!v.is_string()) fail_model(what + " must be a string");
+  return v.get<std::string>();
+}
+
+bool opt_bool(const Json& obj, const char* key, bool dflt, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return dflt;
+  if (!it->is_boolean()) fail_model(where + " field \"" + key + "\" must be true or false");
+  return it->get<bool>();
+}
+
+// An array of exactly n integers in [lo, hi]; absent means `dflt` repeated.
+std::vector<int32_t> int_list(const Json& obj, const char* key, size_t n, int32_t dflt, int64_t lo,
+                              int64_t hi, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return std::vector<int32_t>(n, dflt);
+  const std::string what = where + " field \"" + key + "\"";
+  if (!it->is_array() || it->size() != n)
+    fail_model(what + " must be a list of " + std::to_string(n) + " integers");
+  std::vector<int32_t> out;
+  for (size_t i = 0; i < n; ++i) out.push_back(as_int32((*it)[i], what, lo, hi));
+  return out;
+}
+
+Act parse_act(const Json& obj, const std::string& where) {
+  auto it = obj.find("act");
+  if (it == obj.end()) return Act::None;
+  const std::string a = as_string(*it, where + " field \"act\"");
+  if (a == "none") return Act::None;
+  if (a == "relu") return Act::Relu;
+  if (a == "relu6") return Act::Relu6;
+  if (a == "hardswish") return Act::HardSwish;
+  if (a == "silu") return Act::SiLU;
+  if (a == "sigmoid") return Act::Sigmoid;
+  fail_model(where + " has unknown activation '" + a +
+             "' (known: none, relu, relu6, hardswish, silu, sigmoid)");
+}
+
+OpKind parse_kind(const std::string& s, const std::string& where) {
+  static const std::pair<const char*, OpKind> kinds[] = {
+      {"conv", OpKind::Conv},       {"linear", OpKind::Linear},
+      {"add", OpKind::Add},         {"concat", OpKind::Concat},
+      {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
+      {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
+      {"softmax", OpKind::Softmax}, {"act", OpKind::Act}};
+  for (const auto& k : kinds)
+    if (s == k.first) return k.second;
+  fail_model(where + " has unknown op '" + s +
+             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act)");
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// --- safetensors container ---------------------------------------------------
+
+TensorTable parse_container(const uint8_t* data, size_t size, std::string* model_json) {
+  if (size < 8) fail_model("file is " + std::to_string(size) + " bytes, too short for a .slim header");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+  if (n > kMaxHeader) fail_model("header length " + std::to_string(n) + " is implausibly large (corrupt file?)");
+  if (n > size - 8)
+    fail_model("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
+               " bytes): the file is truncated or not a .slim model");
+  Json header = Json::parse(data + 8, data + 8 + n, nullptr, false);
+  if (header.is_discarded() || !header.is_object()) fail_model("header is not a valid JSON object");
+  const uint8_t* base = data + 8 + n;
+  const size_t data_size = size - 8 - n;
+
+  TensorTable table;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") continue;
+    const std::string where = "tensor '" + it.key() + "'";
+    const Json& e = it.value();
+    TensorEntry t;
+    const std::string dtype = as_string(member(e, "dtype", where), where + " dtype");
+    t.f32 = dtype == "F32";
+    const Json& shape = member(e, "shape", where);
+    if (!shape.is_array()) fail_model(where + " shape must be a list");
+    uint64_t count = 1;
+    for (const auto& d : shape) {
+      const int64_t v = as_int(d, where + " shape");
+      if (v < 0 || v > (int64_t{1} << 40)) fail_model(where + " has a bad dimension " + std::to_string(v));
+      t.shape.push_back(v);
+      count *= static_cast<uint64_t>(v);
+      if (count > (uint64_t{1} << 40)) fail_model(where + " is implausibly large");
+    }
+    const Json& off = member(e, "data_offsets", where);
+    if (!off.is_array() || off.size() != 2) fail_model(where + " data_offsets must be [begin, end]");
+    const int64_t b = as_int(off[0], where + " data_offsets"), en = as_int(off[1], where + " data_offsets");
+    if (b < 0 || en < b || static_cast<uint64_t>(en) > data_size)
+      fail_model(where + " data [" + std::to_string(b) + ", " + std::to_string(en) + ") lies outside the " +
+                 std::to_string(data_size) + " data bytes of the file (truncated?)");
+    t.bytes = static_cast<size_t>(en - b);
+    if (t.f32 && t.bytes != count * 4)
+      fail_model(where + " has shape " + shape_str(t.shape) + " (" + std::to_string(count * 4) + " bytes) but " +
+                 std::to_string(t.bytes) + " bytes of data");
+    t.data = base + b;
+    table.emplace(it.key(), std::move(t));
+  }
+  auto meta = header.find("__metadata__");
+  if (meta == header.end() || !meta->is_object() || !meta->contains("slimrt") || !(*meta)["slimrt"].is_string())
+    fail_model("header has no __metadata__.slimrt: this is a safetensors file but not a .slim model");
+  *model_json = (*meta)["slimrt"].get<std::string>();
+  return table;
+}
+
+// Copies an F32 tensor out of the file after checking its shape.
+std::vector<float> read_tensor(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
+                               const std::string& user) {
+  auto it = table.find(name);
+  if (it == table.end()) fail_model(user + " needs tensor '" + name + "', which the file does not contain");
+  const TensorEntry& t = it->second;
+  if (!t.f32) fail_model("tensor '" + name + "' must have dtype F32");
+  if (t.shape != shape)
+    fail_model("tensor '" + name + "' has shape " + shape_str(t.shape) + ", " + user + " needs " + shape_str(shape));
+  std::vector<float> out(t.bytes / 4);
+  if (t.bytes) std::memcpy(out.data(), t.data, t.bytes);
+  return out;
+}
+
+std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
+  v.resize(static_cast<size_t>(kernels::round_up(static_cast<int64_t>(v.size()), kernels::kPanel)), fill_unused);
+  return v;
+}
+
+}  // namespace
+
+// --- model --------------------------------------------------------------------
+
+void Model::parse(const uint8_t* data, size_t size) {
+  std::string text;
+  TensorTable table = parse_container(data, size, &text);
+  json_ = text;
+  Json doc = Json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) fail_model("__metadata__.slimrt is not a valid JSON object");
+  if (!doc.contains("format") || doc["format"] != "slimrt") fail_model("model JSON lacks \"format\": \"slimrt\"");
+  const int64_t version = as_int(member(doc, "format_version", "model"), "format_version");
+  if (version > kFormatVersion)
+    fail_model("model format version " + std::to_string(version) + " is newer than this slimrt reads (" +
+               std::to_string(kFormatVersion) + "): upgrade slimrt");
+  if (version < 1) fail_model("format_version " + std::to_string(version) + " is not valid");
+  auto name_it = doc.find("name");
+  name_ = name_it != doc.end() && name_it->is_string() ? name_it->get<std::string>() : "model";
+
+  const Json& input = member(doc, "input", "model");
+  const std::string input_name = as_string(member(input, "name", "input"), "input name");
+  const Json& ishape = member(input, "shape", "input");
+  if (!ishape.is_array() || ishape.size() != 4) fail_model("input shape must be [N, C, H, W]");
+  for (int i = 0; i < 4; ++i) input_shape_[i] = as_int32(ishape[i], "input shape", 1, 1 << 20);
+
+  auto mm = doc.find("min_multiplier");
+  min_multiplier_ = 1.0f;
+  if (mm != doc.end()) {
+    if (!mm->is_number() || !(mm->get<double>() > 0.0) || mm->get<double>() > 1.0)
+      fail_model("min_multiplier must be a number in (0, 1]");
+    min_multiplier_ = mm->get<float>();
+  }
+
+  // groups
+  const Json& groups = member(doc, "groups", "model");
+  if (!groups.is_array()) fail_model("\"groups\" must be a list");
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const std::string where = "group " + std::to_string(i);
+    Group g;
+    g.name = as_string(member(groups[i], "name", where), where + " name");
+    g.size = as_int32(member(groups[i], "size", where), where + " size", 1, 1 << 20);
+    g.fixed = opt_bool(groups[i], "fixed", false, where);
+    auto why = groups[i].find("why");
+    if (why != groups[i].end() && why->is_string()) g.why = why->get<std::string>();
+    groups_.push_back(std::move(g));
+  }
+
+  // ops
+  std::unordered_map<std::string, int32_t> tensor_id;
+  tensor_names_.push_back(input_name);
+  tensor_id[input_name] = 0;
+  std::unordered_set<std::string> op_names;
+  const Json& ops = member(doc, "ops", "model");
+  if (!ops.is_array() || ops.empty()) fail_model("\"ops\" must be a non-empty list");
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Json& j = ops[i];
+    const std::string pos = "op " + std::to_string(i);
+    Op op;
+    op.name = as_string(member(j, "name", pos), pos + " name");
+    const std::string where = "op '" + op.name + "'";
+    if (!op_names.insert(op.name).second) fail_model("two ops are named '" + op.name + "'");
+    op.kind = parse_kind(as_string(member(j, "op", where), where + " kind"), where);
+    op.act = parse_act(j, where);
+    const Json& ins = member(j, "inputs", where);
+    if (!ins.is_array() || ins.empty()) fail_model(where + " \"inputs\" must be a non-empty list");
+    for (const auto& in : ins) {
+      const std::string tname = as_string(in, where + " input");
+      auto t = tensor_id.find(tname);
+      if (t == tensor_id.end())
+        fail_model(where + " reads tensor '" + tname + "', which no earlier op produces");
+      op.inputs.push_back(t->second);
+    }
+    const size_t want_inputs = op.kind == OpKind::Add ? 2 : (op.kind == OpKind::Concat ? 0 : 1);
+    if (want_inputs && op.inputs.size() != want_inputs)
+      fail_model(where + " takes " + std::to_string(want_inputs) + " input(s), got " + std::to_string(op.inputs.size()));
+    const std::string out = as_string(member(j, "output", where), where + " output");
+    if (tensor_id.count(out)) fail_model(where + " writes tensor '" + out + "', which already exists");
+    op.output = static_cast<int32_t>(tensor_names_.size());
+    tensor_id[out] = op.output;
+    tensor_names_.push_back(out);
+
+    if (op.kind == OpKind::Conv || op.kind == OpKind::MaxPool || op.kind == OpKind::AvgPool) {
+      const auto k = int_list(j, "kernel", 2, 0, 1, 64, where);
+      if (j.find("kernel") == j.end()) fail_model(where + " has no \"kernel\"");
+      op.kh = k[0];
+      op.kw = k[1];
+      const auto s = int_list(j, "stride", 2, 1, 1, 64, where);
+      op.sh = s[0];
+      op.sw = s[1];
+      const auto p = int_list(j, "pads", 4, 0, 0, 64, where);
+      op.pad_top = p[0];
+      op.pad_left = p[1];
+      op.pad_bottom = p[2];
+      op.pad_right = p[3];
+      const auto d = int_list(j, "dilation", 2, 1, 1, 64, where);
+      op.dh = d[0];
+      op.dw = d[1];
+      op.ceil_mode = opt_bool(j, "ceil_mode", false, where);
+      op.count_include_pad = opt_bool(j, "count_include_pad", false, where);
+      if (op.kh * op.kw > kMaxTaps)
+        fail_model(where + " has a " + std::to_string(op.kh) + "x" + std::to_string(op.kw) +
+                   " kernel; at most " + std::to_string(kMaxTaps) + " taps are supported");
+    }
+    if (op.kind == OpKind::Conv || op.kind == OpKind::Linear) {
+      auto g = j.find("groups");
+      op.groups = g == j.end() ? 1 : as_int32(*g, where + " groups", 1, 1 << 20);
+      auto og = j.find("out_group");
+      if (og != j.end() && !og->is_null())
+        op.out_group = as_int32(*og, where + " out_group", 0, static_cast<int64_t>(groups_.size()) - 1);
+    }
+    ops_.push_back(std::move(op));
+  }
+  output_ = [&] {
+    const std::string out = as_string(member(doc, "output", "model"), "output");
+    auto t = tensor_id.find(out);
+    if (t == tensor_id.end()) fail_model("model output '" + out + "' is not produced by any op");
+    return t->second;
+  }();
+
+  // Weights: full-width shapes come from the plan at full widths.
+  const FullShapes shapes = infer_full_shapes(*this);
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    Op& op = ops_[i];
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    const std::string user = "op '" + op.name + "'";
+    op.cin = shapes.in_channels[i];
+    const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
+    if (op.kind == OpKind::Linear) {
+      if (op.out_group < 0) fail_model(user + " (linear) needs \"out_group\"");
+      op.cout = groups_[op.out_group].size;
+      auto w = read_tensor(table, op.name + ".weight", {op.cin, op.cout}, user);
+      op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
+      kernels::pack_conv(w.data(), 1, op.cin, op.cout, op.weights.data());
+    } else if (op.groups == 1) {
+      if (op.out_group < 0) fail_model(user + " (dense conv) needs \"out_group\"");
+      op.conv_type = ConvType::Dense;
+      op.cout = groups_[op.out_group].size;
+      auto w = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin, op.cout}, user);
+      op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
+      kernels::pack_conv(w.data(), static_cast<int>(taps), op.cin, op.cout, op.weights.data());
+    } else if (op.groups == op.cin && op.out_group < 0) {
+      op.conv_type = ConvType::Depthwise;
+      op.cout = op.cin;
+      auto w = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin}, user);
+      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
+      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
+      for (int64_t t = 0; t < taps; ++t)
+        std::memcpy(op.weights.data() + t * stride, w.data() + t * op.cin, sizeof(float) * op.cin);
+    } else {
+      op.conv_type = ConvType::Grouped;
+      if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
+      op.cout = groups_[op.out_group].size;
+      if (op.cin % op.groups || op.cout % op.groups)
+        fail_model(user + " has " + std::to_string(op.groups) + " groups, which divide neither " +
+                   std::to_string(op.cin) + " input nor " + std::to_string(op.cout) + " output channels");
+      if (!groups_[op.out_group].fixed)
+        fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
+      op.weights = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
+    }
+    op.has_scale = table.count(op.name + ".scale") > 0;
+    op.has_bias = table.count(op.name + ".bias") > 0;
+    op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
+                                     : std::vector<float>(op.cout, 1.0f);
+    op.epilogue.bias = op.has_bias ? read_tensor(table, op.name + ".bias", {op.cout}, user)
+                                   : std::vector<float>(op.cout, 0.0f);
+    op.epilogue.scale = padded(std::move(op.epilogue.scale));
+    op.epilogue.bias = padded(std::move(op.epilogue.bias));
+    weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
+  }
+
+  // profiles
+  const Json& profiles = member(doc, "profiles", "model");
+  if (!profiles.is_array()) fail_model("\"profiles\" must be a list");
+  std::unordered_set<std::string> profile_names;
+  for (size_t i = 0; i < profiles.size(); ++i) {
+    const Json& j = profiles[i];
+    Profile p;
+    p.name = as_string(member(j, "name", "profile " + std::to_string(i)), "profile name");
+    const std::string where = "profile '" + p.name + "'";
+    if (!profile_names.insert(p.name).second) fail_model("two profiles are named '" + p.name + "'");
+    const Json& widths = member(j, "widths", where);
+    if (!widths.is_array()) fail_model(where + " widths must be a list");
+    if (widths.size() != groups_.size())
+      fail_model(where + " has " + std::to_string(widths.size()) + " widths, the model has " +
+                 std::to_string(groups_.size()) + " channel groups");
+    for (size_t g = 0; g < widths.size(); ++g) {
+      const Group& grp = groups_[g];
+      const std::string what = where + " width of group " + std::to_string(g) + " ('" + grp.name + "')";
+      const int32_t w = as_int32(widths[g], what, 1, grp.size);
+      if (grp.fixed && w != grp.size)
+        fail_model(what + " is " + std::to_string(w) + " but the group is fixed at " + std::to_string(grp.size));
+      p.widths.push_back(w);
+    }
+    p.macs = as_int(member(j, "macs", where), where + " macs");
+    p.params = as_int(member(j, "params", where), where + " params");
+    profiles_.push_back(std::move(p));
+  }
+
+  // per-profile epilogues, and a check that every profile plans
+  for (size_t pi = 0; pi < profiles_.size(); ++pi) {
+    const Profile& p = profiles_[pi];
+    std::vector<int32_t> out_widths;
+    try {
+      out_widths = profile_output_widths(*this, p.widths);
+    } catch (const Error& e) {
+      fail_model("profile '" + p.name + "' " + e.what());
+    }
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      Op& op = ops_[i];
+      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+      op.profile_epilogue.resize(profiles_.size());
+      const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
+      const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;
+      if (!hs && !hb) continue;
+      const std::string user = "op '" + op.name + "' at profile '" + p.name + "'";
+      const int64_t w = out_widths[i];
+      Epilogue e;
+      e.scale = hs ? read_tensor(table, sname, {w}, user)
+                   : std::vector<float>(op.epilogue.scale.begin(), op.epilogue.scale.begin() + w);
+      e.bias = hb ? read_tensor(table, bname, {w}, user)
+                  : std::vector<float>(op.epilogue.bias.begin(), op.epilogue.bias.begin() + w);
+      e.scale = padded(std::move(e.scale));
+      e.bias = padded(std::move(e.bias));
+      weight_bytes_ += sizeof(float) * (e.scale.size() + e.bias.size());
+      op.profile_epilogue[pi] = std::move(e);
+    }
+  }
+}
+
+std::shared_ptr<const Model> Model::load_buffer(const void* data, size_t size) {
+  if (!data && size) fail_argument("buffer is null");
+  std::shared_ptr<Model> m(new Model());
+  m->parse(static_cast<const uint8_t*>(data), size);
+  return m;
+}
+
+std::shared_ptr<const Model> Model::load_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorKind::Io, "cannot open '" + path + "': " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorKind::Io, "'" + path + "' is not a regular file");
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) {
+    ::close(fd);
+    fail_model("'" + path + "' is empty");
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) throw Error(ErrorKind::Io, "cannot map '" + path + "': " + std::strerror(errno));
+  // Everything the engine needs is copied (packed) out of the mapping, which is
+  // released before returning: a loaded model holds one copy of the weights.
+  struct Unmap {
+    void* p;
+    size_t n;
+    ~Unmap() { ::munmap(p, n); }
+  } unmap{map, size};
+  std::shared_ptr<Model> m(new Model());
+  try {
+    m->parse(static_cast<const uint8_t*>(map), size);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::InvalidModel) fail_model("'" + path + "': " + e.what());
+    throw;
+  }
+  return m;
+}
+
+std::vector<int32_t> Model::full_widths() const {
+  std::vector<int32_t> w;
+  for (const Group& g : groups_) w.push_back(g.size);
+  return w;
+}
+
+std::vector<int32_t> Model::uniform_widths(double m) const {
+  if (!(m >= static_cast<double>(min_multiplier_) - 1e-6 && m <= 1.0 + 1e-6))
+    throw Error(ErrorKind::UnknownProfile, "multiplier " + std::to_string(m) + " is outside this model's range [" +
+                                               std::to_string(min_multiplier_) + ", 1]");
+  std::vector<int32_t> w;
+  for (const Group& g : groups_) {
+    if (g.fixed) {
+      w.push_back(g.size);
+      continue;
+    }
+    int64_t c = 8 * static_cast<int64_t>(std::floor(g.size * m / 8.0 + 0.5));
+    const int64_t lo = g.size < 8 ? g.size : 8;
+    c = c < lo ? lo : (c > g.size ? g.size : c);
+    w.push_back(static_cast<int32_t>(c));
+  }
+  return w;
+}
+
+int32_t Model::find_profile(const std::vector<int32_t>& widths) const {
+  for (size_t i = 0; i < profiles_.size(); ++i)
+    if (profiles_[i].widths == widths) return static_cast<int32_t>(i);
+  return -1;
+}
+
+int32_t Model::profile_index(const std::string& name) const {
+  for (size_t i = 0; i < profiles_.size(); ++i)
+    if (profiles_[i].name == name) return static_cast<int32_t>(i);
+  std::string known;
+  for (const Profile& p : profiles_) known += (known.empty() ? "" : ", ") + p.name;
+  throw Error(ErrorKind::UnknownProfile, "unknown profile '" + name + "' (this model has: " + known + ")");
+}
+
+}  // namespace slimrt

@@ -1,0 +1,216 @@
+// slimrt model loading: the .slim file format and the in-memory model.
+//
+// ============================================================================
+// THE .slim FILE FORMAT, version 1
+// ============================================================================
+//
+// A .slim file is a safetensors container:
+//
+//   bytes [0, 8)        u64 little-endian N: length of the header
+//   bytes [8, 8+N)      UTF-8 JSON header: {"<tensor name>": {"dtype": "F32",
+//                       "shape": [...], "data_offsets": [begin, end]}, ...,
+//                       "__metadata__": {"slimrt": "<model JSON, as a string>"}}
+//   bytes [8+N, end)    tensor data; offsets are relative to 8+N, tensors do
+//                       not overlap and lie inside the file. Only F32 tensors
+//                       are read (little-endian, C order).
+//
+// The model JSON (the string under __metadata__.slimrt):
+//
+//   {
+//     "format": "slimrt",
+//     "format_version": 1,
+//     "name": "tiny_resnet",
+//     "input":  {"name": "input", "shape": [N, C, H, W]},  // NCHW float32. C is
+//                        // fixed; N, H, W are the default shape: any N >= 1 runs,
+//                        // other H, W run when every op accepts them.
+//     "output": "logits",                                   // one tensor name
+//     "min_multiplier": 0.25,     // smallest uniform multiplier accepted (0 < m <= 1)
+//     "groups": [                 // channel groups: dimensions sharing one order
+//       {"name": "stem", "size": 32, "fixed": false, "why": ""}, ...
+//     ],                          // fixed groups always run at full size; "why" says why
+//     "ops": [ ... ],             // in execution order (topologically sorted)
+//     "profiles": [               // ordered by cost, cheapest first
+//       {"name": "0.25", "widths": [8, ...], "macs": 1234567, "params": 4567}, ...
+//     ]
+//   }
+//
+// Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
+// each the model input or an earlier op's output) and "output" (a new tensor
+// name). Activations are "none" | "relu" | "relu6" | "hardswish" | "silu" |
+// "sigmoid". Kinds and their own fields:
+//
+//   conv            "kernel": [kh, kw], "stride": [sh, sw], "pads": [top, left,
+//                   bottom, right], "dilation": [dh, dw], "groups": g, "act",
+//                   "out_group": index into "groups" (omitted for depthwise).
+//                   Tensors: "<name>.weight"
+//                     dense (g == 1)   [kh, kw, Cin, Cout]
+//                     depthwise        [kh, kw, C]   (g == Cin == Cout)
+//                     grouped (other)  [kh, kw, Cin/g, Cout]; input and output
+//                                      must run at full width (out_group fixed)
+//                   optional "<name>.scale", "<name>.bias": [Cout]
+//                   y[c] = act(scale[c] * sum(x * w) + bias[c]); missing scale
+//                   is 1, missing bias is 0.
+//   linear          "out_group", "act". Input is rank 2 [N, In].
+//                   Tensors: "<name>.weight" [In, Out], optional "<name>.scale",
+//                   "<name>.bias" [Out].
+//   add             two inputs, "act". Zero padding match: the operands may have
+//                   different channel widths; the sum has the wider one and the
+//                   narrower operand counts as zeros beyond its width.
+//   concat          inputs concatenated along channels (axis 1).
+//   maxpool         "kernel", "stride", "pads", "ceil_mode" (bool, default false)
+//   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
+//   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
+//   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
+//   softmax         over axis 1
+//   act             elementwise "act"
+//
+// Weight layout is chosen so that every profile reads a top-left block: an
+// in-channel prefix is a row prefix of each tap's [Cin, Cout] block, an
+// out-channel prefix is a column prefix.
+//
+// Widths at a profile. A profile assigns every group a width in [1, size]
+// (fixed groups: size). A tensor's active channels form a *channel map*: a list
+// of runs (offset into the full channel axis, count). The model input is one
+// full run. conv and linear outputs are one run [0, width(out_group)).
+// Depthwise conv, pools, act and softmax keep their input's map. add of two
+// single-run maps gives [0, max). concat joins its inputs' maps, shifting
+// offsets by the full sizes before them. flatten maps a channel run (o, k) of
+// an HxW tensor to the feature run (o*H*W, k*H*W). A conv or linear reads, for
+// every run, the weight rows [offset, offset + count) of each tap.
+//
+// Uniform multiplier m in [min_multiplier, 1]: a group that is not fixed runs
+// at clamp(8 * floor(size * m / 8 + 0.5), min(8, size), size). If those widths
+// equal a named profile's widths, that profile is used (with its epilogues).
+//
+// Per-profile epilogues (per-width BN statistics): optional tensors
+// "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>", of
+// length equal to the op's active output width at that profile, replace the
+// op's scale/bias when that profile runs.
+//
+// MACs (at the default input shape, per sample): dense conv OH*OW*cout*kh*kw*
+// cin; depthwise OH*OW*c*kh*kw; grouped OH*OW*Cout*kh*kw*Cin/g; linear in*out;
+// other ops 0 (all with active widths). params: weight elements read plus the
+// active elements of the scale and bias tensors present.
+//
+// Versions: format_version 1 is the only version; a file with a newer version
+// is refused with a message naming both versions.
+//
+// Errors: the reader never trusts the file. Any inconsistency (short file,
+// header past the end, bad JSON, tensor out of bounds or of the wrong shape or
+// dtype, unknown op or activation, a tensor used before it is produced, a
+// profile naming a group that does not exist, widths out of range) is
+// reported as slimrt::Error with a message that names the offending item,
+// e.g. "profile '0.5' has 7 widths, the model has 9 channel groups".
+// ============================================================================
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/kernels.h"
+
+namespace slimrt {
+
+using kernels::Act;
+
+constexpr int kFormatVersion = 1;
+constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
+
+enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act };
+
+const char* op_kind_name(OpKind kind);
+
+struct Group {
+  std::string name;
+  int32_t size = 0;
+  bool fixed = false;
+  std::string why;
+};
+
+struct Profile {
+  std::string name;
+  std::vector<int32_t> widths;  // one per group
+  int64_t macs = 0;
+  int64_t params = 0;
+};
+
+// Per-channel epilogue vectors, padded with zeros to a multiple of kPanel.
+struct Epilogue {
+  std::vector<float> scale;
+  std::vector<float> bias;
+};
+
+enum class ConvType { Dense, Depthwise, Grouped };
+
+struct Op {
+  OpKind kind = OpKind::Act;
+  std::string name;
+  std::vector<int32_t> inputs;  // tensor ids
+  int32_t output = -1;
+  Act act = Act::None;
+  // conv / pool geometry
+  int32_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
+  int32_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  bool ceil_mode = false;
+  bool count_include_pad = false;
+  // conv / linear
+  ConvType conv_type = ConvType::Dense;
+  int32_t groups = 1;
+  int32_t out_group = -1;  // -1 for depthwise
+  int32_t cin = 0;         // full input channels (linear: full input features)
+  int32_t cout = 0;        // full output channels
+  bool has_scale = false, has_bias = false;
+  // Weights, owned: dense conv and linear packed in panels (kernels::pack_conv);
+  // depthwise [taps][round_up(C, 16)]; grouped in the file layout.
+  std::vector<float> weights;
+  Epilogue epilogue;                     // full width, used unless a profile overrides
+  std::vector<Epilogue> profile_epilogue;  // per profile index; empty vectors: no override
+};
+
+// A loaded model: immutable, shared by sessions on any threads.
+class Model {
+ public:
+  static std::shared_ptr<const Model> load_file(const std::string& path);
+  static std::shared_ptr<const Model> load_buffer(const void* data, size_t size);
+
+  const std::string& name() const { return name_; }
+  const std::string& json() const { return json_; }
+  const std::vector<Group>& groups() const { return groups_; }
+  const std::vector<Op>& ops() const { return ops_; }
+  const std::vector<Profile>& profiles() const { return profiles_; }
+  const std::vector<std::string>& tensor_names() const { return tensor_names_; }
+  const int64_t* input_shape() const { return input_shape_; }
+  int32_t output_tensor() const { return output_; }
+  float min_multiplier() const { return min_multiplier_; }
+  size_t weight_bytes() const { return weight_bytes_; }
+
+  // Widths of the uniform multiplier m (rule in the format spec); throws
+  // UnknownProfile if m is outside [min_multiplier, 1].
+  std::vector<int32_t> uniform_widths(double m) const;
+  // Index of the named profile with exactly these widths, or -1.
+  int32_t find_profile(const std::vector<int32_t>& widths) const;
+  // Index of the profile called `name`; throws UnknownProfile.
+  int32_t profile_index(const std::string& name) const;
+  std::vector<int32_t> full_widths() const;
+
+ private:
+  Model() = default;
+  void parse(const uint8_t* data, size_t size);
+
+  std::string name_;
+  std::string json_;
+  int64_t input_shape_[4] = {1, 0, 0, 0};
+  int32_t output_ = -1;
+  float min_multiplier_ = 1.0f;
+  std::vector<Group> groups_;
+  std::vector<Op> ops_;
+  std::vector<Profile> profiles_;
+  std::vector<std::string> tensor_names_;  // id -> name; id 0 is the input
+  size_t weight_bytes_ = 0;
+};
+
+}  // namespace slimrt

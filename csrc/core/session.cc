@@ -1,0 +1,444 @@
+#include "core/session.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+
+namespace slimrt {
+
+using kernels::ChannelRun;
+
+enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Flatten, Softmax, Act };
+
+struct Session::Step {
+  StepKind kind = StepKind::Act;
+  kernels::ConvParams conv{};
+  kernels::DwParams dw{};
+  kernels::GroupedParams grouped{};
+  kernels::PoolParams pool{};
+  std::vector<ChannelRun> runs;
+  std::vector<float> scale, bias;  // gathered epilogue when not a plain prefix
+  // generic operands for the simple kernels
+  const float* x = nullptr;
+  const float* x2 = nullptr;
+  float* y = nullptr;
+  int32_t c = 0, c2 = 0, hw = 0, y_stride = 0;
+  int64_t count = 0;  // pixels, rows or elements
+  Act act = Act::None;
+  bool split_panels = false;
+};
+
+struct Session::Plan {
+  std::vector<Step> steps;
+  TensorShape output;
+  float* input = nullptr;   // NHWC input in the arena
+  const float* result = nullptr;
+};
+
+namespace {
+
+float* aligned_floats(size_t n) {
+  const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw Error(ErrorKind::InvalidArgument, "out of memory allocating a " + std::to_string(bytes) + "-byte arena");
+  return static_cast<float*>(p);
+}
+
+// Arena layout: greedy by size over buffer lifetimes (first fit among the
+// buffers already placed whose lifetimes overlap).
+struct Buffer {
+  int64_t size = 0;
+  int first = 0, last = 0;
+  int64_t offset = -1;
+};
+
+int64_t place_buffers(std::vector<Buffer>& bufs) {
+  std::vector<size_t> order(bufs.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return bufs[a].size > bufs[b].size; });
+  std::vector<size_t> placed;
+  int64_t total = 0;
+  for (size_t i : order) {
+    Buffer& b = bufs[i];
+    if (b.size == 0) continue;
+    std::vector<std::pair<int64_t, int64_t>> busy;
+    for (size_t j : placed) {
+      const Buffer& o = bufs[j];
+      if (o.first <= b.last && b.first <= o.last) busy.push_back({o.offset, o.offset + o.size});
+    }
+    std::sort(busy.begin(), busy.end());
+    int64_t at = 0;
+    for (const auto& r : busy) {
+      if (at + b.size <= r.first) break;
+      at = std::max(at, r.second);
+    }
+    b.offset = at;
+    total = std::max(total, at + b.size);
+    placed.push_back(i);
+  }
+  return total;
+}
+
+}  // namespace
+
+Session::Session(std::shared_ptr<const Model> model, int threads) : model_(std::move(model)), pool_(threads) {
+  if (threads < 1 || threads > 256) fail_argument("threads must be in 1..256, got " + std::to_string(threads));
+}
+
+Session::~Session() { std::free(arena_); }
+
+void Session::prepare_shape(const int64_t* shape, int rank) {
+  if (!shape) fail_argument("input shape is null");
+  const int64_t channels = model_->input_shape()[1];
+  auto shape_text = [&] {
+    std::string s = "[";
+    for (int i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  };
+  if (rank != 4) fail_argument("input must be NCHW (rank 4), got rank " + std::to_string(rank) + " " + shape_text());
+  if (shape[1] != channels)
+    fail_argument("input " + shape_text() + " has " + std::to_string(shape[1]) + " channels, the model takes " +
+                  std::to_string(channels));
+  for (int i = 0; i < 4; ++i)
+    if (shape[i] < 1 || shape[i] > (int64_t{1} << 20)) fail_argument("input shape " + shape_text() + " is not valid");
+  if (shape[0] * shape[2] * shape[3] > (int64_t{1} << 28)) fail_argument("input " + shape_text() + " is too large");
+  if (shape[0] == n_ && shape[2] == h_ && shape[3] == w_) return;
+
+  // Full widths bound every profile's tensor sizes, so one arena serves all.
+  const ShapePlan full = plan_shapes(*model_, model_->full_widths(), shape[0], shape[2], shape[3]);
+  const auto& ops = model_->ops();
+  const size_t nt = full.tensors.size();
+  std::vector<int> storage(nt);
+  for (size_t t = 0; t < nt; ++t) storage[t] = static_cast<int>(t);
+  std::vector<Buffer> bufs(nt);
+  bufs[0].first = -1;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Op& op = ops[i];
+    const TensorShape& in = full.tensors[op.inputs[0]];
+    // A flatten of a 1x1 map is the same memory: no copy.
+    if (op.kind == OpKind::Flatten && in.h * in.w == 1)
+      storage[op.output] = storage[op.inputs[0]];
+    else
+      bufs[op.output].first = static_cast<int>(i);
+    for (int32_t id : op.inputs) bufs[storage[id]].last = std::max(bufs[storage[id]].last, static_cast<int>(i));
+    bufs[storage[op.output]].last = std::max(bufs[storage[op.output]].last, static_cast<int>(i));
+  }
+  bufs[storage[model_->output_tensor()]].last = static_cast<int>(ops.size());
+  int64_t zeros = 16;
+  for (size_t t = 0; t < nt; ++t) {
+    if (storage[t] == static_cast<int>(t)) bufs[t].size = kernels::round_up(full.tensors[t].elements(), 16);
+    zeros = std::max<int64_t>(zeros, kernels::round_up(full.tensors[t].c_full, 16));
+  }
+  const int64_t total = place_buffers(bufs);
+  std::vector<int64_t> offsets(nt);
+  for (size_t t = 0; t < nt; ++t) offsets[t] = bufs[storage[t]].offset;
+
+  float* arena = aligned_floats(static_cast<size_t>(total) + 16);
+  std::free(arena_);
+  arena_ = arena;
+  arena_floats_ = static_cast<size_t>(total);
+  offsets_ = std::move(offsets);
+  zeros_.assign(static_cast<size_t>(zeros), 0.0f);
+  n_ = shape[0];
+  h_ = shape[2];
+  w_ = shape[3];
+  by_multiplier_.clear();
+  uniform_.clear();
+  named_.clear();
+  // Named profiles are planned now, so switching between them never allocates.
+  try {
+    for (size_t i = 0; i < model_->profiles().size(); ++i)
+      named_.push_back(build_plan(model_->profiles()[i].widths, static_cast<int32_t>(i)));
+  } catch (...) {
+    named_.clear();
+    n_ = h_ = w_ = 0;
+    throw;
+  }
+}
+
+std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& widths, int32_t profile_index) {
+  const ShapePlan sp = plan_shapes(*model_, widths, n_, h_, w_);
+  auto plan = std::make_unique<Plan>();
+  auto buf = [&](int32_t t) { return arena_ + offsets_[t]; };
+  const int threads = pool_.size();
+  for (const Op& op : model_->ops()) {
+    const TensorShape& x = sp.tensors[op.inputs[0]];
+    const TensorShape& y = sp.tensors[op.output];
+    const Epilogue* epi = &op.epilogue;
+    if (profile_index >= 0 && static_cast<size_t>(profile_index) < op.profile_epilogue.size() &&
+        !op.profile_epilogue[profile_index].scale.empty())
+      epi = &op.profile_epilogue[profile_index];
+    Step s;
+    s.x = buf(op.inputs[0]);
+    s.y = buf(op.output);
+    s.act = op.act;
+    switch (op.kind) {
+      case OpKind::Conv:
+      case OpKind::Linear: {
+        if (op.kind == OpKind::Conv && op.conv_type == ConvType::Depthwise) {
+          s.kind = StepKind::Depthwise;
+          int32_t pos = 0;
+          for (const Run& r : x.runs) {
+            s.runs.push_back({pos, r.off, r.count});
+            pos += r.count;
+          }
+          const bool prefix = x.runs.size() == 1 && x.runs[0].off == 0;
+          if (!prefix && epi == &op.epilogue) {
+            for (const Run& r : x.runs)
+              for (int32_t k = 0; k < r.count; ++k) {
+                s.scale.push_back(epi->scale[r.off + k]);
+                s.bias.push_back(epi->bias[r.off + k]);
+              }
+          }
+          auto& d = s.dw;
+          d = {s.x, static_cast<int32_t>(x.n), static_cast<int32_t>(x.h), static_cast<int32_t>(x.w), s.y,
+               static_cast<int32_t>(y.h), static_cast<int32_t>(y.w), x.c, op.kh, op.kw, op.sh, op.sw, op.dh, op.dw,
+               op.pad_top, op.pad_left, nullptr, 0, op.weights.data(),
+               static_cast<int32_t>(kernels::round_up(op.cin, 16)), epi->scale.data(), epi->bias.data(), op.act};
+          s.count = y.n * y.h * y.w;
+          break;
+        }
+        if (op.kind == OpKind::Conv && op.conv_type == ConvType::Grouped) {
+          s.kind = StepKind::Grouped;
+          s.grouped = {s.x, static_cast<int32_t>(x.n), static_cast<int32_t>(x.h), static_cast<int32_t>(x.w), x.c,
+                       s.y, static_cast<int32_t>(y.h), static_cast<int32_t>(y.w), y.c, op.groups, op.kh, op.kw,
+                       op.sh, op.sw, op.dh, op.dw, op.pad_top, op.pad_left, op.weights.data(), epi->scale.data(),
+                       epi->bias.data(), op.act};
+          s.count = y.n * y.h * y.w;
+          break;
+        }
+        s.kind = StepKind::Conv;
+        int32_t pos = 0;
+        for (const Run& r : x.runs) {
+          s.runs.push_back({pos, r.off, r.count});
+          pos += r.count;
+        }
+        auto& c = s.conv;
+        const bool linear = op.kind == OpKind::Linear;
+        c.input = s.x;
+        c.n = static_cast<int32_t>(x.n);
+        c.ih = linear ? 1 : static_cast<int32_t>(x.h);
+        c.iw = linear ? 1 : static_cast<int32_t>(x.w);
+        c.in_stride = x.c;
+        c.output = s.y;
+        c.oh = linear ? 1 : static_cast<int32_t>(y.h);
+        c.ow = linear ? 1 : static_cast<int32_t>(y.w);
+        c.out_stride = y.c;
+        c.kh = op.kh;
+        c.kw = op.kw;
+        c.sh = op.sh;
+        c.sw = op.sw;
+        c.dh = op.dh;
+        c.dw = op.dw;
+        c.pad_top = op.pad_top;
+        c.pad_left = op.pad_left;
+        c.k_full = op.cin;
+        c.out_channels = y.c;
+        c.packed = op.weights.data();
+        c.scale = epi->scale.data();
+        c.bias = epi->bias.data();
+        c.act = op.act;
+        c.zeros = zeros_.data();
+        s.count = y.n * c.oh * c.ow;
+        const int64_t panels = kernels::round_up(y.c, kernels::kPanel) / kernels::kPanel;
+        s.split_panels = threads > 1 && s.count < 24 * threads && panels >= 2;
+        break;
+      }
+      case OpKind::MaxPool:
+      case OpKind::AvgPool:
+        s.kind = op.kind == OpKind::MaxPool ? StepKind::MaxPool : StepKind::AvgPool;
+        s.pool = {s.x, static_cast<int32_t>(x.n), static_cast<int32_t>(x.h), static_cast<int32_t>(x.w), x.c, s.y,
+                  static_cast<int32_t>(y.h), static_cast<int32_t>(y.w), op.kh, op.kw, op.sh, op.sw, op.pad_top,
+                  op.pad_left, op.pad_bottom, op.pad_right, op.count_include_pad};
+        s.count = y.n * y.h * y.w;
+        break;
+      case OpKind::GlobalAvgPool:
+        s.kind = StepKind::GlobalAvgPool;
+        s.hw = static_cast<int32_t>(x.h * x.w);
+        s.c = x.c;
+        s.count = x.n;
+        break;
+      case OpKind::Add:
+        s.kind = StepKind::Add;
+        s.x2 = buf(op.inputs[1]);
+        s.c = x.c;
+        s.c2 = sp.tensors[op.inputs[1]].c;
+        s.count = x.n * x.h * x.w;
+        break;
+      case OpKind::Concat: {
+        int32_t at = 0;
+        for (int32_t id : op.inputs) {
+          const TensorShape& t = sp.tensors[id];
+          Step cs;
+          cs.kind = StepKind::Copy;
+          cs.x = buf(id);
+          cs.y = s.y + at;
+          cs.c = t.c;
+          cs.y_stride = y.c;
+          cs.count = t.n * t.h * t.w;
+          plan->steps.push_back(std::move(cs));
+          at += t.c;
+        }
+        continue;
+      }
+      case OpKind::Flatten:
+        if (x.rank == 2 || x.h * x.w == 1) continue;  // same memory
+        s.kind = StepKind::Flatten;
+        s.c = x.c;
+        s.hw = static_cast<int32_t>(x.h * x.w);
+        s.count = x.n;
+        break;
+      case OpKind::Softmax:
+        s.kind = StepKind::Softmax;
+        s.c = x.c;
+        s.count = x.n * x.h * x.w;
+        break;
+      case OpKind::Act:
+        s.kind = StepKind::Act;
+        s.c = x.c;
+        s.count = x.elements();
+        break;
+    }
+    plan->steps.push_back(std::move(s));
+  }
+  // Pointers into each step's own vectors, now that the steps stay put.
+  for (Step& s : plan->steps) {
+    if (s.kind == StepKind::Conv) {
+      s.conv.runs = s.runs.data();
+      s.conv.nruns = static_cast<int32_t>(s.runs.size());
+    } else if (s.kind == StepKind::Depthwise) {
+      s.dw.runs = s.runs.data();
+      s.dw.nruns = static_cast<int32_t>(s.runs.size());
+      if (!s.scale.empty()) {
+        s.scale.resize(kernels::round_up(s.scale.size(), 16), 0.0f);
+        s.bias.resize(s.scale.size(), 0.0f);
+        s.dw.scale = s.scale.data();
+        s.dw.bias = s.bias.data();
+      }
+    }
+  }
+  plan->output = sp.tensors[model_->output_tensor()];
+  plan->input = buf(0);
+  plan->result = buf(model_->output_tensor());
+  return plan;
+}
+
+Session::Plan& Session::plan_for(const ProfileRef& ref) {
+  const auto& profiles = model_->profiles();
+  if (ref.multiplier <= 0.0) {
+    if (ref.index < 0 || static_cast<size_t>(ref.index) >= profiles.size())
+      throw Error(ErrorKind::UnknownProfile, "profile index " + std::to_string(ref.index) + " is out of range (model has " +
+                                                 std::to_string(profiles.size()) + " profiles)");
+    return *named_[ref.index];
+  }
+  auto hit = by_multiplier_.find(ref.multiplier);
+  if (hit != by_multiplier_.end()) return *hit->second;
+  std::vector<int32_t> widths = model_->uniform_widths(ref.multiplier);
+  Plan* plan;
+  const int32_t named = model_->find_profile(widths);
+  if (named >= 0) {
+    plan = named_[named].get();
+  } else {
+    auto& slot = uniform_[widths];
+    if (!slot) slot = build_plan(widths, -1);
+    plan = slot.get();
+  }
+  by_multiplier_[ref.multiplier] = plan;
+  return *plan;
+}
+
+static std::vector<int64_t> shape_of(const TensorShape& t) {
+  if (t.rank == 2) return {t.n, t.c};
+  return {t.n, t.c, t.h, t.w};
+}
+
+std::vector<int64_t> Session::output_shape(const int64_t* shape, int rank, const ProfileRef& profile) {
+  std::lock_guard<std::mutex> lock(mu_);
+  prepare_shape(shape, rank);
+  return shape_of(plan_for(profile).output);
+}
+
+void Session::run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
+                  size_t capacity, std::vector<int64_t>* out_shape) {
+  if (!input) fail_argument("input is null");
+  std::lock_guard<std::mutex> lock(mu_);
+  prepare_shape(shape, rank);
+  const Plan& plan = plan_for(profile);
+  const TensorShape& o = plan.output;
+  if (out_shape) *out_shape = shape_of(o);
+  const size_t need = static_cast<size_t>(o.elements());
+  if (!output || capacity < need)
+    throw Error(ErrorKind::BufferTooSmall, "output needs " + std::to_string(need) + " floats, the buffer holds " +
+                                               std::to_string(output ? capacity : 0));
+  const int32_t c = static_cast<int32_t>(shape[1]);
+  kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), c, static_cast<int32_t>(h_ * w_), plan.input);
+  for (const Step& s : plan.steps) execute(s);
+  if (o.rank == 4 && o.h * o.w > 1)
+    kernels::nhwc_to_nchw(plan.result, static_cast<int32_t>(o.n), o.c, static_cast<int32_t>(o.h * o.w), output);
+  else
+    std::memcpy(output, plan.result, need * sizeof(float));
+}
+
+void Session::execute(const Step& s) {
+  auto parallel = [&](int64_t total, auto&& body) {
+    if (pool_.size() == 1 || total < 2) {
+      body(int64_t{0}, total);
+      return;
+    }
+    pool_.run([&](int part, int parts) {
+      int64_t b, e;
+      split_range(total, part, parts, &b, &e);
+      if (b < e) body(b, e);
+    });
+  };
+  switch (s.kind) {
+    case StepKind::Conv: {
+      const int panels = static_cast<int>(kernels::round_up(s.conv.out_channels, 16) / 16);
+      if (s.split_panels) {
+        // Whole pairs of panels per thread, matching the kernel's 2-panel tiles.
+        parallel((panels + 1) / 2, [&](int64_t b, int64_t e) {
+          kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b), static_cast<int>(std::min<int64_t>(2 * e, panels)));
+        });
+      } else {
+        parallel(s.count, [&](int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels); });
+      }
+      break;
+    }
+    case StepKind::Depthwise:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::dwconv(s.dw, b, e); });
+      break;
+    case StepKind::Grouped:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::grouped_conv(s.grouped, b, e); });
+      break;
+    case StepKind::MaxPool:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::maxpool(s.pool, b, e); });
+      break;
+    case StepKind::AvgPool:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::avgpool(s.pool, b, e); });
+      break;
+    case StepKind::GlobalAvgPool:
+      kernels::global_avgpool(s.x, s.hw, s.c, s.y, 0, s.count);
+      break;
+    case StepKind::Add:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::add(s.x, s.c, s.x2, s.c2, s.y, s.act, b, e); });
+      break;
+    case StepKind::Copy:
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
+      break;
+    case StepKind::Flatten:
+      kernels::nhwc_to_nchw(s.x, static_cast<int32_t>(s.count), s.c, s.hw, s.y);
+      break;
+    case StepKind::Softmax:
+      kernels::softmax(s.x, s.c, s.y, 0, s.count);
+      break;
+    case StepKind::Act:
+      if (s.y != s.x) std::memcpy(s.y, s.x, sizeof(float) * s.count);
+      parallel(s.count, [&](int64_t b, int64_t e) { kernels::activate(s.y, s.act, b, e); });
+      break;
+  }
+}
+
+}  // namespace slimrt

@@ -1,0 +1,66 @@
+// A session runs a model: it owns the scratch arena, the thread pool and the
+// execution plans. Everything that depends only on the input shape and the
+// profile is prepared once; run() then only calls kernels.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/model.h"
+#include "core/plan.h"
+#include "core/threadpool.h"
+#include "kernels/kernels.h"
+
+namespace slimrt {
+
+// Which widths a run uses: a named profile, or a uniform multiplier.
+struct ProfileRef {
+  int32_t index = 0;        // named profile, when multiplier <= 0
+  double multiplier = 0.0;  // uniform multiplier in [min_multiplier, 1] when > 0
+
+  static ProfileRef named(int32_t i) { return {i, 0.0}; }
+  static ProfileRef uniform(double m) { return {-1, m}; }
+};
+
+class Session {
+ public:
+  Session(std::shared_ptr<const Model> model, int threads);
+  ~Session();
+
+  const Model& model() const { return *model_; }
+  int threads() const { return pool_.size(); }
+
+  // Output shape for this input shape and profile (prepares both).
+  std::vector<int64_t> output_shape(const int64_t* shape, int rank, const ProfileRef& profile);
+
+  // Runs on an NCHW float32 input. Throws Error(BufferTooSmall) if
+  // `capacity` floats cannot hold the output (out_shape is set first).
+  void run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
+           size_t capacity, std::vector<int64_t>* out_shape);
+
+ private:
+  struct Step;
+  struct Plan;
+
+  void prepare_shape(const int64_t* shape, int rank);
+  Plan& plan_for(const ProfileRef& profile);
+  std::unique_ptr<Plan> build_plan(const std::vector<int32_t>& widths, int32_t profile_index);
+  void execute(const Step& step);
+
+  std::shared_ptr<const Model> model_;
+  std::mutex mu_;  // a session runs one request at a time, whoever calls it
+  ThreadPool pool_;
+  int64_t n_ = 0, h_ = 0, w_ = 0;  // prepared input shape (0: none)
+  std::vector<int64_t> offsets_;   // arena offset (floats) per tensor
+  float* arena_ = nullptr;
+  size_t arena_floats_ = 0;
+  std::vector<float> zeros_;
+  std::vector<std::unique_ptr<Plan>> named_;                      // per named profile
+  std::map<std::vector<int32_t>, std::unique_ptr<Plan>> uniform_;  // other widths
+  std::map<double, Plan*> by_multiplier_;                          // multiplier -> plan
+};
+
+}  // namespace slimrt

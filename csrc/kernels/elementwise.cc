@@ -1,0 +1,67 @@
+// Elementwise ops, concat copies, softmax and layout changes.
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.h"
+
+namespace slimrt::kernels {
+
+void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act act, int64_t m_begin,
+         int64_t m_end) {
+  const int32_t cy = ca > cb ? ca : cb;
+  const int32_t common = ca < cb ? ca : cb;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* pa = a + m * ca;
+    const float* pb = b + m * cb;
+    float* py = y + m * cy;
+    for (int c = 0; c < common; ++c) py[c] = apply_act(pa[c] + pb[c], act);
+    const float* rest = ca > cb ? pa : pb;
+    for (int c = common; c < cy; ++c) py[c] = apply_act(rest[c], act);
+  }
+}
+
+void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride, int32_t count,
+                   int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m)
+    std::memcpy(y + m * y_stride, x + m * x_stride, sizeof(float) * count);
+}
+
+void activate(float* x, Act act, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) x[i] = apply_act(x[i], act);
+}
+
+void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end) {
+  for (int64_t r = r_begin; r < r_end; ++r) {
+    const float* in = x + r * c;
+    float* out = y + r * c;
+    float mx = in[0];
+    for (int k = 1; k < c; ++k) mx = in[k] > mx ? in[k] : mx;
+    double sum = 0.0;
+    for (int k = 0; k < c; ++k) {
+      out[k] = std::exp(in[k] - mx);
+      sum += out[k];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int k = 0; k < c; ++k) out[k] *= inv;
+  }
+}
+
+void nchw_to_nhwc(const float* x, int32_t n, int32_t c, int32_t hw, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* src = x + i * c * static_cast<int64_t>(hw);
+    float* dst = y + i * c * static_cast<int64_t>(hw);
+    for (int k = 0; k < c; ++k)
+      for (int j = 0; j < hw; ++j) dst[static_cast<int64_t>(j) * c + k] = src[static_cast<int64_t>(k) * hw + j];
+  }
+}
+
+void nhwc_to_nchw(const float* x, int32_t n, int32_t c, int32_t hw, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* src = x + i * c * static_cast<int64_t>(hw);
+    float* dst = y + i * c * static_cast<int64_t>(hw);
+    for (int k = 0; k < c; ++k)
+      for (int j = 0; j < hw; ++j) dst[static_cast<int64_t>(k) * hw + j] = src[static_cast<int64_t>(j) * c + k];
+  }
+}
+
+}  // namespace slimrt::kernels

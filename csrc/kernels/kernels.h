@@ -1,0 +1,141 @@
+// slimrt kernels: free functions over raw pointers, leading dimensions and small
+// params structs. They do not allocate, throw or log.
+//
+// Activations are NHWC with a pixel stride equal to the tensor's active channel
+// count; rank-2 tensors are [N, F]. A "run" maps a stretch of active channels
+// (act_off .. act_off+count in the pixel) to rows of the full weight axis
+// (w_off .. w_off+count): a channel prefix is a single run (0, 0, width).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace slimrt::kernels {
+
+// Output channels are packed in panels of kPanel columns.
+constexpr int kPanel = 16;
+
+enum class Act : int32_t { None = 0, Relu, Relu6, HardSwish, SiLU, Sigmoid };
+
+struct ChannelRun {
+  int32_t act_off;  // first channel of the run inside an input pixel
+  int32_t w_off;    // first row of the run inside each tap of the full weights
+  int32_t count;
+};
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Packing (at load, once). `w` is [taps][k_full][cout] (the file layout of a
+// dense conv, or a linear's [In][Out] with taps = 1). `packed` receives
+// ceil(cout/16) panels, panel p holding [taps*k_full][16] floats: columns
+// p*16 .. p*16+15, zero beyond cout. Any out-channel prefix uses the first
+// panels and any in-channel run uses rows of each tap: no per-width copies.
+size_t packed_conv_size(int taps, int k_full, int cout);
+void pack_conv(const float* w, int taps, int k_full, int cout, float* packed);
+
+// Dense convolution (and linear, as a 1x1 conv over N "pixels") from packed
+// weights: implicit GEMM, no im2col buffer. Output pixel m = (n*oh + y)*ow + x.
+struct ConvParams {
+  const float* input;   // NHWC, pixel stride in_stride
+  int32_t n, ih, iw, in_stride;
+  float* output;        // NHWC, pixel stride out_stride
+  int32_t oh, ow, out_stride;
+  int32_t kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+  const ChannelRun* runs;
+  int32_t nruns;
+  int32_t k_full;         // rows per tap in the packed panels (full Cin)
+  int32_t out_channels;   // active output channels, written to columns [0, out_channels)
+  const float* packed;    // from pack_conv
+  const float* scale;     // >= round_up(out_channels, 16) floats, active-position order
+  const float* bias;      // same length as scale
+  Act act;
+  const float* zeros;     // >= in_stride zero floats: the padding pixel
+};
+// Computes output pixels [m_begin, m_end) and panels [p_begin, p_end).
+void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
+// Scalar reference of conv_packed, the oracle of the fast paths.
+void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
+// Name of the implementation conv_packed dispatches to ("avx512f", "avx2", "generic").
+const char* conv_isa();
+// Switches conv_packed to "generic", "avx2" or "avx512f" (for tests and
+// benchmarks); false if this CPU or build lacks it. Not safe while runs are
+// in flight.
+bool set_conv_isa(const char* isa);
+
+// Depthwise convolution, NHWC, channel multiplier 1. `weights` is [taps][w_stride];
+// output channel j (active position) reads weight column runs[r].w_off + (j - act_off).
+struct DwParams {
+  const float* input;
+  int32_t n, ih, iw;
+  float* output;
+  int32_t oh, ow;
+  int32_t channels;  // active channels: pixel stride of input and output
+  int32_t kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+  const ChannelRun* runs;
+  int32_t nruns;
+  const float* weights;
+  int32_t w_stride;
+  const float* scale;  // channels floats, active-position order
+  const float* bias;
+  Act act;
+};
+void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end);
+
+// Grouped convolution (any group count) at full width, direct loops. weights
+// are the file layout [kh][kw][cin/groups][cout].
+struct GroupedParams {
+  const float* input;
+  int32_t n, ih, iw, cin;
+  float* output;
+  int32_t oh, ow, cout, groups;
+  int32_t kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+  const float* weights;
+  const float* scale;
+  const float* bias;
+  Act act;
+};
+void grouped_conv(const GroupedParams& p, int64_t m_begin, int64_t m_end);
+
+// Max / average pooling, NHWC. Windows are clipped to the padded input;
+// average divides by the window size inside the padded input when
+// count_include_pad, otherwise by the number of real input pixels.
+struct PoolParams {
+  const float* input;
+  int32_t n, ih, iw, channels;
+  float* output;
+  int32_t oh, ow;
+  int32_t kh, kw, sh, sw, pad_top, pad_left, pad_bottom, pad_right;
+  bool count_include_pad;
+};
+void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end);
+void avgpool(const PoolParams& p, int64_t m_begin, int64_t m_end);
+
+// Mean over the pixels of each image: x [n][hw][c] -> y [n][c], images [n_begin, n_end).
+void global_avgpool(const float* x, int32_t hw, int32_t c, float* y, int64_t n_begin, int64_t n_end);
+
+// y = act(a + b) with zero padding match: a has ca channels, b has cb, y has
+// max(ca, cb); pixels [m_begin, m_end). y may alias a or b only if that operand is the widest.
+void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act act, int64_t m_begin,
+         int64_t m_end);
+
+// Copies `count` channels per pixel from x (stride x_stride) to y (stride
+// y_stride) for pixels [m_begin, m_end): one input of a concat.
+void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride, int32_t count,
+                   int64_t m_begin, int64_t m_end);
+
+// In place: x[i] = act(x[i]) for i in [begin, end).
+void activate(float* x, Act act, int64_t begin, int64_t end);
+
+// Softmax over the c values of each row, rows [r_begin, r_end).
+void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end);
+
+// Layout changes. nhwc [n][h*w][c] <-> nchw [n][c][h*w].
+void nchw_to_nhwc(const float* x, int32_t n, int32_t c, int32_t hw, float* y);
+void nhwc_to_nchw(const float* x, int32_t n, int32_t c, int32_t hw, float* y);
+
+// Scalar activation, shared by every kernel.
+static inline float apply_act(float v, Act act);
+
+}  // namespace slimrt::kernels
+
+#include "kernels/act_inl.h"

@@ -1,0 +1,48 @@
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/error.h"
+#include "core/session.h"
+#include "python/bindings.h"
+
+namespace py = pybind11;
+
+namespace slimrt::python {
+
+namespace {
+
+ProfileRef make_ref(int32_t index, double multiplier) {
+  return multiplier > 0.0 ? ProfileRef::uniform(multiplier) : ProfileRef::named(index);
+}
+
+}  // namespace
+
+void register_session(py::module_& m) {
+  py::class_<Session>(m, "Session")
+      .def(py::init([](std::shared_ptr<Model> model, int threads) {
+             return std::make_unique<Session>(std::move(model), threads);
+           }),
+           py::arg("model"), py::arg("threads") = 1)
+      .def_property_readonly("threads", &Session::threads)
+      .def(
+          "run",
+          [](Session& self, py::array_t<float, py::array::c_style> x, int32_t index, double multiplier) {
+            std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+            const ProfileRef ref = make_ref(index, multiplier);
+            std::vector<int64_t> out_shape = self.output_shape(shape.data(), static_cast<int>(shape.size()), ref);
+            py::array_t<float> out(out_shape);
+            const float* in = x.data();
+            float* dst = out.mutable_data();
+            const size_t cap = static_cast<size_t>(out.size());
+            {
+              py::gil_scoped_release release;
+              self.run(in, shape.data(), static_cast<int>(shape.size()), ref, dst, cap, nullptr);
+            }
+            return out;
+          },
+          py::arg("x"), py::arg("index") = 0, py::arg("multiplier") = 0.0,
+          "Run on a float32 C-contiguous NCHW array; a named profile by index, or a uniform multiplier if > 0.");
+}
+
+}  // namespace slimrt::python

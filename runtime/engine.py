@@ -1,0 +1,203 @@
+"""Loading and running .slim models: the Python face of the C++ engine.
+
+A :class:`Model` is immutable and may be shared by threads; a :class:`Session`
+owns scratch memory and a thread count and serves one request at a time. Run
+any profile of the model by name, index or uniform width multiplier::
+
+    model = slimrt.load("model.slim")
+    session = model.session(threads=2)
+    y = session.run(x, profile="0.5")      # or profile=1, or profile=0.6
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+from . import _core
+from .errors import ProfileError
+
+if TYPE_CHECKING:
+    from .format import SlimFile
+
+ProfileKey = Union[str, int, float, "Profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named width profile: the prefix width of every channel group."""
+
+    index: int
+    name: str
+    macs: int  # multiply-accumulates per sample at the model's default input shape
+    params: int
+    widths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A channel group: dimensions that share one channel order."""
+
+    name: str
+    size: int
+    fixed: bool
+    why: str
+
+
+class Session:
+    """Runs a model; one request at a time. Create one per thread."""
+
+    def __init__(self, model: "Model", threads: int = 1) -> None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self.model = model
+        self._core = _core.Session(model._core, threads)
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    def run(self, x: np.ndarray, profile: ProfileKey = 0) -> np.ndarray:
+        """Run on float32 NCHW input ``x`` at ``profile``.
+
+        ``profile`` is a profile name (str), an index into ``model.profiles`` (int),
+        a :class:`Profile`, or a uniform width multiplier (float) in
+        ``[model.min_multiplier, 1]``. Returns a new float32 array: NCHW for a
+        spatial output, ``[N, F]`` otherwise.
+        """
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input must be a numpy.ndarray, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            raise TypeError(f"input must be float32, got {x.dtype} (convert with x.astype(np.float32))")
+        if x.ndim != 4:
+            raise ValueError(f"input must be NCHW (4 dimensions), got shape {x.shape}")
+        index, multiplier = self.model._resolve(profile)
+        return self._core.run(np.ascontiguousarray(x), index, multiplier)
+
+
+class Model:
+    """A loaded .slim model: one copy of the weights, every profile runnable."""
+
+    def __init__(self, core: "_core.Model", source: Union[Path, bytes]) -> None:
+        self._core = core
+        self._source = source
+        self.profiles: list[Profile] = [
+            Profile(i, name, int(macs), int(params), tuple(widths))
+            for i, (name, widths, macs, params) in enumerate(core.profiles)
+        ]
+        self.groups: list[Group] = [Group(*g) for g in core.groups]
+        self._by_name = {p.name: p for p in self.profiles}
+        self._local = threading.local()
+
+    # --- description -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._core.name
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """Default input shape (N, C, H, W)."""
+        return tuple(self._core.input_shape)
+
+    @property
+    def min_multiplier(self) -> float:
+        return float(self._core.min_multiplier)
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights the engine holds (one copy, packed)."""
+        return int(self._core.weight_bytes)
+
+    def profile(self, key: Union[str, int, Profile]) -> Profile:
+        """The named profile ``key`` (name or index)."""
+        if isinstance(key, Profile):
+            return key
+        if isinstance(key, str):
+            if key not in self._by_name:
+                known = ", ".join(p.name for p in self.profiles)
+                raise ProfileError(f"unknown profile {key!r} (this model has: {known})")
+            return self._by_name[key]
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            if not 0 <= key < len(self.profiles):
+                raise ProfileError(f"profile index {key} is out of range (model has {len(self.profiles)} profiles)")
+            return self.profiles[int(key)]
+        raise ProfileError(f"a profile is a name, an index or a Profile, got {key!r}")
+
+    def widths(self, profile: ProfileKey) -> tuple[int, ...]:
+        """Channel widths per group that ``profile`` runs."""
+        index, multiplier = self._resolve(profile)
+        if multiplier > 0:
+            return tuple(self._core.uniform_widths(multiplier))
+        return self.profiles[index].widths
+
+    def macs(self, profile: ProfileKey) -> int:
+        """Multiply-accumulates per sample at the default input shape."""
+        return int(self._core.cost(list(self.widths(profile)))[0])
+
+    def _resolve(self, profile: ProfileKey) -> tuple[int, float]:
+        if isinstance(profile, (float, np.floating)):
+            m = float(profile)
+            if not (self.min_multiplier - 1e-6 <= m <= 1.0 + 1e-6):
+                raise ProfileError(
+                    f"multiplier {m} is outside this model's range [{self.min_multiplier}, 1]")
+            return 0, m
+        return self.profile(profile).index, 0.0
+
+    # --- running -------------------------------------------------------------
+    def session(self, threads: int = 1) -> Session:
+        """A new session with its own scratch memory and ``threads`` threads."""
+        return Session(self, threads)
+
+    def run(self, x: np.ndarray, profile: ProfileKey = 0) -> np.ndarray:
+        """Convenience: run on a single-threaded session cached per calling thread."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self.session(1)
+        return session.run(x, profile)
+
+    # --- persistence and interop -------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The .slim file this model was loaded from."""
+        if isinstance(self._source, bytes):
+            return self._source
+        return Path(self._source).read_bytes()
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the model as a .slim file."""
+        Path(path).write_bytes(self.to_bytes())
+
+    def to_slimfile(self) -> "SlimFile":
+        """The model as plain data (metadata JSON and numpy tensors)."""
+        from .format import read
+
+        return read(self.to_bytes())
+
+    def export_onnx(self, path: Union[str, os.PathLike], profile: ProfileKey) -> None:
+        """Write a physically pruned ONNX model of one profile (needs the `convert` extra)."""
+        from .convert import export_onnx
+
+        export_onnx(self, path, profile)
+
+    def __repr__(self) -> str:
+        names = ", ".join(p.name for p in self.profiles)
+        return f"<slimrt.Model {self.name!r} input={self.input_shape} profiles=[{names}]>"
+
+
+def load(source: Union[str, os.PathLike, bytes]) -> Model:
+    """Load a .slim model from a path or from the bytes of a .slim file.
+
+    Raises FileNotFoundError / OSError if the file cannot be read and
+    :class:`slimrt.InvalidModelError` if it is not a valid model.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return Model(_core.Model.from_bytes(data), data)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file: {path}")
+    return Model(_core.Model.load(str(path)), path.resolve())

@@ -1,0 +1,9 @@
+"""Exceptions raised by slimrt. Both derive from ValueError so callers may catch either."""
+
+
+class InvalidModelError(ValueError):
+    """The bytes are not a valid .slim model; the message names the offending item."""
+
+
+class ProfileError(ValueError):
+    """An unknown profile name or index, or a multiplier outside the model's range."""
