@@ -1,0 +1,135 @@
+"""The `slimrt` command line: `slimrt demo`, plus the commands of the feature modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .engine import Model, load
+
+# Feature modules that add subcommands through add_commands(subparsers); a module
+# whose optional dependencies are missing adds nothing.
+_COMMAND_MODULES = ("slimrt.convert.cli", "slimrt.serve.cli")
+
+
+def measure_profiles(model: Model, x: np.ndarray, threads: int, rounds: int) -> list[float]:
+    """Median latency (ms) of every profile, interleaving profiles round by round."""
+    session = model.session(threads)
+    for p in model.profiles:  # warm-up: plans, caches
+        session.run(x, p.index)
+    samples: list[list[float]] = [[] for _ in model.profiles]
+    for _ in range(rounds):
+        for p in model.profiles:
+            t0 = time.perf_counter()
+            session.run(x, p.index)
+            samples[p.index].append((time.perf_counter() - t0) * 1e3)
+    return [float(np.median(s)) for s in samples]
+
+
+def profile_table(model: Model, threads: int = 1, rounds: int = 50, seed: int = 0) -> list[dict]:
+    """Per profile: MACs, latency and agreement with the numpy reference executor."""
+    from .reference import run_reference
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(model.input_shape).astype(np.float32)
+    slim = model.to_slimfile()
+    latency = measure_profiles(model, x, threads, rounds)
+    full = model.profiles[-1]
+    rows = []
+    for p in model.profiles:
+        want = run_reference(slim, x, p.name)
+        got = model.run(x, p.index)
+        err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+        rows.append({
+            "profile": p.name,
+            "macs": p.macs,
+            "macs_ratio": p.macs / full.macs,
+            "latency_ms": latency[p.index],
+            "latency_ratio": latency[p.index] / latency[full.index],
+            "max_rel_error": err,
+        })
+    return rows
+
+
+def print_table(rows: list[dict], out=sys.stdout) -> None:
+    header = f"{'profile':>10} {'MMACs':>9} {'MACs/full':>10} {'median ms':>10} {'lat/full':>9} {'rel. error':>11}"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for r in rows:
+        print(f"{r['profile']:>10} {r['macs'] / 1e6:>9.2f} {r['macs_ratio']:>10.3f} {r['latency_ms']:>10.3f} "
+              f"{r['latency_ratio']:>9.3f} {r['max_rel_error']:>11.2e}", file=out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import default_model_path
+
+    path = args.model or default_model_path()
+    model = load(path)
+    print(f"slimrt demo: {model.name} from {path}")
+    print(f"input {model.input_shape}, {len(model.profiles)} profiles, {model.weight_bytes / 1e6:.2f} MB of weights "
+          f"(one copy for every profile), {args.threads} thread(s)\n")
+    rows = profile_table(model, threads=args.threads, rounds=args.rounds)
+    print_table(rows)
+    worst = max(r["max_rel_error"] for r in rows)
+    ok = worst <= 1e-4
+    print(f"\nevery profile agrees with the numpy reference: {'yes' if ok else 'NO'} (worst relative error {worst:.1e})")
+    if args.stream_seconds > 0:
+        try:
+            from .control.demo import run_stream_demo
+        except ImportError as exc:  # the serve extra (rich) is not installed
+            print(f"\n(skipping the adaptive stream demo: {exc}; install slimrt[serve])")
+        else:
+            print()
+            run_stream_demo(model, seconds=args.stream_seconds, budget_ms=args.budget_ms)
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimrt", description="Run CNNs at any width from one weight copy.")
+    parser.add_argument("--version", action="version", version=f"slimrt {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run every profile of the bundled model: MACs, latency, agreement")
+    demo.add_argument("--model", help="a .slim file (default: the bundled model)")
+    demo.add_argument("--threads", type=int, default=1)
+    demo.add_argument("--rounds", type=int, default=50, help="timed runs per profile (interleaved)")
+    demo.add_argument("--stream-seconds", type=float, default=12.0,
+                      help="length of the adaptive request-stream demo (0 to skip)")
+    demo.add_argument("--budget-ms", type=float, default=None, help="latency budget of the stream demo")
+    demo.set_defaults(func=cmd_demo)
+    for name in _COMMAND_MODULES:
+        add: Optional[Callable] = None
+        try:
+            add = getattr(importlib.import_module(name), "add_commands", None)
+        except ImportError:
+            continue
+        if add is not None:
+            add(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"slimrt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

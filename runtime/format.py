@@ -1,0 +1,874 @@
+"""The .slim model file: reading, writing and validating it, and what its spec defines on it.
+
+The format is specified once, at the top of csrc/core/model.h; this module is its Python twin.
+Besides the container (read, write, to_bytes, validate) it computes the quantities the spec
+defines: uniform widths, the channel map of every tensor at a profile (channel_maps), and the
+MACs / params of a profile (profile_cost). The engine, the builder and the reference executor
+all rely on these functions, so a model means the same thing everywhere.
+
+Where model.h leaves a case open, this module takes the strict reading and refuses the file:
+pool padding must be smaller than the kernel (every window then sees an input element), the
+operands of an add must be channel prefixes at every width assignment, a grouped conv's input
+must always run at full width, the macs/params recorded in a profile must equal the computed
+ones, and every tensor in the file must be one the model uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping, Sequence, Union
+
+import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
+
+from slimrt.errors import InvalidModelError, ProfileError
+
+__all__ = [
+    "FORMAT_VERSION", "ACTIVATIONS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
+    "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
+    "infer_shapes", "op_output_shape", "param_shapes",
+    "conv_kind", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
+    "epilogue_tensor_name",
+]
+
+FORMAT_VERSION = 1
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid")
+OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
+            "flatten", "softmax", "act")
+# Kinds whose output keeps the channel map of their (single) input.
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act")
+
+Shape = tuple[int, ...]
+Run = tuple[int, int]
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+
+
+@dataclass
+class SlimFile:
+    """A model in memory: `meta` is the model JSON of model.h, `tensors` its float32 arrays."""
+
+    meta: dict[str, Any]
+    tensors: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A channel group: dimensions that share one channel order."""
+
+    name: str
+    size: int
+    fixed: bool
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the graph, with its fields checked and defaults filled in.
+
+    Fields a kind does not have keep their defaults. `out_group` is None for depthwise convs
+    and for kinds without an output group.
+    """
+
+    kind: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    act: str = "none"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    out_group: int | None = None
+    ceil_mode: bool = False
+    count_include_pad: bool = False
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor at a profile: its full shape and its channel map.
+
+    `runs` lists (offset, count) stretches of the full channel axis (axis 1) that are active,
+    in the order they are stored; adjacent runs are merged. The active tensor has
+    `active_shape`: the full shape with axis 1 replaced by `width`.
+    """
+
+    shape: Shape
+    runs: tuple[Run, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(count for _, count in self.runs)
+
+    @property
+    def active_shape(self) -> Shape:
+        return (self.shape[0], self.width) + self.shape[2:]
+
+    def channel_index(self) -> np.ndarray:
+        """The active positions of the full channel axis, in storage order."""
+        parts = [np.arange(offset, offset + count) for offset, count in self.runs]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing the container
+# ---------------------------------------------------------------------------------------------
+
+def read(source: Source) -> SlimFile:
+    """Read and validate a .slim model from a path or from its bytes.
+
+    Raises FileNotFoundError for a missing path and InvalidModelError for anything wrong in the
+    bytes, with a message naming the offending item.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        meta = _parse_container(data[: 8 + _header_length(data, len(data))], len(data))
+        tensors = _load_tensors(lambda: safetensors.numpy.load(data))
+    else:
+        path = Path(source)
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            head = prefix + f.read(_header_length(prefix, size))
+        meta = _parse_container(head, size)
+        tensors = _load_tensors(lambda: _load_path(path))
+    slim = SlimFile(meta, tensors)
+    validate(slim)
+    return slim
+
+
+def to_bytes(slim: SlimFile) -> bytes:
+    """The .slim bytes of a model; the model is validated first (InvalidModelError)."""
+    validate(slim)
+    return safetensors.numpy.save(_contiguous(slim.tensors), metadata=_metadata(slim.meta))
+
+
+def write(slim: SlimFile, path: str | os.PathLike[str]) -> None:
+    """Write a model to `path` after validating it (InvalidModelError)."""
+    Path(path).write_bytes(to_bytes(slim))
+
+
+def _metadata(meta: Mapping[str, Any]) -> dict[str, str]:
+    return {"slimrt": json.dumps(meta, separators=(",", ":"))}
+
+
+def _contiguous(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+
+
+def _load_path(path: Path) -> dict[str, np.ndarray]:
+    with safe_open(str(path), framework="numpy") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def _load_tensors(load: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    try:
+        return dict(load())
+    except Exception as exc:  # safetensors raises its own error types for bad containers
+        raise InvalidModelError(f"not a valid safetensors container: {exc}") from exc
+
+
+def _header_length(prefix: bytes, file_size: int) -> int:
+    """The header length N from the first 8 bytes, checked against the file size."""
+    if file_size < 8:
+        raise InvalidModelError(
+            f"file truncated: it has {file_size} bytes, too short for the 8-byte header "
+            "length a .slim file starts with")
+    (length,) = struct.unpack("<Q", prefix[:8])
+    if length > file_size - 8:
+        raise InvalidModelError(
+            f"file truncated or corrupt: its header length {length} runs past the end of "
+            f"the {file_size}-byte file")
+    return length
+
+
+def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
+    """Check the safetensors header (`head` = length + JSON) and return the model JSON."""
+    data_size = file_size - len(head)
+    try:
+        header = json.loads(head[8:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidModelError(f"the file header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise InvalidModelError("the file header JSON is not an object")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("slimrt"), str):
+        raise InvalidModelError(
+            "the file has no __metadata__.slimrt model JSON: it is not a slimrt model "
+            "(convert it with `slimrt convert`)")
+    for name, entry in header.items():
+        _check_header_entry(name, entry, data_size)
+    try:
+        meta = json.loads(metadata["slimrt"])
+    except json.JSONDecodeError as exc:
+        raise InvalidModelError(f"the model JSON (__metadata__.slimrt) is not valid JSON: {exc}")
+    if not isinstance(meta, dict):
+        raise InvalidModelError("the model JSON (__metadata__.slimrt) is not an object")
+    return meta
+
+
+def _check_header_entry(name: str, entry: Any, data_size: int) -> None:
+    if not isinstance(entry, dict):
+        raise InvalidModelError(f"tensor '{name}': its header entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype != "F32":
+        raise InvalidModelError(
+            f"tensor '{name}' has dtype {dtype}; slimrt reads F32 tensors only")
+    if not _is_int_list(shape) or any(d < 0 for d in shape):
+        raise InvalidModelError(f"tensor '{name}' has an invalid shape {shape!r}")
+    if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
+        raise InvalidModelError(f"tensor '{name}' has invalid data_offsets {offsets!r}")
+    needed = 4 * math.prod(shape)
+    if offsets[1] - offsets[0] != needed:
+        raise InvalidModelError(
+            f"tensor '{name}' holds {offsets[1] - offsets[0]} bytes, its shape {shape} of F32 "
+            f"needs {needed}")
+    if offsets[1] > data_size:
+        raise InvalidModelError(
+            f"file truncated: tensor '{name}' ends at byte {offsets[1]} of the data section, "
+            f"which has {data_size} bytes")
+
+
+def _is_int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_int(v) for v in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing the model JSON
+# ---------------------------------------------------------------------------------------------
+
+def _need(obj: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise InvalidModelError(f"{where} has no \"{key}\" field")
+    return obj[key]
+
+
+def _int_field(obj: Mapping[str, Any], key: str, where: str, minimum: int) -> int:
+    value = _need(obj, key, where)
+    if not _is_int(value) or value < minimum:
+        raise InvalidModelError(
+            f"{where}: \"{key}\" must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _ints_field(obj: Mapping[str, Any], key: str, where: str, length: int,
+                minimum: int) -> tuple[int, ...]:
+    value = _need(obj, key, where)
+    if not _is_int_list(value) or len(value) != length or any(v < minimum for v in value):
+        raise InvalidModelError(
+            f"{where}: \"{key}\" must be a list of {length} integers >= {minimum}, got {value!r}")
+    return tuple(value)
+
+
+def _bool_field(obj: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidModelError(f"{where}: \"{key}\" must be true or false, got {value!r}")
+    return value
+
+
+def _str_field(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = _need(obj, key, where)
+    if not isinstance(value, str) or not value:
+        raise InvalidModelError(f"{where}: \"{key}\" must be a non-empty string, got {value!r}")
+    return value
+
+
+def _check_header_fields(meta: Mapping[str, Any]) -> None:
+    if not isinstance(meta, Mapping):
+        raise InvalidModelError("the model JSON is not an object")
+    if meta.get("format") != "slimrt":
+        raise InvalidModelError(
+            f"the model JSON has \"format\" {meta.get('format')!r}, expected \"slimrt\"")
+    version = _need(meta, "format_version", "the model JSON")
+    if not _is_int(version) or version < 1:
+        raise InvalidModelError(f"format_version {version!r} is not a valid version (1)")
+    if version > FORMAT_VERSION:
+        raise InvalidModelError(
+            f"format_version {version} is newer than this reader's format_version "
+            f"{FORMAT_VERSION}; upgrade slimrt to read it")
+    _str_field(meta, "name", "the model JSON")
+    _str_field(meta, "output", "the model JSON")
+    source = _need(meta, "input", "the model JSON")
+    if not isinstance(source, Mapping):
+        raise InvalidModelError("the model JSON: \"input\" must be an object")
+    _str_field(source, "name", "the model input")
+    _ints_field(source, "shape", "the model input", 4, 1)
+    m = _need(meta, "min_multiplier", "the model JSON")
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
+        raise InvalidModelError(f"min_multiplier must be in (0, 1], got {m!r}")
+
+
+def parse_groups(meta: Mapping[str, Any]) -> list[Group]:
+    """The channel groups of the model JSON, checked (InvalidModelError)."""
+    raw = _need(meta, "groups", "the model JSON")
+    if not isinstance(raw, list):
+        raise InvalidModelError("the model JSON: \"groups\" must be a list")
+    groups, seen = [], set()
+    for i, entry in enumerate(raw):
+        where = f"channel group {i}"
+        if not isinstance(entry, Mapping):
+            raise InvalidModelError(f"{where} is not an object")
+        name = _str_field(entry, "name", where)
+        where = f"channel group {i} '{name}'"
+        if name in seen:
+            raise InvalidModelError(f"{where}: the name is used by an earlier group")
+        seen.add(name)
+        why = entry.get("why", "")
+        if not isinstance(why, str):
+            raise InvalidModelError(f"{where}: \"why\" must be a string")
+        fixed = _bool_field(entry, "fixed", where, False)
+        groups.append(Group(name, _int_field(entry, "size", where, 1), fixed, why))
+    return groups
+
+
+_OP_FIELDS: dict[str, tuple[str, ...]] = {
+    "conv": ("kernel", "stride", "pads", "dilation", "groups", "act"),
+    "linear": ("out_group", "act"),
+    "add": ("act",),
+    "maxpool": ("kernel", "stride", "pads"),
+    "avgpool": ("kernel", "stride", "pads"),
+    "act": ("act",),
+}
+
+
+def parse_ops(meta: Mapping[str, Any]) -> list[Op]:
+    """The ops of the model JSON with their own fields checked (InvalidModelError).
+
+    Checks kinds, names, activations, field types and that every input is the model input or
+    the output of an earlier op. Shapes are checked by infer_shapes.
+    """
+    raw = _need(meta, "ops", "the model JSON")
+    if not isinstance(raw, list):
+        raise InvalidModelError("the model JSON: \"ops\" must be a list")
+    n_groups = len(meta.get("groups", []))
+    source = meta["input"]["name"]
+    produced, names, ops = {source}, set(), []
+    for i, entry in enumerate(raw):
+        op = parse_op(i, entry, n_groups)
+        if op.name in names:
+            raise InvalidModelError(f"op {i} '{op.name}': the name is used by an earlier op")
+        for tensor in op.inputs:
+            if tensor not in produced:
+                raise InvalidModelError(
+                    f"op '{op.name}' uses tensor '{tensor}' before any op produces it "
+                    "(ops must be in execution order)")
+        if op.output in produced:
+            raise InvalidModelError(
+                f"op '{op.name}' outputs tensor '{op.output}', which already exists")
+        names.add(op.name)
+        produced.add(op.output)
+        ops.append(op)
+    return ops
+
+
+def parse_op(index: int, entry: Any, n_groups: int) -> Op:
+    """One op (the `index`-th) of the model JSON, its own fields checked (InvalidModelError)."""
+    if not isinstance(entry, Mapping):
+        raise InvalidModelError(f"op {index} is not an object")
+    name = _str_field(entry, "name", f"op {index}")
+    where = f"op '{name}'"
+    kind = _need(entry, "op", where)
+    if kind not in OP_KINDS:
+        raise InvalidModelError(
+            f"{where} has unknown kind '{kind}'; known kinds: {', '.join(OP_KINDS)}")
+    inputs = _need(entry, "inputs", where)
+    if not isinstance(inputs, list) or not all(isinstance(t, str) and t for t in inputs):
+        raise InvalidModelError(f"{where}: \"inputs\" must be a list of tensor names")
+    expected = {"add": "2", "concat": "at least 1"}.get(kind, "1")
+    if (kind == "add" and len(inputs) != 2) or (kind == "concat" and not inputs) or \
+            (kind not in ("add", "concat") and len(inputs) != 1):
+        raise InvalidModelError(f"{where} ({kind}) has {len(inputs)} inputs, expected {expected}")
+    for key in _OP_FIELDS.get(kind, ()):
+        _need(entry, key, where)
+    fields: dict[str, Any] = {}
+    if "act" in _OP_FIELDS.get(kind, ()):
+        act = entry["act"]
+        if act not in ACTIVATIONS:
+            raise InvalidModelError(
+                f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
+        fields["act"] = act
+    if kind in ("conv", "maxpool", "avgpool"):
+        fields["kernel"] = _ints_field(entry, "kernel", where, 2, 1)
+        fields["stride"] = _ints_field(entry, "stride", where, 2, 1)
+        fields["pads"] = _ints_field(entry, "pads", where, 4, 0)
+    if kind == "conv":
+        fields["dilation"] = _ints_field(entry, "dilation", where, 2, 1)
+        fields["groups"] = _int_field(entry, "groups", where, 1)
+    if kind in ("conv", "linear") and (kind == "linear" or "out_group" in entry):
+        fields["out_group"] = _int_field(entry, "out_group", where, 0)
+        if fields["out_group"] >= n_groups:
+            raise InvalidModelError(
+                f"{where} names channel group {fields['out_group']}, the model has {n_groups}")
+    if kind in ("maxpool", "avgpool"):
+        fields["ceil_mode"] = _bool_field(entry, "ceil_mode", where, False)
+    if kind == "avgpool":
+        fields["count_include_pad"] = _bool_field(entry, "count_include_pad", where, False)
+    output = _str_field(entry, "output", where)
+    return Op(kind=kind, name=name, inputs=tuple(inputs), output=output, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------
+
+def conv_kind(op: Op, in_channels: int) -> str:
+    """'dense' (groups == 1), 'depthwise' (groups == Cin, no out_group) or 'grouped'."""
+    if op.groups == 1:
+        if op.out_group is None:
+            raise InvalidModelError(
+                f"conv '{op.name}' has no out_group; only depthwise convs omit it")
+        return "dense"
+    if op.out_group is None:
+        if op.groups != in_channels:
+            raise InvalidModelError(
+                f"conv '{op.name}' has no out_group but groups {op.groups} differs from its "
+                f"{in_channels} input channels; only depthwise convs (groups == input "
+                "channels) omit out_group")
+        return "depthwise"
+    return "grouped"
+
+
+def _conv_out(size: int, k: int, s: int, d: int, p0: int, p1: int) -> int:
+    span = size + p0 + p1 - d * (k - 1) - 1
+    return span // s + 1 if span >= 0 else 0
+
+
+def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> int:
+    """PyTorch / ONNX pooling size; in ceil mode the last window must start before the end pad."""
+    span = size + p0 + p1 - k
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // s + 1
+    out = -(-span // s) + 1
+    if (out - 1) * s >= size + p0:
+        out -= 1
+    return out
+
+
+def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
+    """Full output shape of `op` for input shapes `ins`; InvalidModelError if it refuses them."""
+    where = f"op '{op.name}' ({op.kind})"
+    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten"):
+        if len(ins[0]) != 4:
+            raise InvalidModelError(f"{where} needs a rank-4 input, '{op.inputs[0]}' has "
+                                    f"shape {list(ins[0])}")
+    if op.kind == "conv":
+        return _conv_output_shape(op, ins[0], groups, where)
+    if op.kind in ("maxpool", "avgpool"):
+        return _pool_output_shape(op, ins[0], where)
+    if op.kind == "linear":
+        if len(ins[0]) != 2:
+            raise InvalidModelError(f"{where} needs a rank-2 input [N, In], '{op.inputs[0]}' "
+                                    f"has shape {list(ins[0])}; insert a flatten")
+        return (ins[0][0], groups[op.out_group].size)  # type: ignore[index]
+    if op.kind == "add":
+        a, b = ins
+        if len(a) != len(b) or a[0] != b[0] or a[2:] != b[2:]:
+            raise InvalidModelError(f"{where} adds tensors of shapes {list(a)} and {list(b)}; "
+                                    "only their channel counts may differ")
+        return (a[0], max(a[1], b[1])) + a[2:]
+    if op.kind == "concat":
+        first = ins[0]
+        for tensor, shape in zip(op.inputs, ins):
+            if len(shape) != len(first) or shape[0] != first[0] or shape[2:] != first[2:]:
+                raise InvalidModelError(
+                    f"{where}: input '{tensor}' has shape {list(shape)}, which does not match "
+                    f"{list(first)} outside the channel axis")
+        return (first[0], sum(s[1] for s in ins)) + first[2:]
+    if op.kind == "global_avgpool":
+        return ins[0][:2] + (1, 1)
+    if op.kind == "flatten":
+        n, c, h, w = ins[0]
+        return (n, c * h * w)
+    if op.kind == "softmax" and len(ins[0]) < 2:
+        raise InvalidModelError(f"{where} needs an input of rank >= 2")
+    return ins[0]
+
+
+def _conv_output_shape(op: Op, shape: Shape, groups: Sequence[Group], where: str) -> Shape:
+    n, cin, h, w = shape
+    kind = conv_kind(op, cin)
+    if kind == "depthwise":
+        cout = cin
+    else:
+        cout = groups[op.out_group].size  # type: ignore[index]
+    if kind == "grouped" and (cin % op.groups or cout % op.groups):
+        raise InvalidModelError(f"{where}: groups {op.groups} must divide its {cin} input and "
+                                f"{cout} output channels")
+    (kh, kw), (sh, sw), (dh, dw) = op.kernel, op.stride, op.dilation
+    top, left, bottom, right = op.pads
+    oh, ow = _conv_out(h, kh, sh, dh, top, bottom), _conv_out(w, kw, sw, dw, left, right)
+    if oh < 1 or ow < 1:
+        raise InvalidModelError(f"{where}: a {h}x{w} input gives an empty output; the padded "
+                                "input is smaller than the dilated kernel")
+    return (n, cout, oh, ow)
+
+
+def _pool_output_shape(op: Op, shape: Shape, where: str) -> Shape:
+    n, c, h, w = shape
+    (kh, kw), (sh, sw) = op.kernel, op.stride
+    top, left, bottom, right = op.pads
+    if max(top, bottom) >= kh or max(left, right) >= kw:
+        raise InvalidModelError(f"{where}: pads {list(op.pads)} must be smaller than the "
+                                f"kernel {list(op.kernel)}")
+    oh = _pool_out(h, kh, sh, top, bottom, op.ceil_mode)
+    ow = _pool_out(w, kw, sw, left, right, op.ceil_mode)
+    if oh < 1 or ow < 1:
+        raise InvalidModelError(f"{where}: a {h}x{w} input is smaller than the kernel")
+    return (n, c, oh, ow)
+
+
+def infer_shapes(meta: Mapping[str, Any], hw: tuple[int, int] | None = None,
+                 batch: int | None = None) -> dict[str, Shape]:
+    """Full shape of every tensor, for the default input or for input size `hw` / `batch`.
+
+    Raises InvalidModelError when an op does not accept its input shapes.
+    """
+    groups, ops = parse_groups(meta), parse_ops(meta)
+    return _shapes(meta, groups, ops, hw, batch)
+
+
+def _shapes(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
+            hw: tuple[int, int] | None, batch: int | None) -> dict[str, Shape]:
+    n, c, h, w = meta["input"]["shape"]
+    if hw is not None:
+        h, w = hw
+    shapes: dict[str, Shape] = {meta["input"]["name"]: (batch or n, c, h, w)}
+    for op in ops:
+        shapes[op.output] = op_output_shape(op, [shapes[t] for t in op.inputs], groups)
+    return shapes
+
+
+def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, Shape]:
+    """Shapes of the weight and of the optional scale / bias of a conv or linear."""
+    if op.kind == "linear":
+        cout = groups[op.out_group].size  # type: ignore[index]
+        weight: Shape = (in_shape[1], cout)
+    else:
+        kh, kw = op.kernel
+        cin = in_shape[1]
+        kind = conv_kind(op, cin)
+        cout = cin if kind == "depthwise" else groups[op.out_group].size  # type: ignore[index]
+        weight = (kh, kw, cin) if kind == "depthwise" else (kh, kw, cin // op.groups, cout)
+    return {"weight": weight, "scale": (cout,), "bias": (cout,)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Widths and channel maps
+# ---------------------------------------------------------------------------------------------
+
+def uniform_widths(meta: Mapping[str, Any], m: float) -> list[int]:
+    """Widths of every group at uniform multiplier `m` (rule in model.h).
+
+    Raises ProfileError when `m` is outside [min_multiplier, 1].
+    """
+    low = meta["min_multiplier"]
+    if not (isinstance(m, numbers.Real) and math.isfinite(m) and low <= m <= 1):
+        raise ProfileError(f"multiplier {m!r} is outside the model's range [{low}, 1]; "
+                           "pick a multiplier in that range or a named profile")
+    return [g.size if g.fixed else
+            min(max(8 * math.floor(g.size * float(m) / 8 + 0.5), min(8, g.size)), g.size)
+            for g in parse_groups(meta)]
+
+
+def resolve_widths(meta: Mapping[str, Any],
+                   profile: str | int | float) -> tuple[list[int], str | None]:
+    """Widths for a profile name, a profile index or a uniform multiplier, and the profile name.
+
+    A multiplier whose widths equal a named profile's widths resolves to that profile (the
+    cheapest such), so its epilogues apply. Raises ProfileError for an unknown name, an index
+    out of range or a multiplier outside the model's range.
+    """
+    profiles = meta.get("profiles", [])
+    names = [p["name"] for p in profiles]
+    if isinstance(profile, str):
+        if profile not in names:
+            raise ProfileError(f"unknown profile '{profile}'; the model has profiles "
+                               f"{', '.join(repr(n) for n in names) or '(none)'}")
+        return list(profiles[names.index(profile)]["widths"]), profile
+    if isinstance(profile, (bool, np.bool_)):
+        raise ProfileError(f"profile must be a name, an index or a multiplier, got {profile!r}")
+    if isinstance(profile, numbers.Integral):
+        index = int(profile)
+        if not 0 <= index < len(profiles):
+            raise ProfileError(f"profile index {index} is out of range: the model has "
+                               f"{len(profiles)} profiles (0..{len(profiles) - 1})")
+        return list(profiles[index]["widths"]), names[index]
+    if isinstance(profile, numbers.Real):
+        widths = uniform_widths(meta, float(profile))
+        for p in profiles:
+            if list(p["widths"]) == widths:
+                return widths, p["name"]
+        return widths, None
+    raise ProfileError(f"profile must be a name, an index or a multiplier, got {profile!r}")
+
+
+def _merge(runs: Sequence[Run]) -> tuple[Run, ...]:
+    merged: list[Run] = []
+    for offset, count in runs:
+        if count == 0:
+            continue
+        if merged and merged[-1][0] + merged[-1][1] == offset:
+            merged[-1] = (merged[-1][0], merged[-1][1] + count)
+        else:
+            merged.append((offset, count))
+    return tuple(merged)
+
+
+def _op_runs(op: Op, ins: list[TensorInfo], widths: Sequence[int],
+             cin_kind: str) -> tuple[Run, ...]:
+    if op.kind == "linear" or (op.kind == "conv" and cin_kind != "depthwise"):
+        return ((0, widths[op.out_group]),)  # type: ignore[index]
+    if op.kind == "add":
+        for tensor, info in zip(op.inputs, ins):
+            if len(info.runs) != 1 or info.runs[0][0] != 0:
+                raise InvalidModelError(f"add '{op.name}': operand '{tensor}' is not a channel "
+                                        "prefix; zero padding match needs prefix operands")
+        return ((0, max(ins[0].width, ins[1].width)),)
+    if op.kind == "concat":
+        runs, shift = [], 0
+        for info in ins:
+            runs.extend((offset + shift, count) for offset, count in info.runs)
+            shift += info.shape[1]
+        return _merge(runs)
+    if op.kind == "flatten":
+        pixels = ins[0].shape[2] * ins[0].shape[3]
+        return _merge([(o * pixels, k * pixels) for o, k in ins[0].runs])
+    return ins[0].runs
+
+
+def channel_maps(meta: Mapping[str, Any], widths: Sequence[int],
+                 hw: tuple[int, int] | None = None,
+                 batch: int | None = None) -> dict[str, TensorInfo]:
+    """Shape and channel map of every tensor at group widths `widths` and input size `hw`.
+
+    `widths` gives one width per channel group (as a profile does); `hw` defaults to the
+    model's input H, W. Raises InvalidModelError for a graph that does not accept the shapes.
+    """
+    groups, ops = parse_groups(meta), parse_ops(meta)
+    return _channel_maps(meta, groups, ops, widths, _shapes(meta, groups, ops, hw, batch))
+
+
+def _channel_maps(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
+                  widths: Sequence[int], shapes: Mapping[str, Shape]) -> dict[str, TensorInfo]:
+    if len(widths) != len(groups):
+        raise ProfileError(f"{len(widths)} widths given, the model has {len(groups)} channel "
+                           "groups")
+    source = meta["input"]["name"]
+    infos = {source: TensorInfo(shapes[source], ((0, shapes[source][1]),))}
+    for op in ops:
+        ins = [infos[t] for t in op.inputs]
+        kind = conv_kind(op, ins[0].shape[1]) if op.kind == "conv" else ""
+        infos[op.output] = TensorInfo(shapes[op.output], _op_runs(op, ins, widths, kind))
+    return infos
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost
+# ---------------------------------------------------------------------------------------------
+
+def epilogue_tensor_name(op_name: str, which: str, profile: str) -> str:
+    """Name of a per-profile epilogue tensor: '<op>.scale@<profile>' or '<op>.bias@<profile>'."""
+    return f"{op_name}.{which}@{profile}"
+
+
+def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
+                 profile: str | None = None,
+                 tensor_names: Collection[str] | None = None) -> tuple[int, int]:
+    """(MACs, params) at group widths `widths`, as model.h defines them.
+
+    `model` is the model JSON or a SlimFile. params counts the active elements of the scale
+    and bias tensors present, so it needs the tensor names: taken from a SlimFile, or from
+    `tensor_names`; with a bare model JSON and no names, only weights are counted. `profile`
+    names the profile whose per-profile epilogue tensors count as present.
+    """
+    if isinstance(model, SlimFile):
+        meta: Mapping[str, Any] = model.meta
+        names: Collection[str] = tensor_names if tensor_names is not None else model.tensors
+    else:
+        meta, names = model, tensor_names if tensor_names is not None else ()
+    groups, ops = parse_groups(meta), parse_ops(meta)
+    shapes = _shapes(meta, groups, ops, None, None)
+    infos = _channel_maps(meta, groups, ops, widths, shapes)
+    macs = params = 0
+    for op in ops:
+        if op.kind not in ("conv", "linear"):
+            continue
+        op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output])
+        macs += op_macs
+        out_w = infos[op.output].width
+        present = sum(1 for which in ("scale", "bias")
+                      if f"{op.name}.{which}" in names
+                      or (profile is not None
+                          and epilogue_tensor_name(op.name, which, profile) in names))
+        params += weights + present * out_w
+    return macs, params
+
+
+def _op_cost(op: Op, src: TensorInfo, dst: TensorInfo) -> tuple[int, int]:
+    """(MACs per sample, weight elements read) of a conv or linear."""
+    if op.kind == "linear":
+        return src.width * dst.width, src.width * dst.width
+    kh, kw = op.kernel
+    pixels = dst.shape[2] * dst.shape[3]
+    kind = conv_kind(op, src.shape[1])
+    if kind == "depthwise":
+        weights = kh * kw * dst.width
+    elif kind == "grouped":
+        weights = kh * kw * (src.shape[1] // op.groups) * dst.shape[1]
+    else:
+        weights = kh * kw * src.width * dst.width
+    return pixels * weights, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+def validate(slim: SlimFile) -> None:
+    """Check a model against every rule of model.h; InvalidModelError names the offending item."""
+    meta = slim.meta
+    _check_header_fields(meta)
+    groups, ops = parse_groups(meta), parse_ops(meta)
+    shapes = _shapes(meta, groups, ops, None, None)
+    if meta["output"] not in shapes:
+        raise InvalidModelError(f"the model output '{meta['output']}' is not produced by any op")
+    _check_static_widths(meta, groups, ops, shapes)
+    profiles = _check_profiles(meta, groups)
+    _check_tensors(slim, groups, ops, shapes, profiles)
+    _check_costs(slim, groups, ops, shapes, profiles)
+
+
+def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
+                         shapes: Mapping[str, Shape]) -> None:
+    """Rules that must hold at every width assignment, uniform multipliers included.
+
+    Per tensor: is it always at full width, and is its channel map always a single prefix?
+    """
+    source = meta["input"]["name"]
+    full, prefix = {source: True}, {source: True}
+    for op in ops:
+        ins = op.inputs
+        if op.kind == "linear" or (op.kind == "conv"
+                                   and conv_kind(op, shapes[ins[0]][1]) != "depthwise"):
+            full[op.output] = groups[op.out_group].fixed  # type: ignore[index]
+            prefix[op.output] = True
+        elif op.kind == "add":
+            for tensor in ins:
+                if not prefix[tensor]:
+                    raise InvalidModelError(
+                        f"add '{op.name}': operand '{tensor}' is a concat whose channels are "
+                        "not a prefix at narrower widths; zero padding match needs prefix "
+                        "operands (fix the concat's inputs' groups)")
+            c = shapes[op.output][1]
+            full[op.output] = any(full[t] and shapes[t][1] == c for t in ins)
+            prefix[op.output] = True
+        elif op.kind == "concat":
+            full[op.output] = all(full[t] for t in ins)
+            prefix[op.output] = all(full[t] for t in ins[:-1]) and prefix[ins[-1]]
+        else:
+            full[op.output], prefix[op.output] = full[ins[0]], prefix[ins[0]]
+        if op.kind == "conv" and conv_kind(op, shapes[ins[0]][1]) == "grouped":
+            group = groups[op.out_group]  # type: ignore[index]
+            if not group.fixed or not full[ins[0]]:
+                raise InvalidModelError(
+                    f"grouped conv '{op.name}' (groups {op.groups}) must run at full width: "
+                    f"its out_group '{group.name}' must be fixed and its input "
+                    f"'{ins[0]}' must come from fixed groups")
+
+
+def _check_profiles(meta: Mapping[str, Any], groups: Sequence[Group]) -> list[dict[str, Any]]:
+    profiles = _need(meta, "profiles", "the model JSON")
+    if not isinstance(profiles, list):
+        raise InvalidModelError("the model JSON: \"profiles\" must be a list")
+    seen: set[str] = set()
+    for i, p in enumerate(profiles):
+        if not isinstance(p, Mapping):
+            raise InvalidModelError(f"profile {i} is not an object")
+        name = _str_field(p, "name", f"profile {i}")
+        where = f"profile '{name}'"
+        if name in seen:
+            raise InvalidModelError(f"{where}: the name is used by an earlier profile")
+        seen.add(name)
+        widths = _need(p, "widths", where)
+        if not _is_int_list(widths):
+            raise InvalidModelError(f"{where}: \"widths\" must be a list of integers")
+        if len(widths) != len(groups):
+            raise InvalidModelError(
+                f"{where} has {len(widths)} widths, the model has {len(groups)} channel groups")
+        for g, w in zip(groups, widths):
+            if g.fixed and w != g.size:
+                raise InvalidModelError(f"{where} sets fixed group '{g.name}' to width {w}; "
+                                        f"fixed groups run at their full size {g.size}")
+            if not 1 <= w <= g.size:
+                raise InvalidModelError(f"{where} sets group '{g.name}' to width {w}, outside "
+                                        f"[1, {g.size}]")
+        _int_field(p, "macs", where, 0)
+        _int_field(p, "params", where, 0)
+    return profiles
+
+
+def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
+                   shapes: Mapping[str, Shape], profiles: Sequence[Mapping[str, Any]]) -> None:
+    known: set[str] = set()
+    maps = [_channel_maps(slim.meta, groups, ops, p["widths"], shapes) for p in profiles]
+    for op in ops:
+        if op.kind not in ("conv", "linear"):
+            continue
+        for which, shape in param_shapes(op, shapes[op.inputs[0]], groups).items():
+            name = f"{op.name}.{which}"
+            known.add(name)
+            if name in slim.tensors:
+                _check_array(name, slim.tensors[name], shape)
+            elif which == "weight":
+                raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
+                                        "in the file")
+        for p, infos in zip(profiles, maps):
+            for which in ("scale", "bias"):
+                name = epilogue_tensor_name(op.name, which, p["name"])
+                known.add(name)
+                if name in slim.tensors:
+                    _check_array(name, slim.tensors[name], (infos[op.output].width,))
+    unknown = sorted(set(slim.tensors) - known)
+    if unknown:
+        raise InvalidModelError(f"tensor '{unknown[0]}' is not used by any op or profile; "
+                                "remove it or fix its name")
+
+
+def _check_array(name: str, array: Any, shape: Shape) -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+        dtype = getattr(array, "dtype", type(array).__name__)
+        raise InvalidModelError(f"tensor '{name}' has dtype {dtype}; slimrt tensors are float32")
+    if tuple(array.shape) != tuple(shape):
+        raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, the model "
+                                f"needs {list(shape)}")
+
+
+def _check_costs(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
+                 shapes: Mapping[str, Shape], profiles: Sequence[Mapping[str, Any]]) -> None:
+    previous: tuple[str, int] | None = None
+    for p in profiles:
+        macs, params = profile_cost(slim, p["widths"], profile=p["name"])
+        if (p["macs"], p["params"]) != (macs, params):
+            raise InvalidModelError(
+                f"profile '{p['name']}' records macs {p['macs']} and params {p['params']}, its "
+                f"widths give macs {macs} and params {params}; rebuild the file with "
+                "slimrt.builder")
+        if previous is not None and macs < previous[1]:
+            raise InvalidModelError(
+                f"profile '{p['name']}' ({macs} MACs) comes after profile '{previous[0]}' "
+                f"({previous[1]} MACs); profiles are ordered by cost, cheapest first")
+        previous = (p["name"], macs)

@@ -1,0 +1,208 @@
+"""run_reference: a plain float64 numpy executor of a .slim model at one profile.
+
+It is the oracle of the C++ engine, so it is written to be obviously right rather than fast:
+activations are NCHW holding only the active channels (in channel-map order); for each conv
+or linear the active weight rows and columns are gathered into a small dense array (the
+physically pruned layer) and a plain dense op runs on it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from slimrt import format as fmt
+
+__all__ = ["run_reference", "ACTIVATION_FUNCTIONS"]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "silu": lambda x: x * _sigmoid(x),
+    "sigmoid": _sigmoid,
+}
+
+
+def run_reference(slim: fmt.SlimFile, x: np.ndarray, profile: str | int | float) -> np.ndarray:
+    """Run `slim` on input `x` (NCHW, any batch; H, W any size the ops accept) at `profile`.
+
+    `profile` is a profile name, an index or a uniform multiplier (see format.resolve_widths);
+    the named profile's per-profile epilogues are used when it has them. Returns the output
+    tensor's active channels as float64. Raises ValueError for an input of the wrong rank or
+    channel count and ProfileError for an unknown profile.
+    """
+    meta = slim.meta
+    widths, profile_name = fmt.resolve_widths(meta, profile)
+    x = np.asarray(x, dtype=np.float64)
+    channels = meta["input"]["shape"][1]
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"input must be NCHW with {channels} channels, got shape {x.shape}")
+    infos = fmt.channel_maps(meta, widths, hw=(x.shape[2], x.shape[3]), batch=x.shape[0])
+    values = {meta["input"]["name"]: x}
+    for op in fmt.parse_ops(meta):
+        inputs = [values[t] for t in op.inputs]
+        values[op.output] = _run_op(op, inputs, infos, slim.tensors, profile_name)
+    return values[meta["output"]]
+
+
+def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.TensorInfo],
+            tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
+    act = ACTIVATION_FUNCTIONS[op.act]
+    if op.kind == "conv":
+        return act(_conv(op, inputs[0], infos, tensors, profile))
+    if op.kind == "linear":
+        return act(_linear(op, inputs[0], infos, tensors, profile))
+    if op.kind == "add":
+        return act(_add(inputs[0], inputs[1]))
+    if op.kind == "concat":
+        return np.concatenate(inputs, axis=1)
+    if op.kind == "maxpool":
+        return _maxpool(op, inputs[0], infos[op.output].shape)
+    if op.kind == "avgpool":
+        return _avgpool(op, inputs[0], infos[op.output].shape)
+    if op.kind == "global_avgpool":
+        return inputs[0].mean(axis=(2, 3), keepdims=True)
+    if op.kind == "flatten":
+        return inputs[0].reshape(inputs[0].shape[0], -1)
+    if op.kind == "softmax":
+        shifted = inputs[0] - inputs[0].max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+    return act(inputs[0])
+
+
+# -- pruning ----------------------------------------------------------------------------------
+
+def _epilogue(tensors: Mapping[str, np.ndarray], op: fmt.Op, profile: str | None,
+              active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and bias for the active output channels `active` (full-axis positions)."""
+    result = []
+    for which, default in (("scale", 1.0), ("bias", 0.0)):
+        own = tensors.get(fmt.epilogue_tensor_name(op.name, which, profile)) if profile else None
+        if own is not None:
+            values = own.astype(np.float64)  # already one value per active channel
+        elif f"{op.name}.{which}" in tensors:
+            values = tensors[f"{op.name}.{which}"].astype(np.float64)[active]
+        else:
+            values = np.full(len(active), default)
+        result.append(values)
+    return result[0], result[1]
+
+
+def _linear(op: fmt.Op, x: np.ndarray, infos: Mapping[str, fmt.TensorInfo],
+            tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
+    rows = infos[op.inputs[0]].channel_index()
+    out = infos[op.output].channel_index()
+    weight = tensors[f"{op.name}.weight"].astype(np.float64)[rows][:, out]  # [in_w, out_w]
+    scale, bias = _epilogue(tensors, op, profile, out)
+    return (x @ weight) * scale + bias
+
+
+def _conv(op: fmt.Op, x: np.ndarray, infos: Mapping[str, fmt.TensorInfo],
+          tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
+    src, dst = infos[op.inputs[0]], infos[op.output]
+    weight = tensors[f"{op.name}.weight"].astype(np.float64)
+    kind = fmt.conv_kind(op, src.shape[1])
+    out = dst.channel_index()
+    padded = _pad(x, op.pads, 0.0)
+    if kind == "depthwise":
+        y = _depthwise(padded, weight[:, :, out], op, dst.shape)
+    elif kind == "dense":
+        pruned = weight[:, :, src.channel_index()][:, :, :, out]  # [kh, kw, in_w, out_w]
+        y = _dense(padded, pruned, op, dst.shape)
+    else:  # grouped: full width (validated), one dense conv per group
+        cin_g, cout_g = src.shape[1] // op.groups, dst.shape[1] // op.groups
+        y = np.concatenate([
+            _dense(padded[:, g * cin_g:(g + 1) * cin_g], weight[..., g * cout_g:(g + 1) * cout_g],
+                   op, dst.shape)
+            for g in range(op.groups)], axis=1)
+    scale, bias = _epilogue(tensors, op, profile, out)
+    return y * scale[None, :, None, None] + bias[None, :, None, None]
+
+
+# -- dense ops --------------------------------------------------------------------------------
+
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value: float) -> np.ndarray:
+    top, left, bottom, right = pads
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+def _tap(padded: np.ndarray, i: int, j: int, op: fmt.Op, oh: int, ow: int) -> np.ndarray:
+    """The input pixels that kernel tap (i, j) meets, one per output pixel: [N, C, oh, ow]."""
+    (sh, sw), (dh, dw) = op.stride, op.dilation
+    return padded[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                  j * dw: j * dw + sw * (ow - 1) + 1: sw]
+
+
+def _dense(padded: np.ndarray, weight: np.ndarray, op: fmt.Op, shape: fmt.Shape) -> np.ndarray:
+    """Dense conv of a padded input with weight [kh, kw, Cin, Cout]."""
+    oh, ow = shape[2], shape[3]
+    y = np.zeros((padded.shape[0], weight.shape[3], oh, ow))
+    for i in range(weight.shape[0]):
+        for j in range(weight.shape[1]):
+            y += np.einsum("nchw,co->nohw", _tap(padded, i, j, op, oh, ow), weight[i, j])
+    return y
+
+
+def _depthwise(padded: np.ndarray, weight: np.ndarray, op: fmt.Op, shape: fmt.Shape) -> np.ndarray:
+    """Depthwise conv of a padded input with weight [kh, kw, C]."""
+    oh, ow = shape[2], shape[3]
+    y = np.zeros((padded.shape[0], padded.shape[1], oh, ow))
+    for i in range(weight.shape[0]):
+        for j in range(weight.shape[1]):
+            y += _tap(padded, i, j, op, oh, ow) * weight[i, j][None, :, None, None]
+    return y
+
+
+def _pool_windows(x: np.ndarray, op: fmt.Op, shape: fmt.Shape,
+                  fill: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool inputs padded with `fill` far enough for every window (ceil mode reaches past the
+    end padding), with masks of the real input and of input plus declared padding."""
+    (kh, kw), (sh, sw) = op.kernel, op.stride
+    top, left, bottom, right = op.pads
+    n, c, h, w = x.shape
+    oh, ow = shape[2], shape[3]
+    extra_h = max((oh - 1) * sh + kh - (top + h + bottom), 0)
+    extra_w = max((ow - 1) * sw + kw - (left + w + right), 0)
+    grown = (top, left, bottom + extra_h, right + extra_w)
+    padded = _pad(x, grown, fill)
+    inside = _pad(np.ones((1, 1, h, w)), grown, 0.0)
+    declared = _pad(np.ones((1, 1, top + h + bottom, left + w + right)),
+                    (0, 0, extra_h, extra_w), 0.0)
+    return padded, inside, declared
+
+
+def _maxpool(op: fmt.Op, x: np.ndarray, shape: fmt.Shape) -> np.ndarray:
+    padded, _, _ = _pool_windows(x, op, shape, -np.inf)
+    taps = [_tap(padded, i, j, op, shape[2], shape[3])
+            for i in range(op.kernel[0]) for j in range(op.kernel[1])]
+    return np.max(taps, axis=0)
+
+
+def _avgpool(op: fmt.Op, x: np.ndarray, shape: fmt.Shape) -> np.ndarray:
+    padded, inside, declared = _pool_windows(x, op, shape, 0.0)
+    counted = declared if op.count_include_pad else inside
+    total = np.zeros((x.shape[0], x.shape[1], shape[2], shape[3]))
+    count = np.zeros((1, 1, shape[2], shape[3]))
+    for i in range(op.kernel[0]):
+        for j in range(op.kernel[1]):
+            total += _tap(padded, i, j, op, shape[2], shape[3])
+            count += _tap(counted, i, j, op, shape[2], shape[3])
+    return total / count
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Zero padding match: the narrower operand counts as zeros beyond its width."""
+    wide, narrow = (a, b) if a.shape[1] >= b.shape[1] else (b, a)
+    out = wide.copy()
+    out[:, : narrow.shape[1]] += narrow
+    return out

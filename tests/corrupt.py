@@ -1,0 +1,200 @@
+"""Corrupted variants of a valid .slim file, for the error paths of every loader.
+
+Each function takes the bytes of a valid model and returns a Corruption (name, data, expect):
+`data` has exactly one defect and `expect` is a substring that the loader's error message must
+contain (compare case-insensitively). Messages name the offending item (model.h), so `expect`
+is that item (a tensor, op kind, activation or profile name) or, for container damage, one of
+"too short", "truncated", "header", "JSON". all_corruptions() lists every variant.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+
+class Corruption(NamedTuple):
+    name: str
+    data: bytes
+    expect: str
+
+
+Entries = dict[str, tuple[str, list[int], bytes]]  # name -> (dtype, shape, raw bytes)
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def _join(header: dict[str, Any], body: bytes) -> bytes:
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def _unpack(data: bytes) -> tuple[dict[str, str], Entries]:
+    header, body = _split(data)
+    metadata = header.pop("__metadata__")
+    entries = {name: (e["dtype"], e["shape"], body[e["data_offsets"][0]:e["data_offsets"][1]])
+               for name, e in header.items()}
+    return metadata, entries
+
+
+def _pack(metadata: dict[str, str], entries: Entries) -> bytes:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    body = b""
+    for name, (dtype, shape, raw) in entries.items():
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [len(body), len(body) + len(raw)]}
+        body += raw
+    return _join(header, body)
+
+
+def _model(data: bytes) -> dict[str, Any]:
+    return json.loads(_split(data)[0]["__metadata__"]["slimrt"])
+
+
+def _edit_model(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    header, body = _split(data)
+    model = json.loads(header["__metadata__"]["slimrt"])
+    edit(model)
+    header["__metadata__"]["slimrt"] = json.dumps(model)
+    return _join(header, body)
+
+
+def _first_weight(data: bytes) -> str:
+    op = next(op for op in _model(data)["ops"] if op["op"] in ("conv", "linear"))
+    return f"{op['name']}.weight"
+
+
+# -- container damage ------------------------------------------------------------------------
+
+def truncated(data: bytes, at: int) -> Corruption:
+    """The first `at` bytes only (fewer than 8: too short to hold the header length)."""
+    return Corruption(f"truncated_at_{at}", data[:at], "truncated" if at >= 8 else "too short")
+
+
+def truncations(data: bytes) -> list[Corruption]:
+    """Cut inside the length, right after it, inside the header, inside the data, at the end."""
+    (length,) = struct.unpack("<Q", data[:8])
+    body = len(data) - 8 - length
+    points = [0, 5, 8, 8 + length // 2, 8 + length + body // 2, len(data) - 1]
+    return [truncated(data, at) for at in points]
+
+
+def header_length_past_end(data: bytes) -> Corruption:
+    """A header length far beyond the file."""
+    return Corruption("header_length_past_end", struct.pack("<Q", 1 << 40) + data[8:], "header")
+
+
+def non_json_header(data: bytes) -> Corruption:
+    """The header bytes replaced by text that is not JSON, same length."""
+    (length,) = struct.unpack("<Q", data[:8])
+    garbage = (b"{not json: " + b"x" * length)[:length]
+    return Corruption("non_json_header", data[:8] + garbage + data[8 + length:], "JSON")
+
+
+def missing_model_json(data: bytes) -> Corruption:
+    """A plain safetensors file: no __metadata__.slimrt."""
+    header, body = _split(data)
+    header["__metadata__"] = {"format": "pt"}
+    return Corruption("missing_model_json", _join(header, body), "slimrt")
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+def missing_tensor(data: bytes) -> Corruption:
+    """The model JSON names a weight that the file does not hold."""
+    metadata, entries = _unpack(data)
+    name = _first_weight(data)
+    del entries[name]
+    return Corruption("missing_tensor", _pack(metadata, entries), name)
+
+
+def wrong_size(data: bytes) -> Corruption:
+    """A tensor whose header shape needs more bytes than its data_offsets hold."""
+    header, body = _split(data)
+    name = _first_weight(data)
+    header[name]["shape"][-1] += 1
+    return Corruption("wrong_size", _join(header, body), name)
+
+
+def wrong_shape(data: bytes) -> Corruption:
+    """A consistent tensor of the right size but the wrong shape (flattened)."""
+    metadata, entries = _unpack(data)
+    name = _first_weight(data)
+    dtype, shape, raw = entries[name]
+    entries[name] = (dtype, [int(np.prod(shape))], raw)
+    return Corruption("wrong_shape", _pack(metadata, entries), name)
+
+
+def wrong_dtype(data: bytes) -> Corruption:
+    """A weight stored as F64."""
+    metadata, entries = _unpack(data)
+    name = _first_weight(data)
+    _, shape, raw = entries[name]
+    entries[name] = ("F64", shape, np.frombuffer(raw, dtype="<f4").astype("<f8").tobytes())
+    return Corruption("wrong_dtype", _pack(metadata, entries), name)
+
+
+# -- model JSON ------------------------------------------------------------------------------
+
+def unknown_op(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        model["ops"][0]["op"] = "frobnicate"
+    return Corruption("unknown_op", _edit_model(data, edit), "frobnicate")
+
+
+def unknown_activation(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        next(op for op in model["ops"] if "act" in op)["act"] = "gelu_tanh"
+    return Corruption("unknown_activation", _edit_model(data, edit), "gelu_tanh")
+
+
+def profile_width_count(data: bytes) -> Corruption:
+    """A profile with one width more than the model has groups."""
+    count = len(_model(data)["groups"]) + 1
+
+    def edit(model: dict[str, Any]) -> None:
+        model["profiles"][0]["widths"].append(1)
+    return Corruption("profile_width_count", _edit_model(data, edit), f"has {count} widths")
+
+
+def profile_width_out_of_range(data: bytes) -> Corruption:
+    """A profile giving a non-fixed group one channel more than its size."""
+    model = _model(data)
+    index = next(i for i, g in enumerate(model["groups"]) if not g["fixed"])
+    size = model["groups"][index]["size"]
+
+    def edit(model: dict[str, Any]) -> None:
+        model["profiles"][0]["widths"][index] = size + 1
+    return Corruption("profile_width_out_of_range", _edit_model(data, edit),
+                      model["profiles"][0]["name"])
+
+
+def used_before_produced(data: bytes) -> Corruption:
+    """The first op reads the output of the second."""
+    later = _model(data)["ops"][1]["output"]
+
+    def edit(model: dict[str, Any]) -> None:
+        model["ops"][0]["inputs"][0] = later
+    return Corruption("used_before_produced", _edit_model(data, edit), later)
+
+
+def newer_version(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        model["format_version"] = 2
+    return Corruption("newer_version", _edit_model(data, edit), "version 2")
+
+
+def all_corruptions(data: bytes) -> list[Corruption]:
+    """Every corrupted variant of `data` (the bytes of a valid model)."""
+    singles = [header_length_past_end, non_json_header, missing_model_json, missing_tensor,
+               wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
+               profile_width_count, profile_width_out_of_range, used_before_produced,
+               newer_version]
+    return truncations(data) + [make(data) for make in singles]

@@ -1,0 +1,522 @@
+"""The .slim format's Python twin: round trips, validation errors, widths, channel maps, costs."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import corrupt
+from slimrt import format as fmt
+from slimrt.builder import ModelBuilder
+from slimrt.errors import InvalidModelError, ProfileError
+from slimrt.models import DEFAULT_INPUT_HW, concat_net, default_model, tiny_resnet, vgg_like
+
+MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net}
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, fmt.SlimFile]:
+    return {name: make() for name, make in MODELS.items()}
+
+
+def assert_same_model(a: fmt.SlimFile, b: fmt.SlimFile) -> None:
+    assert a.meta == b.meta
+    assert sorted(a.tensors) == sorted(b.tensors)
+    for name, array in a.tensors.items():
+        assert b.tensors[name].dtype == np.float32
+        np.testing.assert_array_equal(array, b.tensors[name], err_msg=name)
+
+
+# -- round trip -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_round_trip_bytes_and_path(models: dict[str, fmt.SlimFile], name: str, tmp_path) -> None:
+    slim = models[name]
+    data = fmt.to_bytes(slim)
+    assert_same_model(slim, fmt.read(data))
+    path = tmp_path / f"{name}.slim"
+    fmt.write(slim, path)
+    assert path.read_bytes() == data
+    assert_same_model(slim, fmt.read(path))
+    assert_same_model(slim, fmt.read(str(path)))
+
+
+def test_models_are_seeded() -> None:
+    assert fmt.to_bytes(concat_net(seed=3)) == fmt.to_bytes(concat_net(seed=3))
+    assert fmt.to_bytes(concat_net(seed=3)) != fmt.to_bytes(concat_net(seed=4))
+
+
+def test_bundled_default_model_matches_its_generator() -> None:
+    bundled = default_model()
+    assert bundled.meta["input"]["shape"] == [1, 3, *DEFAULT_INPUT_HW]
+    assert_same_model(tiny_resnet(seed=0, input_hw=DEFAULT_INPUT_HW), bundled)
+
+
+def test_missing_path_raises_file_not_found(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fmt.read(tmp_path / "absent.slim")
+
+
+# -- corrupted files --------------------------------------------------------------------------
+
+CORRUPTIONS = corrupt.all_corruptions(fmt.to_bytes(concat_net()))
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=[c.name for c in CORRUPTIONS])
+def test_corrupted_bytes_are_refused(case: corrupt.Corruption) -> None:
+    with pytest.raises(InvalidModelError) as info:
+        fmt.read(case.data)
+    assert case.expect.lower() in str(info.value).lower()
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=[c.name for c in CORRUPTIONS])
+def test_corrupted_files_are_refused(case: corrupt.Corruption, tmp_path) -> None:
+    path = tmp_path / "bad.slim"
+    path.write_bytes(case.data)
+    with pytest.raises(InvalidModelError) as info:
+        fmt.read(path)
+    assert case.expect.lower() in str(info.value).lower()
+
+
+def test_corruptions_of_every_model_are_refused(models: dict[str, fmt.SlimFile]) -> None:
+    for name, slim in models.items():
+        for case in corrupt.all_corruptions(fmt.to_bytes(slim)):
+            with pytest.raises(InvalidModelError) as info:
+                fmt.read(case.data)
+            assert case.expect.lower() in str(info.value).lower(), (name, case.name)
+
+
+def test_writer_refuses_an_invalid_model(models: dict[str, fmt.SlimFile], tmp_path) -> None:
+    slim = copy.deepcopy(models["vgg_like"])
+    slim.meta["profiles"][0]["widths"][0] = 0
+    with pytest.raises(InvalidModelError, match="width 0"):
+        fmt.to_bytes(slim)
+    with pytest.raises(InvalidModelError, match="width 0"):
+        fmt.write(slim, tmp_path / "x.slim")
+    assert not (tmp_path / "x.slim").exists()
+
+
+# -- validation of the model JSON and tensors -----------------------------------------------
+
+Mutation = Callable[[fmt.SlimFile], None]
+
+
+def op_named(slim: fmt.SlimFile, name: str) -> dict[str, Any]:
+    return next(op for op in slim.meta["ops"] if op["name"] == name)
+
+
+def set_profile(index: int, **fields: Any) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        slim.meta["profiles"][index].update(fields)
+    return mutate
+
+
+def set_op(name: str, **fields: Any) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        op_named(slim, name).update(fields)
+    return mutate
+
+
+def set_meta(**fields: Any) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        slim.meta.update(fields)
+    return mutate
+
+
+def drop_field(op: str, key: str) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        del op_named(slim, op)[key]
+    return mutate
+
+
+def set_tensor(name: str, value: Callable[[np.ndarray], np.ndarray]) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        slim.tensors[name] = value(slim.tensors.get(name, np.zeros(3, np.float32)))
+    return mutate
+
+
+def set_group(index: int, **fields: Any) -> Mutation:
+    def mutate(slim: fmt.SlimFile) -> None:
+        slim.meta["groups"][index].update(fields)
+    return mutate
+
+
+def swap_profiles(slim: fmt.SlimFile) -> None:
+    p = slim.meta["profiles"]
+    p[0], p[-1] = p[-1], p[0]
+
+
+def duplicate_op_name(slim: fmt.SlimFile) -> None:
+    slim.meta["ops"][1]["name"] = slim.meta["ops"][0]["name"]
+
+
+def duplicate_group(slim: fmt.SlimFile) -> None:
+    slim.meta["groups"][1]["name"] = slim.meta["groups"][0]["name"]
+
+
+def duplicate_output(slim: fmt.SlimFile) -> None:
+    slim.meta["ops"][2]["output"] = slim.meta["ops"][1]["output"]
+
+
+def fixed_group_narrow(slim: fmt.SlimFile) -> None:
+    index = next(i for i, g in enumerate(slim.meta["groups"]) if g["fixed"])
+    slim.meta["profiles"][0]["widths"][index] -= 1
+
+
+# (name, mutation of vgg_like, expected substring of the error)
+VGG_CASES: list[tuple[str, Mutation, str]] = [
+    ("format", set_meta(format="onnx"), "\"format\""),
+    ("version_zero", set_meta(format_version=0), "format_version 0"),
+    ("version_string", set_meta(format_version="1"), "format_version '1'"),
+    ("newer_version", set_meta(format_version=7), "format_version 7"),
+    ("no_ops", lambda s: s.meta.pop("ops"), "\"ops\""),
+    ("min_multiplier_zero", set_meta(min_multiplier=0), "min_multiplier"),
+    ("min_multiplier_big", set_meta(min_multiplier=1.5), "min_multiplier"),
+    ("input_rank", set_meta(input={"name": "input", "shape": [1, 3, 32]}), "the model input"),
+    ("output_missing", set_meta(output="nowhere"), "'nowhere'"),
+    ("duplicate_group", duplicate_group, "used by an earlier group"),
+    ("group_size", set_group(0, size=0), "'c1'"),
+    ("group_fixed_type", set_group(0, fixed="no"), "\"fixed\""),
+    ("duplicate_op", duplicate_op_name, "used by an earlier op"),
+    ("duplicate_output", duplicate_output, "already exists"),
+    ("unknown_kind", set_op("c2", op="conv3d"), "'conv3d'"),
+    ("unknown_act", set_op("c2", act="gelu"), "'gelu'"),
+    ("missing_kernel", drop_field("c2", "kernel"), "\"kernel\""),
+    ("bad_stride", set_op("c2", stride=[0, 1]), "\"stride\""),
+    ("bad_pads", set_op("c2", pads=[1, 1, 1]), "\"pads\""),
+    ("out_group_range", set_op("c2", out_group=17), "channel group 17, the model has 6"),
+    ("no_out_group", drop_field("c2", "out_group"), "no out_group"),
+    ("group_size_mismatch", set_op("c2", out_group=2), "'c2.weight'"),
+    ("used_before", set_op("c1", inputs=["c2"]), "'c2' before"),
+    ("input_count", set_op("c2", inputs=["c1", "c1"]), "2 inputs"),
+    ("linear_rank", set_op("fc1", inputs=["pool3"]), "insert a flatten"),
+    ("pool_pads", set_op("pool3", pads=[3, 3, 3, 3]), "smaller than the kernel"),
+    ("pool_too_big", set_op("pool1", kernel=[40, 40], pads=[0, 0, 0, 0]),
+     "smaller than the kernel"),
+    ("conv_empty", set_op("c1", kernel=[40, 3]), "empty output"),
+    ("ceil_type", set_op("pool2", ceil_mode=1), "\"ceil_mode\""),
+    ("profile_widths", set_profile(0, widths=[8, 8]),
+     "profile '0.25' has 2 widths, the model has 6 channel groups"),
+    ("profile_width_zero", set_profile(0, widths=[0, 8, 8, 8, 16, 10]), "width 0"),
+    ("profile_fixed", fixed_group_narrow, "fixed group 'classes'"),
+    ("profile_name", set_profile(0, name=""), "\"name\""),
+    ("profile_duplicate", set_profile(1, name="0.25"), "used by an earlier profile"),
+    ("profile_macs", set_profile(0, macs=1), "records macs 1"),
+    ("profile_params", set_profile(0, params=1), "params 1"),
+    ("profile_order", swap_profiles, "cheapest first"),
+    ("tensor_dtype", set_tensor("c1.weight", lambda a: a.astype(np.float64)), "'c1.weight'"),
+    ("tensor_shape", set_tensor("c1.bias", lambda a: a[:-1]), "'c1.bias'"),
+    ("tensor_missing", lambda s: s.tensors.pop("fc2.weight"), "'fc2.weight'"),
+    ("tensor_unused", set_tensor("c9.weight", lambda a: a), "'c9.weight'"),
+    ("epilogue_unknown_profile", set_tensor("c1.scale@0.3", lambda a: a), "'c1.scale@0.3'"),
+    ("epilogue_length", set_tensor("c1.bias@0.5", lambda a: np.zeros(16, np.float32)),
+     "'c1.bias@0.5'"),
+]
+
+
+@pytest.mark.parametrize("name, mutate, expect", VGG_CASES, ids=[c[0] for c in VGG_CASES])
+def test_validation_names_the_item(models: dict[str, fmt.SlimFile], name: str, mutate: Mutation,
+                                   expect: str) -> None:
+    slim = copy.deepcopy(models["vgg_like"])
+    fmt.validate(slim)
+    mutate(slim)
+    with pytest.raises(InvalidModelError) as info:
+        fmt.validate(slim)
+    assert expect in str(info.value)
+
+
+def test_epilogue_of_the_right_length_is_accepted(models: dict[str, fmt.SlimFile]) -> None:
+    slim = copy.deepcopy(models["vgg_like"])
+    widths = dict(zip([g["name"] for g in slim.meta["groups"]],
+                      next(p["widths"] for p in slim.meta["profiles"] if p["name"] == "0.5")))
+    slim.tensors["c1.bias@0.5"] = np.zeros(widths["c1"], np.float32)
+    fmt.validate(slim)
+
+
+def small_builder() -> ModelBuilder:
+    b = ModelBuilder("small", input_shape=(1, 4, 8, 8))
+    b.group("g", 8)
+    b.group("h", 8)
+    b.group("fixed", 8, fixed=True)
+    return b
+
+
+def test_add_of_a_narrowing_concat_is_refused() -> None:
+    b = small_builder()
+    rng = np.random.default_rng(0)
+    g = b.conv(b.input, rng.normal(size=(8, 4, 1, 1)), out_group="g")
+    h = b.conv(b.input, rng.normal(size=(8, 4, 1, 1)), out_group="h")
+    cat = b.concat([g, h])
+    wide = b.conv(b.input, rng.normal(size=(16, 4, 1, 1)), name="wide")
+    b.add(cat, wide)
+    with pytest.raises(InvalidModelError, match="zero padding match needs prefix operands"):
+        b.build()
+
+
+def test_add_of_a_concat_behind_fixed_groups_is_accepted() -> None:
+    b = small_builder()
+    rng = np.random.default_rng(0)
+    f = b.conv(b.input, rng.normal(size=(8, 4, 1, 1)), out_group="fixed")
+    g = b.conv(b.input, rng.normal(size=(8, 4, 1, 1)), out_group="g")
+    cat = b.concat([f, g])
+    wide = b.conv(b.input, rng.normal(size=(16, 4, 1, 1)), name="wide")
+    b.add(cat, wide)
+    b.uniform_profiles((0.5, 1.0))
+    infos = fmt.channel_maps(b.build().meta, [4, 8, 8, 8])
+    assert infos[cat].runs == ((0, 12),)
+
+
+def test_grouped_conv_must_be_fixed() -> None:
+    b = small_builder()
+    g = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g")
+    b.conv(g, np.ones((8, 4, 3, 3)), groups=2, out_group="h")
+    with pytest.raises(InvalidModelError, match="must run at full width"):
+        b.build()
+
+
+def test_depthwise_without_matching_groups_is_refused(models: dict[str, fmt.SlimFile]) -> None:
+    slim = copy.deepcopy(models["concat_net"])
+    op_named(slim, "c")["groups"] = 8
+    with pytest.raises(InvalidModelError, match="no out_group but groups 8"):
+        fmt.validate(slim)
+
+
+def test_add_of_mismatched_spatial_shapes_is_refused() -> None:
+    b = small_builder()
+    g = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g")
+    h = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="h", stride=2)
+    with pytest.raises(InvalidModelError, match="only their channel counts may differ"):
+        b.add(g, h)
+
+
+# -- uniform widths and profile resolution ----------------------------------------------------
+
+def nearest_multiple_of_8(size: int, m: float) -> int:
+    """Independent statement of the rule: the multiple of 8 nearest to size*m (halves go up),
+    at least min(8, size), at most size."""
+    target = size * m
+    candidates = range(0, 8 * (size // 8 + 2), 8)
+    best = min(candidates, key=lambda c: (abs(c - target), -c))
+    return min(max(best, min(8, size)), size)
+
+
+def test_uniform_widths_follow_the_rule() -> None:
+    rng = np.random.default_rng(7)
+    sizes = [int(s) for s in rng.integers(1, 300, size=40)] + [1, 3, 7, 8, 13, 16, 127]
+    meta = {"min_multiplier": 0.1,
+            "groups": [{"name": f"g{i}", "size": s, "fixed": i % 9 == 4}
+                       for i, s in enumerate(sizes)]}
+    for m in list(rng.uniform(0.1, 1.0, size=30)) + [0.1, 0.25, 0.5, 1.0]:
+        expected = [s if i % 9 == 4 else nearest_multiple_of_8(s, float(m))
+                    for i, s in enumerate(sizes)]
+        assert fmt.uniform_widths(meta, float(m)) == expected, m
+
+
+@pytest.mark.parametrize("m", [0.2, 1.01, -1.0, math.nan, math.inf])
+def test_uniform_widths_out_of_range(models: dict[str, fmt.SlimFile], m: float) -> None:
+    with pytest.raises(ProfileError, match="outside the model's range"):
+        fmt.uniform_widths(models["vgg_like"].meta, m)
+
+
+def test_resolve_widths(models: dict[str, fmt.SlimFile]) -> None:
+    meta = models["tiny_resnet"].meta
+    profiles = meta["profiles"]
+    for index, p in enumerate(profiles):
+        assert fmt.resolve_widths(meta, p["name"]) == (p["widths"], p["name"])
+        assert fmt.resolve_widths(meta, index) == (p["widths"], p["name"])
+        assert fmt.resolve_widths(meta, np.int64(index)) == (p["widths"], p["name"])
+    by_name = {p["name"]: p["widths"] for p in profiles}
+    assert fmt.resolve_widths(meta, 0.5) == (by_name["0.5"], "0.5")
+    widths, name = fmt.resolve_widths(meta, 0.6)
+    assert name is None and widths == fmt.uniform_widths(meta, 0.6)
+
+
+@pytest.mark.parametrize("key, expect", [("nope", "unknown profile 'nope'"), (9, "index 9"),
+                                         (-1, "index -1"), (True, "name, an index"),
+                                         (None, "name, an index"), (0.1, "outside")])
+def test_resolve_widths_errors(models: dict[str, fmt.SlimFile], key: Any, expect: str) -> None:
+    with pytest.raises(ProfileError, match=expect):
+        fmt.resolve_widths(models["tiny_resnet"].meta, key)
+
+
+# -- channel maps -----------------------------------------------------------------------------
+
+def group_widths(slim: fmt.SlimFile, profile: str) -> dict[str, int]:
+    p = next(p for p in slim.meta["profiles"] if p["name"] == profile)
+    return dict(zip([g["name"] for g in slim.meta["groups"]], p["widths"]))
+
+
+def test_channel_maps_of_concat_and_flatten(models: dict[str, fmt.SlimFile]) -> None:
+    slim = models["concat_net"]
+    w = group_widths(slim, "thin")
+    infos = fmt.channel_maps(slim.meta, [w[g["name"]] for g in slim.meta["groups"]])
+    side, a, b, c = 6, 13, 7, 16    # full sizes of the concat's inputs
+    cat = ((0, side + w["a"]), (side + a, w["b"]), (side + a + b, w["stem"]))
+    assert infos["cat"].runs == cat
+    assert infos["d"].runs == infos["q"].runs == cat
+    assert infos["feats"].runs == cat + ((side + a + b + c, w["mix"]),)
+    pixels = 3 * 3
+    assert infos["feats"].shape[2:] == (3, 3)
+    assert infos["flat"].runs == tuple((o * pixels, k * pixels) for o, k in infos["feats"].runs)
+    assert infos["flat"].width == (side + w["a"] + w["b"] + w["stem"] + w["mix"]) * pixels
+    assert infos["fc"].runs == ((0, 3),)
+    np.testing.assert_array_equal(
+        infos["cat"].channel_index(),
+        np.r_[0:side + w["a"], side + a:side + a + w["b"], side + a + b:side + a + b + w["stem"]])
+
+
+def test_channel_maps_of_zero_padding_add(models: dict[str, fmt.SlimFile]) -> None:
+    slim = models["tiny_resnet"]
+    w = group_widths(slim, "pruned")
+    assert w["stem"] != w["b1.project"]
+    infos = fmt.channel_maps(slim.meta, [w[g["name"]] for g in slim.meta["groups"]])
+    assert infos["b1.add"].runs == ((0, max(w["stem"], w["b1.project"])),)
+    assert infos["b5.add"].runs == ((0, max(w["stage3"], w["b5.project"])),)
+    assert infos["b1.dw"].runs == ((0, w["b1.expand"]),)
+
+
+def test_channel_maps_at_another_input_size(models: dict[str, fmt.SlimFile]) -> None:
+    slim = models["tiny_resnet"]
+    infos = fmt.channel_maps(slim.meta, slim.meta["profiles"][-1]["widths"], hw=(64, 48),
+                             batch=3)
+    assert infos["input"].shape == (3, 3, 64, 48)
+    assert infos["stem"].shape == (3, 16, 32, 24)
+    assert infos["classifier"].active_shape == (3, 10)
+
+
+# -- cost -------------------------------------------------------------------------------------
+
+def cost_model(epilogue: bool) -> fmt.SlimFile:
+    """conv3x3 (3->g, scale+bias) on 6x6, depthwise 3x3/2 (bias), 1x1 g->h, pool, linear h->5."""
+    rng = np.random.default_rng(1)
+    b = ModelBuilder("cost", input_shape=(1, 3, 6, 6))
+    b.group("g", 13)
+    b.group("h", 7)
+    b.group("classes", 5, fixed=True)
+    x = b.conv(b.input, rng.normal(size=(13, 3, 3, 3)), out_group="g", padding=1,
+               scale=np.ones(13), bias=np.zeros(13), name="conv")
+    x = b.conv(x, rng.normal(size=(13, 1, 3, 3)), groups=13, stride=2, padding=1,
+               bias=np.zeros(13), name="dw")
+    x = b.conv(x, rng.normal(size=(7, 13, 1, 1)), out_group="h", name="pw")
+    x = b.flatten(b.global_avgpool(x))
+    b.linear(x, rng.normal(size=(5, 7)), out_group="classes", bias=np.zeros(5), name="fc")
+    b.profile("p", {"g": 5, "h": 3})
+    b.uniform_profiles((1.0,))
+    if epilogue:
+        b.epilogue("pw", "p", np.ones(3), None)
+    return b.build()
+
+
+def hand_count(g: int, h: int, pw_scale: bool) -> tuple[int, int]:
+    macs = 6 * 6 * g * 3 * 3 * 3 + 3 * 3 * g * 3 * 3 + 3 * 3 * h * g + h * 5
+    params = (3 * 3 * 3 * g + 2 * g) + (3 * 3 * g + g) + (g * h + (h if pw_scale else 0)) \
+        + (h * 5 + 5)
+    return macs, params
+
+
+@pytest.mark.parametrize("g, h", [(13, 7), (5, 3), (1, 1), (8, 6)])
+def test_profile_cost_matches_a_hand_count(g: int, h: int) -> None:
+    slim = cost_model(epilogue=False)
+    assert fmt.profile_cost(slim, [g, h, 5]) == hand_count(g, h, False)
+    assert fmt.profile_cost(slim.meta, [g, h, 5], tensor_names=slim.tensors) == \
+        hand_count(g, h, False)
+
+
+def test_profiles_record_their_cost_and_epilogues_count() -> None:
+    slim = cost_model(epilogue=True)
+    recorded = {p["name"]: (p["macs"], p["params"]) for p in slim.meta["profiles"]}
+    assert recorded == {"p": hand_count(5, 3, True), "1.0": hand_count(13, 7, False)}
+    assert [p["name"] for p in slim.meta["profiles"]] == ["p", "1.0"]
+
+
+def test_profiles_are_ordered_by_macs(models: dict[str, fmt.SlimFile]) -> None:
+    for slim in models.values():
+        macs = [p["macs"] for p in slim.meta["profiles"]]
+        assert macs == sorted(macs)
+        for p in slim.meta["profiles"]:
+            assert fmt.profile_cost(slim, p["widths"], profile=p["name"]) == \
+                (p["macs"], p["params"])
+
+
+# -- builder ----------------------------------------------------------------------------------
+
+def test_builder_stores_file_layouts() -> None:
+    rng = np.random.default_rng(2)
+    b = small_builder()
+    dense = rng.normal(size=(8, 4, 3, 2)).astype(np.float32)
+    dw = rng.normal(size=(8, 1, 3, 3)).astype(np.float32)
+    lin = rng.normal(size=(8, 8)).astype(np.float32)
+    x = b.conv(b.input, dense, out_group="g", padding=1, name="dense")
+    x = b.conv(x, dw, groups=8, padding=1, name="dw")
+    x = b.flatten(b.global_avgpool(x))
+    b.linear(x, lin, out_group="fixed", name="fc")
+    b.uniform_profiles((1.0,))
+    t = b.build().tensors
+    for co in range(8):
+        np.testing.assert_array_equal(t["fc.weight"][:, co], lin[co])
+        for ci in range(4):
+            np.testing.assert_array_equal(t["dense.weight"][:, :, ci, co], dense[co, ci])
+        np.testing.assert_array_equal(t["dw.weight"][:, :, co], dw[co, 0])
+
+
+@pytest.mark.parametrize("action, expect", [
+    (lambda b: b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="h", name="input"), "already used"),
+    (lambda b: b.conv(b.input, np.ones((8, 4, 1)), out_group="g"), "Cout, Cin/groups"),
+    (lambda b: b.conv(b.input, np.ones((8, 3, 1, 1)), out_group="g"), "expected"),
+    (lambda b: b.conv(b.input, np.ones((9, 4, 1, 1)), out_group="g"), "has size 8"),
+    (lambda b: b.conv(b.input, np.ones((4, 1, 3, 3)), groups=4, out_group="g"), "depthwise"),
+    (lambda b: b.conv("nope", np.ones((8, 4, 1, 1)), out_group="g"), "'nope'"),
+    (lambda b: b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="zz"), "'zz'"),
+    (lambda b: b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g", scale=np.ones(3)), "scale"),
+    (lambda b: b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g", padding=(1, 2, 3)),
+     "padding"),
+    (lambda b: b.linear(b.input, np.ones((8, 4)), out_group="g"), "insert a flatten"),
+    (lambda b: b.group("g", 4), "already exists"),
+    (lambda b: b.epilogue("nope", "1.0", np.ones(3), None), "'nope'"),
+])
+def test_builder_errors(action: Callable[[ModelBuilder], Any], expect: str) -> None:
+    with pytest.raises(ValueError, match=expect):
+        action(small_builder())
+
+
+def test_builder_failed_conv_leaves_no_group() -> None:
+    b = small_builder()
+    with pytest.raises(ValueError):
+        b.conv(b.input, np.ones((6, 3, 1, 1)))
+    g = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g")
+    b.uniform_profiles((1.0,))
+    assert len(b.build().meta["groups"]) == 3
+    assert g == "conv1"
+
+
+def test_builder_profiles_by_mapping_and_sequence() -> None:
+    b = small_builder()
+    x = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group="g")
+    b.conv(x, np.ones((8, 8, 1, 1)), out_group="fixed")
+    b.profile("map", {"g": 3, 1: 5})
+    b.profile("seq", [2, 4, 8])
+    b.profile("missing", {"g": 3})
+    with pytest.raises(ProfileError, match="no width for groups h"):
+        b.build()
+
+
+def test_builder_auto_groups() -> None:
+    b = ModelBuilder("auto", input_shape=(1, 4, 8, 8))
+    x = b.conv(b.input, np.ones((6, 4, 1, 1)), name="a")
+    y = b.conv(b.input, np.ones((6, 2, 3, 3)), groups=2, padding=1, name="grouped")
+    b.concat([x, y])
+    b.uniform_profiles((0.5, 1.0))
+    groups = b.build().meta["groups"]
+    assert [(g["name"], g["size"], g["fixed"]) for g in groups] == \
+        [("a", 6, False), ("grouped", 6, True)]
+
+
+def test_builder_duplicate_profile() -> None:
+    b = small_builder()
+    b.uniform_profiles((0.5,))
+    with pytest.raises(ValueError, match="'0.5' already exists"):
+        b.profile("0.5", [1, 1, 8])

@@ -1,0 +1,201 @@
+"""Every kernel, through single-op models, against the numpy reference executor.
+
+Odd channel counts (1, 3, 7, 13, 127) and every prefix width of the channels
+under test; strides, padding and dilation; each instruction-set variant of the
+dense convolution that this CPU runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import slimrt
+from slimrt import _core
+from slimrt.builder import ModelBuilder
+from slimrt.format import to_bytes
+from slimrt.reference import run_reference
+
+ISAS = [isa for isa in ("generic", "avx2", "avx512f") if _core.set_conv_isa(isa)]
+_core.set_conv_isa("avx512f") or _core.set_conv_isa("avx2") or _core.set_conv_isa("generic")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _core.conv_isa()
+    assert _core.set_conv_isa(request.param)
+    yield request.param
+    _core.set_conv_isa(before)
+
+
+def weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+
+def vec(rng: np.random.Generator, n: int, loc: float = 0.0) -> np.ndarray:
+    return (loc + 0.2 * rng.standard_normal(n)).astype(np.float32)
+
+
+def check_all_profiles(builder: ModelBuilder, x: np.ndarray, rtol: float = 1e-4) -> int:
+    slim = builder.build()
+    model = slimrt.load(to_bytes(slim))
+    session = model.session()
+    for profile in model.profiles:
+        got = session.run(x, profile.name)
+        want = run_reference(slim, x, profile.name)
+        assert got.shape == want.shape, profile.name
+        scale = max(float(np.abs(want).max()), 1e-6)
+        err = float(np.abs(got - want).max()) / scale
+        assert err <= rtol, f"profile {profile.name}: relative error {err:.2e}"
+    return len(model.profiles)
+
+
+def stem(b: ModelBuilder, rng, cin: int, size: int, name: str = "a") -> tuple[str, int]:
+    """A 1x1 conv from the input into a new group of `size` channels."""
+    g = b.group(name, size)
+    t = b.conv(b.input, weights(rng, size, cin, 1, 1), out_group=g, bias=vec(rng, size), act="relu")
+    return t, g
+
+
+@pytest.mark.parametrize(
+    "cin,cout,kernel,stride,pad,dil",
+    [
+        (1, 3, 3, 1, 1, 1),
+        (3, 7, 3, 2, 1, 1),
+        (7, 13, 1, 1, 0, 1),
+        (13, 1, 5, 1, 2, 2),
+        (13, 127, 3, 2, (0, 1, 2, 1), 1),
+        (7, 33, (3, 5), (2, 1), (1, 2), (2, 1)),
+    ],
+)
+def test_dense_conv_every_width(isa, cin, cout, kernel, stride, pad, dil):
+    rng = np.random.default_rng(cin * 1000 + cout)
+    b = ModelBuilder("conv", input_shape=(2, 3, 11, 13), min_multiplier=0.01)
+    a, ga = stem(b, rng, 3, cin)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    gb = b.group("b", cout)
+    y = b.conv(a, weights(rng, cout, cin, kh, kw), out_group=gb, scale=vec(rng, cout, 1.0), bias=vec(rng, cout),
+               stride=stride, padding=pad, dilation=dil, act="none")
+    b.set_output(y)
+    pairs = {(wa, cout) for wa in range(1, cin + 1)} | {(cin, wb) for wb in range(1, cout + 1)}
+    pairs |= {(max(1, cin // 2), max(1, cout // 3))}
+    for wa, wb in sorted(pairs):
+        b.profile(f"{wa}x{wb}", {"a": wa, "b": wb})
+    x = rng.standard_normal((2, 3, 11, 13)).astype(np.float32)
+    assert check_all_profiles(b, x) == len(pairs)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "silu", "sigmoid"])
+def test_fused_activations(isa, act):
+    rng = np.random.default_rng(7)
+    b = ModelBuilder("act", input_shape=(1, 3, 9, 9), min_multiplier=0.1)
+    a, _ = stem(b, rng, 3, 19)
+    g = b.group("b", 21)
+    y = b.conv(a, 3 * weights(rng, 21, 19, 3, 3), out_group=g, bias=vec(rng, 21), padding=1, act=act)
+    b.set_output(y)
+    for wa, wb in [(19, 21), (3, 17), (1, 1), (11, 5)]:
+        b.profile(f"{wa}x{wb}", {"a": wa, "b": wb})
+    check_all_profiles(b, rng.standard_normal((1, 3, 9, 9)).astype(np.float32))
+
+
+@pytest.mark.parametrize("c,kernel,stride,pad,dil", [(3, 3, 1, 1, 1), (7, 3, 2, 1, 1), (13, 5, 1, 2, 1),
+                                                     (127, 3, 2, (1, 0, 1, 2), 2)])
+def test_depthwise_every_width(c, kernel, stride, pad, dil):
+    rng = np.random.default_rng(c)
+    b = ModelBuilder("dw", input_shape=(2, 3, 12, 10), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, c)
+    y = b.conv(a, weights(rng, c, 1, kernel, kernel), groups=c, scale=vec(rng, c, 1.0), bias=vec(rng, c),
+               stride=stride, padding=pad, dilation=dil, act="relu6")
+    b.set_output(y)
+    for w in range(1, c + 1):
+        b.profile(str(w), {"a": w})
+    assert check_all_profiles(b, rng.standard_normal((2, 3, 12, 10)).astype(np.float32)) == c
+
+
+def test_grouped_conv_full_width():
+    rng = np.random.default_rng(3)
+    b = ModelBuilder("grouped", input_shape=(1, 3, 8, 8), min_multiplier=1.0)
+    a = b.conv(b.input, weights(rng, 12, 3, 1, 1), out_group=b.group("a", 12, fixed=True, why="grouped conv"))
+    g = b.group("b", 8, fixed=True, why="grouped conv output")
+    y = b.conv(a, weights(rng, 8, 3, 3, 3), out_group=g, groups=4, padding=1, bias=vec(rng, 8), act="relu")
+    b.set_output(y)
+    b.profile("full", {})
+    check_all_profiles(b, rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool", "avgpool_pad"])
+@pytest.mark.parametrize("kernel,stride,pad,ceil", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False),
+                                                    (2, 3, 0, True)])
+def test_pooling_every_width(kind, kernel, stride, pad, ceil):
+    rng = np.random.default_rng(11)
+    b = ModelBuilder("pool", input_shape=(2, 3, 11, 9), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 13)
+    if kind == "maxpool":
+        y = b.maxpool(a, kernel, stride=stride, padding=pad, ceil_mode=ceil)
+    else:
+        y = b.avgpool(a, kernel, stride=stride, padding=pad, ceil_mode=ceil, count_include_pad=kind == "avgpool_pad")
+    b.set_output(y)
+    for w in range(1, 14):
+        b.profile(str(w), {"a": w})
+    check_all_profiles(b, rng.standard_normal((2, 3, 11, 9)).astype(np.float32))
+
+
+def test_add_with_unequal_widths():
+    """Zero padding match: operands of different widths; the sum has the wider one."""
+    rng = np.random.default_rng(5)
+    b = ModelBuilder("add", input_shape=(1, 3, 7, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 13, "a")
+    c, _ = stem(b, rng, 3, 7, "c")
+    y = b.add(a, c, act="relu")
+    b.set_output(y)
+    for wa, wc in itertools.product([1, 5, 7, 13], [1, 3, 7]):
+        b.profile(f"{wa}+{wc}", {"a": wa, "c": wc})
+    check_all_profiles(b, rng.standard_normal((1, 3, 7, 7)).astype(np.float32))
+
+
+def test_concat_then_depthwise_and_dense(isa):
+    """A concat's channels are segments: consumers read their weight rows per segment."""
+    rng = np.random.default_rng(9)
+    b = ModelBuilder("concat", input_shape=(1, 3, 8, 8), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    cat = b.concat([a, c])
+    d = b.conv(cat, weights(rng, 20, 1, 3, 3), groups=20, padding=1, bias=vec(rng, 20), act="silu")
+    g = b.group("out", 11)
+    y = b.conv(d, weights(rng, 11, 20, 3, 3), out_group=g, padding=1, bias=vec(rng, 11), act="hardswish")
+    b.set_output(y)
+    for wa, wc, wo in [(7, 13, 11), (1, 13, 11), (7, 1, 5), (3, 5, 1), (1, 1, 1)]:
+        b.profile(f"{wa}-{wc}-{wo}", {"a": wa, "c": wc, "out": wo})
+    check_all_profiles(b, rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+
+
+@pytest.mark.parametrize("spatial", [1, 3])
+def test_linear_after_flatten_every_width(isa, spatial):
+    rng = np.random.default_rng(spatial)
+    hw = 2 * spatial
+    b = ModelBuilder("linear", input_shape=(3, 3, hw, hw), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 13)
+    t = b.maxpool(a, 2, stride=2) if spatial > 1 else b.global_avgpool(a)
+    f = b.flatten(t)
+    g = b.group("fc", 127)
+    h = b.linear(f, weights(rng, 127, 13 * spatial * spatial), out_group=g, bias=vec(rng, 127), act="relu")
+    g2 = b.group("cls", 5, fixed=True, why="classifier output")
+    y = b.softmax(b.linear(h, weights(rng, 5, 127), out_group=g2, bias=vec(rng, 5)))
+    b.set_output(y)
+    for wa, wf in [(13, 127), (1, 127), (13, 1), (7, 64), (2, 3)]:
+        b.profile(f"{wa}-{wf}", {"a": wa, "fc": wf})
+    check_all_profiles(b, rng.standard_normal((3, 3, hw, hw)).astype(np.float32))
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "silu", "sigmoid"])
+def test_standalone_activation(act):
+    rng = np.random.default_rng(2)
+    b = ModelBuilder("act", input_shape=(1, 3, 5, 5), min_multiplier=0.01)
+    a = b.conv(b.input, 4 * weights(rng, 9, 3, 1, 1), out_group=b.group("a", 9))
+    b.set_output(b.act(a, act))
+    for w in (1, 4, 9):
+        b.profile(str(w), {"a": w})
+    check_all_profiles(b, rng.standard_normal((1, 3, 5, 5)).astype(np.float32))
