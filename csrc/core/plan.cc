@@ -60,6 +60,8 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
     switch (op.kind) {
       case OpKind::Conv: {
         need_rank(x, 4);
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " takes " + std::to_string(op.cin) + " input channels, got " + std::to_string(x.c_full));
         y.h = conv_out(x.h, op.kh, op.sh, op.dh, op.pad_top, op.pad_bottom);
         y.w = conv_out(x.w, op.kw, op.sw, op.dw, op.pad_left, op.pad_right);
         if (y.h < 1 || y.w < 1)
@@ -100,6 +102,11 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
       }
       case OpKind::Linear: {
         need_rank(x, 2);
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " takes " + std::to_string(op.cin) + " input features, this input gives " +
+                        std::to_string(x.c_full) + " (the input's height and width differ from those the model "
+                        "was built for: " + std::to_string(model.input_shape()[2]) + "x" +
+                        std::to_string(model.input_shape()[3]) + ")");
         y.c_full = groups[op.out_group].size;
         y.c = widths[op.out_group];
         y.runs = {{0, y.c}};
@@ -125,7 +132,13 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
           need_rank(t, 4);
           if (t.n != x.n || t.h != x.h || t.w != x.w)
             fail_argument(where + " concatenates tensors of shapes " + dims(x) + " and " + dims(t));
-          for (const Run& r : t.runs) y.runs.push_back({r.off + y.c_full, r.count});
+          for (const Run& r : t.runs) {
+            // Adjacent runs merge: a concat of full-width inputs is one prefix.
+            if (!y.runs.empty() && y.runs.back().off + y.runs.back().count == r.off + y.c_full)
+              y.runs.back().count += r.count;
+            else
+              y.runs.push_back({r.off + y.c_full, r.count});
+          }
           y.c += t.c;
           y.c_full += t.c_full;
         }

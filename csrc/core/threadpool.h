@@ -3,8 +3,10 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -32,6 +34,8 @@ class ThreadPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  std::mutex mu_;  // guards sleeping: generation_ changes under it
+  std::condition_variable wake_;
 };
 
 // Splits [0, total) into `parts` near-equal ranges; returns range `part`.
