@@ -1,0 +1,203 @@
+"""The converter's graph IR: one small dataflow graph that both front ends (ONNX, PyTorch) produce.
+
+A :class:`Graph` has one NCHW float32 input, one output and a list of :class:`Node` in
+execution order. Weights live on the nodes as numpy arrays in PyTorch layout
+(conv ``[Cout, Cin/groups, kh, kw]``, linear ``[Out, In]``), so that analysis, sorting and
+emission never deal with a serialisation format.
+
+Node kinds and their fields:
+
+==================  ========================================================================
+``conv``            params ``weight``, optional ``bias``; attrs ``stride`` (sh, sw), ``pads``
+                    (top, left, bottom, right), ``dilation`` (dh, dw), ``groups``, ``act``
+``linear``          params ``weight`` [Out, In], optional ``bias``; attrs ``act``
+``batchnorm``       params ``gamma``, ``beta``, ``mean``, ``var``; attrs ``eps``
+``act``             attrs ``kind``: relu | relu6 | hardswish | silu | sigmoid
+``add``             two inputs; attrs ``act``
+``concat``          inputs joined along channels
+``maxpool``         attrs ``kernel``, ``stride``, ``pads``, ``ceil_mode``
+``avgpool``         as maxpool plus ``count_include_pad``
+``global_avgpool``  [N, C, H, W] -> [N, C, 1, 1]
+``flatten``         [N, C, H, W] -> [N, C*H*W] (C major)
+``softmax``         over axis 1
+==================  ========================================================================
+
+After :func:`fuse`, a ``conv`` or ``linear`` may also carry the BatchNormalization that
+followed it (params ``bn_gamma``, ``bn_beta``, ``bn_mean``, ``bn_var``, attr ``bn_eps``);
+:meth:`Node.epilogue` turns that into the per-channel scale and bias of the .slim format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidModelError
+
+ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid")
+KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
+         "global_avgpool", "flatten", "softmax")
+
+
+class ConversionError(InvalidModelError):
+    """The source model uses an op or a construct that slimrt cannot represent.
+
+    The message names the op and the node, and says what to change in the source model.
+    """
+
+
+@dataclass
+class Node:
+    """One op of the IR: ``output = kind(inputs)`` with weights in ``params``."""
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def is_depthwise(self) -> bool:
+        """A conv with groups == Cin == Cout (one filter per channel)."""
+        if self.kind != "conv":
+            return False
+        w = self.params["weight"]
+        g = self.attrs["groups"]
+        return g > 1 and w.shape[1] == 1 and w.shape[0] == g
+
+    @property
+    def is_grouped(self) -> bool:
+        """A conv with groups > 1 that is not depthwise; it runs at full width."""
+        return self.kind == "conv" and self.attrs["groups"] > 1 and not self.is_depthwise
+
+    def epilogue(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The (scale, bias) of a conv/linear with its folded BatchNormalization, float64."""
+        bias = self.params.get("bias")
+        if "bn_gamma" not in self.params:
+            return None, (None if bias is None else bias.astype(np.float64))
+        scale = self.params["bn_gamma"] / np.sqrt(self.params["bn_var"] + self.attrs["bn_eps"])
+        conv_bias = np.zeros_like(scale) if bias is None else bias.astype(np.float64)
+        shift = self.params["bn_beta"] + (conv_bias - self.params["bn_mean"]) * scale
+        return scale, shift
+
+
+@dataclass
+class Graph:
+    """A topologically ordered IR graph with one NCHW input and one output."""
+
+    name: str
+    input: str
+    input_shape: tuple[int, int, int, int]
+    output: str
+    nodes: list[Node]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def producers(self) -> dict[str, Node]:
+        """Tensor name -> the node that writes it."""
+        return {n.output: n for n in self.nodes}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """Tensor name -> the nodes that read it (the graph output counts as no node)."""
+        found: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for t in n.inputs:
+                found.setdefault(t, []).append(n)
+        return found
+
+    def prune_dead(self) -> None:
+        """Drop nodes whose output does not reach the graph output."""
+        live = {self.output}
+        kept: list[Node] = []
+        for n in reversed(self.nodes):
+            if n.output in live:
+                kept.append(n)
+                live.update(n.inputs)
+        self.nodes = kept[::-1]
+
+
+def fuse(graph: Graph) -> None:
+    """Fold BatchNormalization into the conv/linear before it and activations into their producer.
+
+    A fold happens only when the producer's output has no other reader, so the graph computes
+    the same thing before and after. A BatchNormalization left over raises ConversionError.
+    """
+    _fold(graph, "batchnorm", _absorb_bn)
+    _fold(graph, "act", _absorb_act)
+    for n in graph.nodes:
+        if n.kind == "batchnorm":
+            raise ConversionError(
+                f"BatchNormalization '{n.name}' does not directly follow a Conv or Gemm whose "
+                "output nothing else reads; slimrt folds BatchNormalization into the layer before "
+                "it. Reorder the model so each BatchNormalization follows its conv/linear.")
+
+
+def _fold(graph: Graph, kind: str, absorb: Any) -> None:
+    producers = graph.producers()
+    readers = graph.consumers()
+    renames: dict[str, str] = {}
+    kept: list[Node] = []
+    for n in graph.nodes:
+        n.inputs = [renames.get(t, t) for t in n.inputs]
+        src = producers.get(n.inputs[0]) if n.kind == kind else None
+        sole = src is not None and len(readers.get(src.output, [])) == 1 and src.output != graph.output
+        if sole and absorb(src, n):
+            renames[n.output] = src.output
+            continue
+        kept.append(n)
+    graph.nodes = kept
+    graph.output = renames.get(graph.output, graph.output)
+
+
+def _absorb_bn(src: Node, bn: Node) -> bool:
+    if src.kind not in ("conv", "linear") or "bn_gamma" in src.params or src.attrs.get("act", "none") != "none":
+        return False
+    for key in ("gamma", "beta", "mean", "var"):
+        src.params["bn_" + key] = bn.params[key].astype(np.float64)
+    src.attrs["bn_eps"] = float(bn.attrs["eps"])
+    return True
+
+
+def _absorb_act(src: Node, act: Node) -> bool:
+    if src.kind not in ("conv", "linear", "add") or src.attrs.get("act", "none") != "none":
+        return False
+    src.attrs["act"] = act.attrs["kind"]
+    return True
+
+
+def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape of ``node.output`` given the shapes of its inputs (NCHW or [N, F])."""
+    x = shapes[node.inputs[0]]
+    if node.kind == "conv":
+        w = node.params["weight"]
+        return (x[0], w.shape[0]) + _window_out(x, w.shape[2:], node.attrs, False)
+    if node.kind == "linear":
+        return (x[0], node.params["weight"].shape[0])
+    if node.kind in ("maxpool", "avgpool"):
+        return x[:2] + _window_out(x, node.attrs["kernel"], node.attrs, node.attrs["ceil_mode"])
+    if node.kind == "global_avgpool":
+        return (x[0], x[1], 1, 1)
+    if node.kind == "flatten":
+        return (x[0], int(np.prod(x[1:])))
+    if node.kind == "concat":
+        return (x[0], sum(shapes[t][1] for t in node.inputs)) + tuple(x[2:])
+    return x
+
+
+def _window_out(x: tuple[int, ...], kernel: tuple[int, ...], attrs: dict[str, Any],
+                ceil_mode: bool) -> tuple[int, int]:
+    top, left, bottom, right = attrs["pads"]
+    dil = attrs.get("dilation", (1, 1))
+    out = []
+    for size, k, s, d, lo, hi in zip(x[2:], kernel, attrs["stride"], dil, (top, left), (bottom, right)):
+        span = size + lo + hi - d * (k - 1) - 1
+        n = -(-span // s) + 1 if ceil_mode else span // s + 1
+        if ceil_mode and (n - 1) * s >= size + lo:
+            n -= 1
+        if n < 1:
+            raise ConversionError(f"a window of {k} with stride {s} does not fit an input of size {size}; "
+                                  "use a larger input shape")
+        out.append(n)
+    return out[0], out[1]

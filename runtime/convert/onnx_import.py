@@ -1,0 +1,558 @@
+"""ONNX -> converter IR (:mod:`slimrt.convert.ir`).
+
+Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
+ops that touch activations map onto the IR's op set. Anything else raises
+:class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .ir import ConversionError, Graph, Node, output_shape
+
+SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
+             "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
+             "Reshape to (N, -1)", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
+
+Shape = tuple[int, ...]
+
+
+def load_proto(source: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """An ONNX ModelProto from a path, serialized bytes or a proto."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(source))
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"ONNX file '{path}' does not exist")
+    return onnx.load(str(path))
+
+
+def import_onnx(source: str | Path | bytes | onnx.ModelProto,
+                input_shape: Shape | None = None, name: str | None = None) -> Graph:
+    """Read an ONNX model into a :class:`Graph` (not yet fused).
+
+    ``input_shape`` (N, C, H, W) overrides the shape declared by the model; it is required
+    when the model declares H or W symbolically. A symbolic batch dimension becomes 1.
+    """
+    proto = load_proto(source)
+    return _Importer(proto, input_shape).run(name or proto.graph.name or "model")
+
+
+class _Importer:
+    def __init__(self, proto: onnx.ModelProto, input_shape: Shape | None) -> None:
+        self.graph = proto.graph
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
+        self.shapes: dict[str, Shape] = {}
+        self.alias: dict[str, str] = {}
+        self.nodes: list[Node] = []
+        self.producer: dict[str, Node] = {}
+        self.used_names: set[str] = {"input"}
+        self.input = self._find_input(input_shape)
+
+    def run(self, name: str) -> Graph:
+        for index, proto_node in enumerate(self.graph.node):
+            self._visit(proto_node, index)
+        outputs = [o.name for o in self.graph.output]
+        if len(outputs) != 1:
+            raise ConversionError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); "
+                                  "slimrt models have exactly one")
+        out = self.alias.get(outputs[0], outputs[0])
+        if out not in self.shapes or out == self.input:
+            raise ConversionError(f"the model output '{outputs[0]}' is a constant or the input; "
+                                  "nothing to convert")
+        graph = Graph(name, self.input, self.shapes[self.input], out, self.nodes, self.shapes)  # type: ignore[arg-type]
+        graph.prune_dead()
+        return graph
+
+    def _find_input(self, override: Shape | None) -> str:
+        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ConversionError(f"the model has {len(inputs)} data inputs "
+                                  f"({', '.join(i.name for i in inputs)}); slimrt models have exactly one")
+        value = inputs[0]
+        elem = value.type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            raise ConversionError(f"input '{value.name}' has element type "
+                                  f"{onnx.TensorProto.DataType.Name(elem)}; slimrt runs float32 inputs")
+        dims = value.type.tensor_type.shape.dim
+        if override is not None:
+            shape = tuple(int(d) for d in override)
+        else:
+            if len(dims) != 4:
+                raise ConversionError(f"input '{value.name}' has rank {len(dims)}; slimrt runs NCHW (rank 4) inputs")
+            shape = tuple(d.dim_value if d.HasField("dim_value") else (1 if i == 0 else -1)
+                          for i, d in enumerate(dims))
+            if min(shape) < 1:
+                raise ConversionError(f"input '{value.name}' has a symbolic height or width; "
+                                      "pass input_shape=(N, C, H, W)")
+        if len(shape) != 4:
+            raise ConversionError(f"input_shape {shape} is not (N, C, H, W)")
+        self.shapes[value.name] = shape
+        return value.name
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def _visit(self, node: onnx.NodeProto, index: int) -> None:
+        name = node.name or f"{node.op_type}_{index}"
+        if node.domain not in ("", "ai.onnx"):
+            raise ConversionError(f"unsupported op '{node.domain}.{node.op_type}' at node '{name}': "
+                                  "only the standard ONNX domain is converted")
+        inputs = [self.alias.get(t, t) if t else "" for t in node.input]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if self._foldable(node.op_type, inputs):
+            values = _FOLD[node.op_type](self, [self.consts.get(t) if t else None for t in inputs], attrs, inputs)
+            for out, value in zip(node.output, values):
+                self.consts[out] = np.asarray(value)
+            return
+        handler = _HANDLERS.get(node.op_type)
+        if handler is None:
+            raise ConversionError(_unsupported(node.op_type, name))
+        handler(self, _Ctx(node.op_type, name, inputs, list(node.output), attrs))
+
+    def _foldable(self, op: str, inputs: list[str]) -> bool:
+        if op not in _FOLD:
+            return False
+        if op == "Shape":
+            return True
+        return all(t == "" or t in self.consts for t in inputs)
+
+    # ---- helpers for handlers -----------------------------------------------------------
+
+    def unique(self, name: str, op: str) -> str:
+        """A readable unique op name: '/layer1/layer1.0/conv1/Conv' -> 'layer1.0.conv1'."""
+        parts: list[str] = []
+        for part in [p for p in name.split("/") if p]:
+            if parts and part.startswith(parts[-1] + "."):
+                parts[-1] = part
+            else:
+                parts.append(part)
+        if len(parts) > 1 and parts[-1].split("_")[0] == op:
+            parts.pop()
+        base = ".".join(parts).replace("@", "_") or op
+        candidate, k = base, 1
+        while candidate in self.used_names:
+            k += 1
+            candidate = f"{base}_{k}"
+        self.used_names.add(candidate)
+        return candidate
+
+    def emit(self, ctx: _Ctx, kind: str, inputs: list[str], attrs: dict[str, Any] | None = None,
+             params: dict[str, np.ndarray] | None = None, output: str | None = None, name: str | None = None) -> Node:
+        name = name or self.unique(ctx.name, ctx.op)
+        node = Node(kind, name, inputs, output or ctx.outputs[0], attrs or {}, params or {})
+        self.shapes[node.output] = output_shape(node, self.shapes)
+        self.nodes.append(node)
+        self.producer[node.output] = node
+        return node
+
+    def act_input(self, ctx: _Ctx, i: int = 0) -> str:
+        t = ctx.inputs[i]
+        if t not in self.shapes:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' expects an activation as input {i}, "
+                                  f"got the constant '{t}'")
+        return t
+
+    def const(self, ctx: _Ctx, i: int, what: str) -> np.ndarray:
+        t = ctx.inputs[i] if i < len(ctx.inputs) else ""
+        if t == "" or t not in self.consts:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' needs a constant {what} (input {i}); "
+                                  "slimrt converts trained models whose weights are initializers")
+        return self.consts[t]
+
+    def rank(self, t: str) -> int:
+        return len(self.shapes[t])
+
+
+class _Ctx:
+    """The pieces of one ONNX node a handler needs."""
+
+    def __init__(self, op: str, name: str, inputs: list[str], outputs: list[str], attrs: dict[str, Any]) -> None:
+        self.op, self.name, self.inputs, self.outputs, self.attrs = op, name, inputs, outputs, attrs
+
+
+def _unsupported(op: str, name: str) -> str:
+    hint = ""
+    if op in ("Transpose", "Reshape", "Split", "Slice", "Gather"):
+        hint = (" (an op that moves channels, such as a channel shuffle, cannot keep the channel "
+                "order that width slicing needs)")
+    return (f"unsupported ONNX op '{op}' at node '{name}'{hint}; slimrt converts {', '.join(SUPPORTED)}. "
+            "Replace the op in the source model")
+
+
+# ---- activation handlers ----------------------------------------------------------------
+
+
+def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], x: str) -> dict[str, Any]:
+    a = ctx.attrs
+    if len(kernel) != 2:
+        raise ConversionError(f"{ctx.op} '{ctx.name}' has a {len(kernel)}-D kernel; slimrt runs 2-D ops")
+    stride = tuple(a.get("strides", (1, 1)))
+    dilation = tuple(a.get("dilations", (1, 1)))
+    pads = tuple(a.get("pads", (0, 0, 0, 0)))
+    auto = a.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = _same_pads(imp.shapes[x][2:], kernel, stride, dilation, auto == "SAME_UPPER")
+    elif auto == "VALID":
+        pads = (0, 0, 0, 0)
+    return {"stride": stride, "dilation": dilation, "pads": tuple(int(p) for p in pads)}
+
+
+def _same_pads(size: Shape, kernel: tuple[int, int], stride: Shape, dilation: Shape, upper: bool) -> Shape:
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, stride, dilation):
+        total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return (begin[0], begin[1], end[0], end[1])
+
+
+def _conv(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    w = imp.const(ctx, 1, "weight").astype(np.float32)
+    attrs = _spatial_attrs(imp, ctx, tuple(w.shape[2:]), x)
+    attrs.update(groups=int(ctx.attrs.get("group", 1)), act="none")
+    params = {"weight": w}
+    if len(ctx.inputs) > 2 and ctx.inputs[2]:
+        params["bias"] = imp.const(ctx, 2, "bias").astype(np.float32)
+    if imp.shapes[x][1] != w.shape[1] * attrs["groups"]:
+        raise ConversionError(f"Conv '{ctx.name}' weight {w.shape} does not match {imp.shapes[x][1]} input channels")
+    imp.emit(ctx, "conv", [x], attrs, params)
+
+
+def _batchnorm(imp: _Importer, ctx: _Ctx) -> None:
+    if ctx.attrs.get("training_mode", 0):
+        raise ConversionError(f"BatchNormalization '{ctx.name}' is in training mode; export the model in eval mode")
+    x = imp.act_input(ctx)
+    params = {k: imp.const(ctx, i, k).astype(np.float64)
+              for i, k in enumerate(("gamma", "beta", "mean", "var"), start=1)}
+    imp.emit(ctx, "batchnorm", [x], {"eps": float(ctx.attrs.get("epsilon", 1e-5))}, params)
+
+
+def _simple_act(kind: str) -> Callable[[_Importer, _Ctx], None]:
+    def handler(imp: _Importer, ctx: _Ctx) -> None:
+        imp.emit(ctx, "act", [imp.act_input(ctx)], {"kind": kind})
+    return handler
+
+
+def _clip(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    if imp.opset < 11:
+        lo, hi = ctx.attrs.get("min", -np.inf), ctx.attrs.get("max", np.inf)
+    else:
+        lo = float(imp.const(ctx, 1, "min")) if len(ctx.inputs) > 1 and ctx.inputs[1] else -np.inf
+        hi = float(imp.const(ctx, 2, "max")) if len(ctx.inputs) > 2 and ctx.inputs[2] else np.inf
+    if lo == 0 and hi == 6:
+        kind = "relu6"
+    elif lo == 0 and np.isinf(hi):
+        kind = "relu"
+    else:
+        raise ConversionError(f"Clip '{ctx.name}' clips to [{lo}, {hi}]; slimrt converts Clip(0, 6) (ReLU6) "
+                              "and Clip(0, inf) (ReLU) only")
+    imp.emit(ctx, "act", [x], {"kind": kind})
+
+
+def _mul(imp: _Importer, ctx: _Ctx) -> None:
+    a, b = ctx.inputs[:2]
+    for x, s in ((a, b), (b, a)):
+        src = imp.producer.get(s)
+        if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "sigmoid"
+                and src.inputs[0] == x):
+            imp.emit(ctx, "act", [x], {"kind": "silu"})
+            return
+    raise ConversionError(f"Mul '{ctx.name}' is not x * Sigmoid(x) (SiLU); slimrt converts no other Mul. "
+                          "Fold constant scales into the neighbouring conv before exporting")
+
+
+def _add(imp: _Importer, ctx: _Ctx) -> None:
+    acts = [t for t in ctx.inputs if t in imp.shapes]
+    consts = [t for t in ctx.inputs if t and t not in imp.shapes]
+    if len(acts) == 2 and not consts:
+        a, b = acts
+        if imp.shapes[a] != imp.shapes[b]:
+            raise ConversionError(f"Add '{ctx.name}' adds shapes {imp.shapes[a]} and {imp.shapes[b]}; "
+                                  "slimrt adds tensors of equal shape only")
+        imp.emit(ctx, "add", [a, b], {"act": "none"})
+        return
+    if len(acts) == 1 and len(consts) == 1:
+        _add_bias(imp, ctx, acts[0], imp.consts[consts[0]])
+        return
+    raise ConversionError(f"{ctx.op} '{ctx.name}' has {len(acts)} activation inputs; slimrt converts "
+                          "the sum of two activations or a layer output plus a constant bias")
+
+
+def _add_bias(imp: _Importer, ctx: _Ctx, x: str, value: np.ndarray) -> None:
+    src = imp.producer.get(x)
+    bias = _per_channel(value, imp.shapes[x])
+    if src is None or src.kind not in ("conv", "linear") or src.attrs.get("act", "none") != "none" or bias is None:
+        raise ConversionError(f"Add '{ctx.name}' adds a constant of shape {value.shape} to '{x}'; slimrt folds "
+                              "a per-channel constant into the Conv, Gemm or MatMul right before it only")
+    params = dict(src.params)
+    params["bias"] = (params.get("bias", np.zeros(bias.size, np.float32)) + bias).astype(np.float32)
+    imp.emit(ctx, src.kind, list(src.inputs), dict(src.attrs), params, name=imp.unique(src.name, ""))
+
+
+def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
+    """The per-channel vector a constant broadcasts to over ``shape``, or None if it varies elsewhere."""
+    try:
+        full = np.broadcast_to(value.astype(np.float64), (1,) + tuple(shape[1:]))
+    except ValueError:
+        return None
+    if len(full.shape) != len(shape):
+        return None
+    table = full.reshape(shape[1], -1)
+    return table[:, 0] if np.all(table == table[:, :1]) else None
+
+
+def _sum(imp: _Importer, ctx: _Ctx) -> None:
+    if len(ctx.inputs) == 1:
+        imp.alias[ctx.outputs[0]] = imp.act_input(ctx)
+        return
+    if len(ctx.inputs) != 2:
+        raise ConversionError(f"Sum '{ctx.name}' has {len(ctx.inputs)} inputs; slimrt converts sums of two")
+    _add(imp, ctx)
+
+
+def _pool(kind: str) -> Callable[[_Importer, _Ctx], None]:
+    def handler(imp: _Importer, ctx: _Ctx) -> None:
+        x = imp.act_input(ctx)
+        if len(ctx.outputs) > 1 and ctx.outputs[1]:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' returns indices; slimrt converts the values only")
+        kernel = tuple(int(k) for k in ctx.attrs["kernel_shape"])
+        attrs = _spatial_attrs(imp, ctx, kernel, x)  # type: ignore[arg-type]
+        if attrs.pop("dilation") != (1, 1):
+            raise ConversionError(f"{ctx.op} '{ctx.name}' is dilated; slimrt converts undilated pooling only")
+        attrs.update(kernel=kernel, ceil_mode=bool(ctx.attrs.get("ceil_mode", 0)))
+        if kind == "avgpool":
+            attrs["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
+        imp.emit(ctx, kind, [x], attrs)
+    return handler
+
+
+def _global_pool(imp: _Importer, ctx: _Ctx) -> None:
+    imp.emit(ctx, "global_avgpool", [imp.act_input(ctx)])
+
+
+def _reduce_mean(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    if len(ctx.inputs) > 1 and ctx.inputs[1]:
+        axes = [int(a) for a in imp.const(ctx, 1, "axes")]
+    else:
+        axes = list(ctx.attrs.get("axes", []))
+    if imp.rank(x) != 4 or sorted(a % 4 for a in axes) != [2, 3]:
+        raise ConversionError(f"ReduceMean '{ctx.name}' over axes {axes}; slimrt converts the mean over H and W only")
+    if ctx.attrs.get("keepdims", 1):
+        imp.emit(ctx, "global_avgpool", [x])
+        return
+    pooled = imp.emit(ctx, "global_avgpool", [x], output=ctx.outputs[0] + "#pooled")
+    imp.emit(ctx, "flatten", [pooled.output])
+
+
+def _flatten(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    axis = int(ctx.attrs.get("axis", 1)) % max(imp.rank(x), 1)
+    if axis != 1:
+        raise ConversionError(f"Flatten '{ctx.name}' with axis {axis}; slimrt converts Flatten(axis=1) only")
+    _to_rank2(imp, ctx, x)
+
+
+def _to_rank2(imp: _Importer, ctx: _Ctx, x: str) -> None:
+    if imp.rank(x) == 2:
+        imp.alias[ctx.outputs[0]] = x
+    else:
+        imp.emit(ctx, "flatten", [x])
+
+
+def _reshape(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    shape = imp.shapes[x]
+    target = _resolve_reshape(shape, imp.const(ctx, 1, "shape"), bool(ctx.attrs.get("allowzero", 0)))
+    if target == shape:
+        imp.alias[ctx.outputs[0]] = x
+    elif target == (shape[0], int(np.prod(shape[1:]))):
+        _to_rank2(imp, ctx, x)
+    else:
+        raise ConversionError(f"Reshape '{ctx.name}' from {shape} to {target} mixes the channel axis with "
+                              "other axes; slimrt converts Reshape to (N, -1) only, since any other reshape "
+                              "breaks the channel order that width slicing needs")
+
+
+def _resolve_reshape(shape: Shape, target: np.ndarray, allowzero: bool) -> Shape:
+    dims = [int(d) for d in target.reshape(-1)]
+    dims = [shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+    if -1 in dims:
+        known = int(np.prod([d for d in dims if d != -1]))
+        dims[dims.index(-1)] = int(np.prod(shape)) // max(known, 1)
+    return tuple(dims)
+
+
+def _squeeze(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    shape = imp.shapes[x]
+    if len(shape) == 4 and shape[2:] == (1, 1):
+        _to_rank2(imp, ctx, x)
+        return
+    raise ConversionError(f"Squeeze '{ctx.name}' of shape {shape}; slimrt converts the squeeze of a "
+                          "[N, C, 1, 1] tensor to [N, C] only")
+
+
+def _gemm(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    a = ctx.attrs
+    if a.get("transA", 0):
+        raise ConversionError(f"Gemm '{ctx.name}' has transA=1; slimrt converts Gemm(x, W) with x as [N, In]")
+    w = imp.const(ctx, 1, "weight").astype(np.float32)
+    w = w if a.get("transB", 0) else w.T
+    alpha = float(a.get("alpha", 1.0))
+    params = {"weight": np.ascontiguousarray(w * np.float32(alpha) if alpha != 1.0 else w)}
+    if len(ctx.inputs) > 2 and ctx.inputs[2]:
+        c = imp.const(ctx, 2, "bias").astype(np.float64) * float(a.get("beta", 1.0))
+        if c.size not in (1, w.shape[0]):
+            raise ConversionError(f"Gemm '{ctx.name}' has a bias of shape {c.shape}; slimrt needs one value per output")
+        params["bias"] = np.broadcast_to(c.reshape(-1), (w.shape[0],)).astype(np.float32)
+    _emit_linear(imp, ctx, x, params)
+
+
+def _matmul(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    w = imp.const(ctx, 1, "weight")
+    if w.ndim != 2:
+        raise ConversionError(f"MatMul '{ctx.name}' with a weight of rank {w.ndim}; slimrt converts [In, Out] weights")
+    _emit_linear(imp, ctx, x, {"weight": np.ascontiguousarray(w.T).astype(np.float32)})
+
+
+def _emit_linear(imp: _Importer, ctx: _Ctx, x: str, params: dict[str, np.ndarray]) -> None:
+    shape = imp.shapes[x]
+    if len(shape) != 2 or shape[1] != params["weight"].shape[1]:
+        raise ConversionError(f"{ctx.op} '{ctx.name}' reads a tensor of shape {shape} with a weight of "
+                              f"{params['weight'].shape[1]} inputs; slimrt converts [N, In] x [In, Out]")
+    imp.emit(ctx, "linear", [x], {"act": "none"}, params)
+
+
+def _concat(imp: _Importer, ctx: _Ctx) -> None:
+    xs = [imp.act_input(ctx, i) for i in range(len(ctx.inputs))]
+    rank = imp.rank(xs[0])
+    if int(ctx.attrs.get("axis", 1)) % rank != 1:
+        raise ConversionError(f"Concat '{ctx.name}' along axis {ctx.attrs.get('axis')}; slimrt concatenates "
+                              "channels (axis 1) only")
+    if rank != 4 or any(imp.shapes[t][2:] != imp.shapes[xs[0]][2:] or imp.rank(t) != 4 for t in xs):
+        raise ConversionError(f"Concat '{ctx.name}' joins tensors of shapes {[imp.shapes[t] for t in xs]}; "
+                              "slimrt concatenates NCHW tensors of equal H and W")
+    imp.emit(ctx, "concat", xs)
+
+
+def _passthrough(imp: _Importer, ctx: _Ctx) -> None:
+    imp.alias[ctx.outputs[0]] = imp.act_input(ctx)
+
+
+def _softmax(imp: _Importer, ctx: _Ctx) -> None:
+    x = imp.act_input(ctx)
+    default = 1 if imp.opset < 13 else -1
+    axis = int(ctx.attrs.get("axis", default)) % imp.rank(x)
+    if imp.rank(x) != 2 or axis != 1:
+        raise ConversionError(f"Softmax '{ctx.name}' over axis {axis} of a rank-{imp.rank(x)} tensor; "
+                              "slimrt converts the softmax of [N, C] logits only")
+    imp.emit(ctx, "softmax", [x])
+
+
+_HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
+    "Conv": _conv, "BatchNormalization": _batchnorm, "Relu": _simple_act("relu"), "Clip": _clip,
+    "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Mul": _mul,
+    "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
+    "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
+    "Reshape": _reshape, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
+    "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax,
+}
+
+
+# ---- constant folding -----------------------------------------------------------------
+
+Fold = Callable[[_Importer, list[Any], dict[str, Any], list[str]], list[np.ndarray]]
+
+
+def _axes(values: list[Any], attrs: dict[str, Any]) -> list[int]:
+    if len(values) > 1 and values[1] is not None:
+        return [int(a) for a in values[1].reshape(-1)]
+    return [int(a) for a in attrs.get("axes", [])]
+
+
+def _fold_constant(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
+    if "value" in a:
+        return [numpy_helper.to_array(a["value"])]
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in a:
+            return [np.array(a[key], dtype=dtype)]
+    raise ConversionError(f"Constant with attributes {sorted(a)} is not supported; use 'value'")
+
+
+def _fold_constant_of_shape(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
+    value = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+    return [np.full([int(d) for d in v[0]], value.reshape(-1)[0], dtype=value.dtype)]
+
+
+def _fold_shape(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
+    shape = imp.shapes[names[0]] if names[0] in imp.shapes else v[0].shape
+    rank = len(shape)
+    start = int(a.get("start", 0))
+    end = int(a.get("end", rank))
+    return [np.array(shape[start:end], dtype=np.int64)]
+
+
+def _fold_slice(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
+    data = v[0]
+    if len(v) > 1:
+        starts, ends = v[1].tolist(), v[2].tolist()
+        axes = v[3].tolist() if len(v) > 3 and v[3] is not None else list(range(len(starts)))
+        steps = v[4].tolist() if len(v) > 4 and v[4] is not None else [1] * len(starts)
+    else:
+        starts, ends = a["starts"], a["ends"]
+        axes = a.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    index = [slice(None)] * data.ndim
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        index[ax] = slice(s, e, st)
+    return [data[tuple(index)]]
+
+
+def _fold_unary(fn: Callable[[np.ndarray], np.ndarray]) -> Fold:
+    return lambda imp, v, a, n: [fn(v[0])]
+
+
+def _fold_binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Fold:
+    return lambda imp, v, a, n: [np.asarray(fn(v[0], v[1])).astype(np.result_type(v[0], v[1]))]
+
+
+_FOLD: dict[str, Fold] = {
+    "Constant": _fold_constant,
+    "ConstantOfShape": _fold_constant_of_shape,
+    "Identity": _fold_unary(lambda x: x),
+    "Dropout": lambda imp, v, a, n: [v[0]],
+    "Cast": lambda imp, v, a, n: [v[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))],
+    "Shape": _fold_shape,
+    "Gather": lambda imp, v, a, n: [np.take(v[0], v[1], axis=int(a.get("axis", 0)))],
+    "Unsqueeze": lambda imp, v, a, n: [np.expand_dims(v[0], tuple(_axes(v, a)))],
+    "Squeeze": lambda imp, v, a, n: [np.squeeze(v[0], tuple(_axes(v, a)) or None)],
+    "Concat": lambda imp, v, a, n: [np.concatenate([np.atleast_1d(x) for x in v], axis=int(a["axis"]))],
+    "Reshape": lambda imp, v, a, n: [v[0].reshape(_resolve_reshape(v[0].shape, v[1], bool(a.get("allowzero", 0))))],
+    "Transpose": lambda imp, v, a, n: [np.transpose(v[0], a.get("perm"))],
+    "Slice": _fold_slice,
+    "Expand": lambda imp, v, a, n: [v[0] * np.ones([int(d) for d in v[1]], dtype=v[0].dtype)],
+    "Range": lambda imp, v, a, n: [np.arange(v[0], v[1], v[2]).astype(v[0].dtype)],
+    "Add": _fold_binary(np.add), "Sub": _fold_binary(np.subtract), "Mul": _fold_binary(np.multiply),
+    "Div": lambda imp, v, a, n: [(v[0] // v[1]) if np.issubdtype(v[0].dtype, np.integer) else v[0] / v[1]],
+    "Pow": _fold_binary(np.power),
+    "Sqrt": _fold_unary(np.sqrt), "Reciprocal": _fold_unary(np.reciprocal), "Neg": _fold_unary(np.negative),
+    "Relu": _fold_unary(lambda x: np.maximum(x, 0)),
+}

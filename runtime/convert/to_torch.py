@@ -1,0 +1,149 @@
+"""One profile of a .slim model as a plain, physically pruned ``torch.nn.Module``.
+
+The module holds ``nn.Conv2d`` / ``nn.Linear`` layers of exactly the active sizes (epilogue
+folded into weight and bias), so it can be fine-tuned, exported or used as an oracle. Its
+``forward`` runs the model's op list in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import format as fmt
+from .export import ModelLike, ProfileView, profile_view
+from .ir import ConversionError
+
+_ACTS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
+         "silu": F.silu, "sigmoid": torch.sigmoid}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One op of the pruned network: ``env[output] = kind(env[inputs])``."""
+
+    kind: str
+    inputs: tuple[str, ...]
+    output: str
+    layer: str = ""
+    act: str = "none"
+    pad: tuple[int, ...] = ()
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+
+class PrunedNet(nn.Module):
+    """A physically pruned profile of a .slim model; ``forward(x)`` takes NCHW float32."""
+
+    def __init__(self, name: str, source: str, output: str, steps: list[Step],
+                 layers: dict[str, nn.Module], widths: dict[str, int]) -> None:
+        super().__init__()
+        self.model_name, self.source, self.output = name, source, output
+        self.steps = steps
+        self.layers = nn.ModuleDict(layers)
+        self.widths = widths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env = {self.source: x}
+        for step in self.steps:
+            env[step.output] = self._run(step, [env[t] for t in step.inputs])
+        return env[self.output]
+
+    def _run(self, step: Step, xs: list[torch.Tensor]) -> torch.Tensor:
+        a = dict(step.attrs)
+        if step.kind in ("conv", "linear"):
+            x = F.pad(xs[0], step.pad) if step.pad else xs[0]
+            return _ACTS[step.act](self.layers[step.layer](x))
+        if step.kind == "add":
+            width = max(x.shape[1] for x in xs)
+            return _ACTS[step.act](sum(_pad_channels(x, width) for x in xs))
+        if step.kind == "act":
+            return _ACTS[step.act](xs[0])
+        if step.kind == "concat":
+            return torch.cat(xs, dim=1)
+        if step.kind == "maxpool":
+            x = F.pad(xs[0], step.pad, value=float("-inf")) if step.pad else xs[0]
+            return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])
+        if step.kind == "avgpool":
+            x = F.pad(xs[0], step.pad) if step.pad else xs[0]
+            return F.avg_pool2d(x, a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"],
+                                count_include_pad=a["count_include_pad"])
+        if step.kind == "global_avgpool":
+            return xs[0].mean(dim=(2, 3), keepdim=True)
+        if step.kind == "flatten":
+            return torch.flatten(xs[0], 1)
+        if step.kind == "softmax":
+            return torch.softmax(xs[0], dim=1)
+        raise ConversionError(f"op kind '{step.kind}' has no PyTorch equivalent")
+
+
+def _pad_channels(x: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - x.shape[1]
+    if missing == 0:
+        return x
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, missing))
+
+
+def to_torch(model: ModelLike, profile: str | float) -> PrunedNet:
+    """``profile`` of ``model`` as a physically pruned :class:`PrunedNet` in eval mode."""
+    view = profile_view(model, profile)
+    steps: list[Step] = []
+    layers: dict[str, nn.Module] = {}
+    for i, op in enumerate(view.ops):
+        steps.append(_step(view, op, f"op{i}", layers))
+    meta = view.slim.meta
+    groups = fmt.parse_groups(meta)
+    net = PrunedNet(meta["name"], meta["input"]["name"], meta["output"], steps, layers,
+                    {g.name: w for g, w in zip(groups, view.widths)})
+    return net.eval()
+
+
+def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module]) -> Step:
+    base = {"kind": op.kind, "inputs": tuple(op.inputs), "output": op.output, "act": op.act}
+    if op.kind in ("conv", "linear"):
+        layers[key] = _layer(view, op)
+        pad = () if op.kind == "linear" or _symmetric(op.pads) else _torch_pad(op.pads)
+        return Step(layer=key, pad=pad, **base)
+    if op.kind in ("maxpool", "avgpool"):
+        return _pool_step(op, base)
+    return Step(**base)
+
+
+def _layer(view: ProfileView, op: fmt.Op) -> nn.Module:
+    p = view.layer(op)
+    weight = torch.from_numpy(p.weight.copy())
+    if op.kind == "linear":
+        layer: nn.Module = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0])
+    else:
+        padding = (op.pads[0], op.pads[1]) if _symmetric(op.pads) else (0, 0)
+        layer = nn.utils.skip_init(nn.Conv2d, weight.shape[1] * p.groups, weight.shape[0], tuple(op.kernel),
+                                   tuple(op.stride), padding, tuple(op.dilation), p.groups)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(torch.from_numpy(p.bias.copy()))
+    return layer
+
+
+def _pool_step(op: fmt.Op, base: dict[str, Any]) -> Step:
+    top, left = op.pads[:2]
+    kh, kw = op.kernel
+    native = _symmetric(op.pads) and top <= kh // 2 and left <= kw // 2
+    if not native and op.kind == "avgpool" and not op.count_include_pad:
+        raise ConversionError(f"avgpool '{op.name}' has pads {op.pads} that PyTorch's avg_pool2d cannot "
+                              "express without counting the padding")
+    attrs = {"kernel": tuple(op.kernel), "stride": tuple(op.stride),
+             "padding": (top, left) if native else (0, 0), "ceil_mode": op.ceil_mode,
+             "count_include_pad": op.count_include_pad}
+    return Step(pad=() if native else _torch_pad(op.pads), attrs=tuple(attrs.items()), **base)
+
+
+def _symmetric(pads: tuple[int, int, int, int]) -> bool:
+    return pads[0] == pads[2] and pads[1] == pads[3]
+
+
+def _torch_pad(pads: tuple[int, int, int, int]) -> tuple[int, ...]:
+    top, left, bottom, right = pads
+    return (left, right, top, bottom)

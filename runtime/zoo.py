@@ -1,0 +1,237 @@
+"""Reference CNNs in PyTorch, in the ImageNet configuration of their papers.
+
+The width-slimming literature (Slimmable Networks, US-Nets, SP-Net, DS-Net) reports on these
+models, so they are the zoo that conversion, training and benchmarks are checked on:
+
+* :func:`mobilenet_v2` (Sandler et al., 2018): inverted residuals, ReLU6, width multiplier;
+* :func:`resnet18`, :func:`resnet50` (He et al., 2016): basic / bottleneck blocks, projection
+  shortcuts where the shape changes; downsampling in the first conv of a block, as in the
+  original release (torchvision's "v1.5" moves a bottleneck's stride to the 3x3 conv);
+* :func:`vgg16_bn` (Simonyan & Zisserman, 2015, configuration D, with BatchNormalization).
+
+All take ``num_classes``. This module needs torch (``pip install slimrt[convert]``); ``import
+slimrt`` does not import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "VGG", "MobileNetV2", "ResNet", "create", "mobilenet_v2", "resnet18", "resnet50", "vgg16_bn"]
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+             act: type[nn.Module] | None = nn.ReLU, bias: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=bias),
+                               nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act(inplace=True))
+    return nn.Sequential(*layers)
+
+
+# ---- MobileNetV2 ----------------------------------------------------------------------
+
+
+def _divisible(value: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor`` without dropping more than 10% (as in the paper's code)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class InvertedResidual(nn.Module):
+    """Expand (1x1) -> depthwise 3x3 -> project (1x1, linear); residual when shapes match."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(_conv_bn(cin, hidden, 1, act=nn.ReLU6))
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6),
+                   _conv_bn(hidden, cout, 1, act=None)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 for 224x224 ImageNet (Table 2 of the paper)."""
+
+    # expansion t, output channels c, repeats n, first stride s
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
+        super().__init__()
+        cin = _divisible(32 * width_mult)
+        last = _divisible(1280 * max(1.0, width_mult))
+        layers: list[nn.Module] = [_conv_bn(3, cin, 3, 2, act=nn.ReLU6)]
+        for t, c, n, s in self.SETTINGS:
+            cout = _divisible(c * width_mult)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        layers.append(_conv_bn(cin, last, 1, act=nn.ReLU6))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# ---- ResNet ---------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs; used by ResNet-18/34."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = _conv_bn(cin, width, 3, stride)
+        self.conv2 = _conv_bn(width, cout, 3, act=None)
+        self.shortcut = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 -> 1x1 expand (x4); used by ResNet-50/101/152."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = _conv_bn(cin, width, 1, stride)
+        self.conv2 = _conv_bn(width, width, 3)
+        self.conv3 = _conv_bn(width, cout, 1, act=None)
+        self.shortcut = _conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet for 224x224 ImageNet (Table 1 of the paper)."""
+
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int],
+                 num_classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        stages: list[nn.Module] = []
+        cin = 64
+        for i, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+# ---- VGG ------------------------------------------------------------------------------
+
+
+class VGG(nn.Module):
+    """VGG-16 (configuration D) with BatchNormalization after every conv (the convs keep the
+    paper's biases).
+
+    The classifier reads the 512 x (image_size/32)^2 features of the last pool: 7x7 for the
+    paper's 224x224 input; pass a smaller ``image_size`` to build the same network for
+    smaller inputs.
+    """
+
+    CONFIG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+    def __init__(self, num_classes: int = 1000, image_size: int = 224, dropout: float = 0.5) -> None:
+        super().__init__()
+        if image_size % 32 != 0:
+            raise ValueError(f"VGG needs an image_size divisible by 32 (five 2x2 pools), got {image_size}")
+        layers: list[nn.Module] = []
+        cin = 3
+        for item in self.CONFIG_D:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers.append(_conv_bn(cin, int(item), 3, bias=True))
+                cin = int(item)
+        self.features = nn.Sequential(*layers)
+        side = image_size // 32
+        self.classifier = nn.Sequential(
+            nn.Linear(512 * side * side, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(4096, num_classes))
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+# ---- constructors ---------------------------------------------------------------------
+
+
+def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV2:
+    """MobileNetV2 (3.4M parameters and 300M MACs at 224x224, width 1.0)."""
+    return MobileNetV2(num_classes, width_mult)
+
+
+def resnet18(num_classes: int = 1000) -> ResNet:
+    """ResNet-18 (11.7M parameters, 1.8G MACs at 224x224)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes)
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """ResNet-50 (25.6M parameters, about 4G MACs at 224x224)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes)
+
+
+def vgg16_bn(num_classes: int = 1000, image_size: int = 224) -> VGG:
+    """VGG-16 with BatchNormalization (138M parameters, 15.5G MACs at 224x224)."""
+    return VGG(num_classes, image_size)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet50": resnet50, "vgg16_bn": vgg16_bn,
+}
+
+
+def create(name: str, **kwargs: object) -> nn.Module:
+    """A zoo model by name (one of :data:`MODELS`), e.g. ``create("resnet18", num_classes=10)``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model '{name}'; choose one of {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)

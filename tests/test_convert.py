@@ -1,0 +1,503 @@
+"""Converter: ONNX / PyTorch -> .slim, channel groups, importance sorting, profiles, export.
+
+Oracles: onnxruntime on the source ONNX model, the source PyTorch module, the numpy reference
+executor (slimrt.reference), onnxruntime on the exported pruned ONNX, and the pruned PyTorch
+module of a profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import slimrt
+from onnx import TensorProto, helper, numpy_helper
+from slimrt.convert import ConversionError, from_onnx, from_torch, onnx_to_slim, to_onnx, to_torch, torch_to_slim
+from slimrt.convert.cli import add_commands, format_info
+from slimrt.convert.export import count_macs
+from slimrt.errors import ProfileError
+from slimrt.format import profile_cost, read, to_bytes
+from slimrt.reference import run_reference
+
+RTOL = 1e-4
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def run_ort(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def check_all_profiles(slim, x: np.ndarray, engine: bool = True) -> None:
+    """Engine = numpy reference = onnxruntime on the export = pruned torch module, every profile."""
+    model = slimrt.load(to_bytes(slim)) if engine else None
+    for p in slim.meta["profiles"]:
+        ref = run_reference(slim, x, p["name"])
+        proto = to_onnx(slim, p["name"])
+        if model is not None:
+            assert rel_err(model.run(x, profile=p["name"]), ref) < RTOL, p["name"]
+        assert rel_err(run_ort(proto, x), ref) < RTOL, p["name"]
+        with torch.no_grad():
+            assert rel_err(to_torch(slim, p["name"])(torch.from_numpy(x)).numpy(), ref) < RTOL, p["name"]
+        assert count_macs(proto) == p["macs"]
+
+
+# ---- models -----------------------------------------------------------------------------
+
+
+def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def handmade_onnx(seed: int = 0) -> onnx.ModelProto:
+    """A CNN written with onnx.helper (not by this converter): BN, Sum, Clip, SiLU, Concat, pools,
+    depthwise conv, HardSwish, a Shape-computed Reshape, Gemm, MatMul + Add, Dropout, Softmax."""
+    rng = np.random.default_rng(seed)
+
+    def f(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32) * 0.5
+
+    def bn(prefix: str, c: int) -> list[onnx.TensorProto]:
+        return [_init(f"{prefix}.g", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+                _init(f"{prefix}.b", f(c)), _init(f"{prefix}.m", f(c)),
+                _init(f"{prefix}.v", rng.uniform(0.5, 2, c).astype(np.float32))]
+
+    inits = [_init("w1", f(8, 3, 3, 3)), _init("b1", f(8)), _init("w2", f(8, 8, 3, 3)), _init("w3raw", f(6, 8, 1, 1)),
+             _init("w4", f(14, 1, 3, 3)), _init("wg", f(16, 14)), _init("bg", f(16)), _init("wm", f(16, 5)),
+             _init("minus1", np.array([-1], np.int64)), _init("zero", np.array(0, np.int64)),
+             _init("axes0", np.array([0], np.int64))] + bn("bn1", 8) + bn("bn2", 8) + bn("bn4", 14)
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", "bn1.g", "bn1.b", "bn1.m", "bn1.v"], ["n1"], name="bn1", epsilon=1e-3),
+        n("Relu", ["n1"], ["r1"], name="relu1"),
+        n("Conv", ["r1", "w2"], ["c2"], name="conv2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c2", "bn2.g", "bn2.b", "bn2.m", "bn2.v"], ["n2"], name="bn2"),
+        n("Sum", ["n2", "r1"], ["s"], name="sum"),
+        n("Constant", [], ["lo"], name="lo", value=_init("lo_v", np.array(0, np.float32))),
+        n("Constant", [], ["hi"], name="hi", value=_init("hi_v", np.array(6, np.float32))),
+        n("Clip", ["s", "lo", "hi"], ["s6"], name="relu6"),
+        n("Identity", ["w3raw"], ["w3"], name="w3_identity"),
+        n("Conv", ["s6", "w3"], ["c3"], name="conv3", kernel_shape=[1, 1]),
+        n("Sigmoid", ["c3"], ["sig3"], name="sig3"),
+        n("Mul", ["c3", "sig3"], ["silu3"], name="silu3"),
+        n("Concat", ["s6", "silu3"], ["cat"], name="cat", axis=1),
+        n("MaxPool", ["cat"], ["mp"], name="maxpool", kernel_shape=[2, 2], strides=[2, 2]),
+        n("AveragePool", ["mp"], ["ap"], name="avgpool", kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0),
+        n("Conv", ["ap", "w4"], ["c4"], name="dwconv", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=14),
+        n("BatchNormalization", ["c4", "bn4.g", "bn4.b", "bn4.m", "bn4.v"], ["n4"], name="bn4"),
+        n("HardSwish", ["n4"], ["h4"], name="hswish"),
+        n("GlobalAveragePool", ["h4"], ["gap"], name="gap"),
+        n("Shape", ["gap"], ["shape"], name="shape"),
+        n("Gather", ["shape", "zero"], ["batch"], name="batch", axis=0),
+        n("Unsqueeze", ["batch", "axes0"], ["batch1"], name="batch1"),
+        n("Concat", ["batch1", "minus1"], ["target"], name="target", axis=0),
+        n("Reshape", ["gap", "target"], ["flat"], name="reshape"),
+        n("Gemm", ["flat", "wg", "bg"], ["g"], name="gemm", transB=1, alpha=0.5, beta=2.0),
+        n("Relu", ["g"], ["gr"], name="relu_g"),
+        n("Dropout", ["gr"], ["gd"], name="dropout"),
+        n("MatMul", ["gd", "wm"], ["mm"], name="matmul"),
+        n("Constant", [], ["bm"], name="bm", value=_init("bm_v", f(5))),
+        n("Add", ["mm", "bm"], ["logits"], name="bias"),
+        n("Softmax", ["logits"], ["y"], name="softmax", axis=1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 12, 12])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])
+    graph = helper.make_graph(nodes, "handmade", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+class SmallNet(torch.nn.Module):
+    """Residual block, depthwise conv with BN, concat, spatial flatten into a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.BatchNorm2d(16))
+        self.dw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
+                                      torch.nn.BatchNorm2d(16), torch.nn.SiLU())
+        self.side = torch.nn.Conv2d(16, 24, 1, stride=2)
+        self.pool = torch.nn.AvgPool2d(2)
+        self.fc = torch.nn.Linear(40 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.body(x))
+        x = self.pool(torch.cat([self.dw(x), self.side(x)], 1))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def randomize_bn(module: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(c, generator=gen) - 0.5)
+
+
+@pytest.fixture(scope="module")
+def small_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = SmallNet()
+    randomize_bn(net, 1)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def x16() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+
+
+# ---- ONNX import --------------------------------------------------------------------------
+
+
+class TestOnnxImport:
+    def test_handmade_full_width_matches_onnxruntime(self) -> None:
+        proto = handmade_onnx()
+        x = np.random.default_rng(1).standard_normal((1, 3, 12, 12)).astype(np.float32)
+        model = from_onnx(proto, widths=(0.5, 1.0))
+        assert isinstance(model, slimrt.Model)
+        assert rel_err(model.run(x, profile="1.0"), run_ort(proto, x)) < RTOL
+
+    def test_handmade_every_profile_agrees_across_oracles(self) -> None:
+        slim = onnx_to_slim(handmade_onnx(), widths=(0.25, 0.5, 1.0))
+        check_all_profiles(slim, np.random.default_rng(2).standard_normal((1, 3, 12, 12)).astype(np.float32))
+
+    def test_from_path_with_input_shape_override(self, tmp_path: Path) -> None:
+        proto = handmade_onnx()
+        for axis in (2, 3):
+            proto.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = "HW"[axis - 2]
+        path = tmp_path / "m.onnx"
+        onnx.save(proto, str(path))
+        slim = onnx_to_slim(path, widths=(1.0,), input_shape=(1, 3, 16, 16))
+        assert slim.meta["input"]["shape"] == [1, 3, 16, 16]
+        x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+        assert rel_err(run_reference(slim, x, "1.0"), run_ort(proto, x)) < RTOL
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            onnx_to_slim(tmp_path / "nope.onnx")
+
+
+# ---- PyTorch front end and interop ------------------------------------------------------
+
+
+class TestTorch:
+    def test_full_width_equals_module(self, small_net, x16) -> None:
+        model = from_torch(small_net, torch.from_numpy(x16))
+        with torch.no_grad():
+            expected = small_net(torch.from_numpy(x16)).numpy()
+        assert rel_err(model.run(x16, profile="1.0"), expected) < RTOL
+        assert model.input_shape == (1, 3, 16, 16)
+
+    def test_every_profile_agrees_across_oracles(self, small_net, x16) -> None:
+        check_all_profiles(torch_to_slim(small_net, x16), x16)
+
+    def test_module_mode_is_restored(self, small_net, x16) -> None:
+        small_net.train()
+        try:
+            torch_to_slim(small_net, x16, widths=(1.0,))
+            assert small_net.training
+        finally:
+            small_net.eval()
+
+    def test_export_onnx_and_to_torch_accept_model_slimfile_and_path(self, small_net, x16, tmp_path: Path) -> None:
+        slim = torch_to_slim(small_net, x16)
+        model = slimrt.load(to_bytes(slim))
+        path = tmp_path / "m.slim"
+        model.save(str(path))
+        expected = run_reference(slim, x16, "0.5")
+        for source in (model, slim, path):
+            out = tmp_path / "p.onnx"
+            slimrt.convert.export_onnx(source, out, "0.5")
+            assert rel_err(run_ort(onnx.load(str(out)), x16), expected) < RTOL
+            with torch.no_grad():
+                assert rel_err(to_torch(source, "0.5")(torch.from_numpy(x16)).numpy(), expected) < RTOL
+
+    def test_pruned_module_is_physically_smaller(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+
+        def count(m: torch.nn.Module) -> int:
+            return sum(p.numel() for p in m.parameters())
+
+        layers = [m for m in small_net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert count(to_torch(slim, "1.0")) == sum(m.weight.numel() + m.weight.shape[0] for m in layers)
+        assert count(to_torch(slim, "0.25")) < count(to_torch(slim, "0.5")) < count(to_torch(slim, "1.0"))
+
+    def test_export_at_multiplier_between_profiles(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+        model = slimrt.load(to_bytes(slim))
+        assert rel_err(run_ort(to_onnx(slim, 0.6), x16), model.run(x16, profile=0.6)) < RTOL
+
+
+# ---- channel groups ---------------------------------------------------------------------
+
+
+def _groups(slim) -> dict[str, dict]:
+    return {g["name"]: g for g in slim.meta["groups"]}
+
+
+class TestChannelGroups:
+    def test_residual_operands_share_one_group(self, small_net, x16) -> None:
+        groups = _groups(torch_to_slim(small_net, x16))
+        assert "stem.0" in groups and not any(name.startswith("body") for name in groups)
+
+    def test_depthwise_keeps_its_input_group(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+        dw = next(op for op in slim.meta["ops"] if op["op"] == "conv" and op["groups"] > 1)
+        assert "out_group" not in dw
+
+    def test_input_and_classifier_stay_full(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+        fc = _groups(slim)["fc"]
+        assert fc["fixed"] and "network output" in fc["why"]
+        assert all(p["widths"][-1] == 10 for p in slim.meta["profiles"])
+
+    def test_grouped_conv_stays_full_and_info_says_why(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, groups=4),
+                                  torch.nn.ReLU(), torch.nn.Conv2d(32, 16, 1), torch.nn.Flatten(),
+                                  torch.nn.Linear(16 * 6 * 6, 4)).eval()
+        x = np.random.default_rng(4).standard_normal((1, 3, 10, 10)).astype(np.float32)
+        slim = torch_to_slim(net, x)
+        groups = list(_groups(slim).values())
+        assert [g["fixed"] for g in groups] == [True, True, False, True]
+        assert "input of grouped conv" in groups[0]["why"] and "output of grouped conv" in groups[1]["why"]
+        assert "grouped conv" in format_info(slim.meta)
+        check_all_profiles(slim, x)
+
+    def test_add_of_a_concat_fixes_its_groups(self) -> None:
+        class CatAdd(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a, self.b, self.c = (torch.nn.Conv2d(3, n, 1) for n in (8, 8, 16))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.cat([self.a(x), self.b(x)], 1) + self.c(x)
+
+        x = np.random.default_rng(5).standard_normal((1, 3, 4, 4)).astype(np.float32)
+        slim = torch_to_slim(CatAdd().eval(), x)
+        assert all(g["fixed"] and "concat" in g["why"] for g in slim.meta["groups"])
+        check_all_profiles(slim, x, engine=False)
+
+
+# ---- importance sorting -----------------------------------------------------------------
+
+
+def _skewed_net(important: np.ndarray, seed: int) -> torch.nn.Module:
+    """conv1 (32 filters) whose `important` filters are large and the rest nearly zero."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 8, 1),
+                              torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(8, 4)).eval()
+    gain = torch.full((32,), 1e-3)
+    gain[torch.from_numpy(important)] = 1.0
+    with torch.no_grad():
+        net[0].weight.mul_(gain[:, None, None, None])
+        net[0].bias.mul_(gain)
+    return net
+
+
+def _prefix_keeps(slim, original: torch.Tensor, important: np.ndarray) -> bool:
+    """Do the first len(important) filters of the converted conv1 equal the important originals?"""
+    converted = to_torch(slim, "full").layers["op0"].weight.detach()
+    k = len(important)
+    flat = original.reshape(32, -1)
+    matches = [int(torch.cdist(row.reshape(1, -1), flat).argmin()) for row in converted.reshape(32, -1)[:k]]
+    return set(matches) == set(important.tolist())
+
+
+class TestImportance:
+    important = np.sort(np.random.default_rng(6).choice(32, 8, replace=False))
+
+    def _convert(self, importance: str):
+        net = _skewed_net(self.important, 7)
+        x = np.random.default_rng(8).standard_normal((1, 3, 8, 8)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"narrow": {"0": 8, "2": 8}, "full": 1.0}, importance=importance)
+        return net, x, slim
+
+    @pytest.mark.parametrize("criterion", ["l1", "l2"])
+    def test_prefix_keeps_the_important_channels(self, criterion: str) -> None:
+        net, x, slim = self._convert(criterion)
+        assert _prefix_keeps(slim, net[0].weight.detach(), self.important)
+        full = run_reference(slim, x, "full")
+        assert rel_err(run_reference(slim, x, "narrow"), full) < 0.05
+
+    def test_random_order_fails_the_check(self) -> None:
+        net, x, slim = self._convert("random")
+        assert not _prefix_keeps(slim, net[0].weight.detach(), self.important)
+        assert rel_err(run_reference(slim, x, "narrow"), run_reference(slim, x, "full")) > 0.05
+
+    def test_bn_gamma_criterion(self) -> None:
+        torch.manual_seed(9)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                  torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 3)).eval()
+        gamma = torch.from_numpy(np.random.default_rng(10).permutation(16).astype(np.float32) - 7.5)
+        with torch.no_grad():
+            net[1].weight.copy_(gamma)
+        x = np.random.default_rng(11).standard_normal((1, 3, 6, 6)).astype(np.float32)
+        slim = torch_to_slim(net, x, importance="bn")
+        op = next(o for o in slim.meta["ops"] if o["op"] == "conv")
+        stored = slim.tensors[op["name"] + ".scale"]
+        order = np.argsort(-np.abs(gamma.numpy()), kind="stable")
+        var = net[1].running_var.numpy()
+        np.testing.assert_allclose(stored, gamma.numpy()[order] / np.sqrt(var[order] + 1e-5), rtol=1e-5)
+
+    @pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "random"])
+    def test_full_width_is_unchanged_by_sorting(self, small_net, x16, criterion: str) -> None:
+        slim = torch_to_slim(small_net, x16, widths=(1.0,), importance=criterion)
+        with torch.no_grad():
+            expected = small_net(torch.from_numpy(x16)).numpy()
+        assert rel_err(run_reference(slim, x16, "1.0"), expected) < RTOL
+
+    def test_unknown_criterion(self, small_net, x16) -> None:
+        with pytest.raises(ValueError, match="unknown importance criterion 'l3'"):
+            torch_to_slim(small_net, x16, importance="l3")
+
+
+# ---- profiles ---------------------------------------------------------------------------
+
+
+class TestProfiles:
+    def test_uniform_widths_follow_the_rule(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16, widths=(0.3, 1.0))
+        p = next(p for p in slim.meta["profiles"] if p["name"] == "0.3")
+        for g, w in zip(slim.meta["groups"], p["widths"]):
+            expected = g["size"] if g["fixed"] else min(max(8 * int(np.floor(g["size"] * 0.3 / 8 + 0.5)), 8), g["size"])
+            assert w == expected
+        assert slim.meta["min_multiplier"] == 0.3
+
+    def test_explicit_per_group_widths(self, small_net, x16) -> None:
+        names = [g["name"] for g in torch_to_slim(small_net, x16, widths=(1.0,)).meta["groups"]]
+        assert names == ["stem.0", "side", "fc"]
+        slim = torch_to_slim(small_net, x16, widths={"custom": {"stem.0": 5, "side": 3}, "1.0": 1.0})
+        custom = next(p for p in slim.meta["profiles"] if p["name"] == "custom")
+        assert custom["widths"] == [5, 3, 10]
+        check_all_profiles(slim, x16)
+
+    def test_macs_and_params_come_from_the_graph(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+        for p in slim.meta["profiles"]:
+            assert (p["macs"], p["params"]) == profile_cost(slim, p["widths"], profile=p["name"])
+            assert p["macs"] == count_macs(to_onnx(slim, p["name"]))
+        macs = [p["macs"] for p in slim.meta["profiles"]]
+        assert macs == sorted(macs) and len(set(macs)) == len(macs)
+
+    @pytest.mark.parametrize("widths", [(0.0, 1.0), (1.5,), ()])
+    def test_bad_multipliers(self, small_net, x16, widths) -> None:
+        with pytest.raises(ProfileError):
+            torch_to_slim(small_net, x16, widths=widths)
+
+    def test_unknown_profile_on_export(self, small_net, x16) -> None:
+        slim = torch_to_slim(small_net, x16)
+        with pytest.raises(ProfileError, match="unknown profile 'huge'"):
+            to_onnx(slim, "huge")
+
+
+# ---- unsupported constructs -------------------------------------------------------------
+
+
+def _single_node_model(node: onnx.NodeProto, out_shape: list, inits: list | None = None) -> onnx.ModelProto:
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1])
+    graph = helper.make_graph([conv, node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [_init("w", np.ones((8, 4, 1, 1), np.float32))] + (inits or []))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class TestUnsupported:
+    def test_unknown_op_names_op_and_node(self) -> None:
+        node = helper.make_node("LRN", ["c"], ["y"], name="my_lrn", size=3)
+        with pytest.raises(ConversionError, match=r"unsupported ONNX op 'LRN' at node 'my_lrn'"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]))
+
+    def test_channel_shuffle_is_refused(self) -> None:
+        class Shuffle(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.conv(x)
+                n, c, h, w = y.shape
+                return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+        with pytest.raises(ConversionError, match=r"Reshape '.*' from \(1, 8, 4, 4\) to \(1, 2, 4, 4, 4\)"):
+            torch_to_slim(Shuffle().eval(), np.zeros((1, 3, 4, 4), np.float32))
+
+    def test_transpose_names_channel_movement(self) -> None:
+        node = helper.make_node("Transpose", ["c"], ["y"], name="tr", perm=[0, 2, 3, 1])
+        with pytest.raises(ConversionError, match="'Transpose' at node 'tr'.*channel shuffle"):
+            onnx_to_slim(_single_node_model(node, [1, 4, 4, 8]))
+
+    def test_clip_other_than_relu6(self) -> None:
+        inits = [_init("lo", np.array(-1, np.float32)), _init("hi", np.array(1, np.float32))]
+        node = helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="hardtanh")
+        with pytest.raises(ConversionError, match=r"Clip 'hardtanh' clips to \[-1.0, 1.0\]"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4], inits))
+
+    def test_batchnorm_without_a_conv_before_it(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
+        with pytest.raises(ConversionError, match="BatchNormalization '.*' does not directly follow"):
+            torch_to_slim(net, np.zeros((1, 3, 4, 4), np.float32))
+
+    def test_non_silu_mul(self) -> None:
+        node = helper.make_node("Mul", ["c", "c"], ["y"], name="square")
+        with pytest.raises(ConversionError, match="Mul 'square' is not x \\* Sigmoid\\(x\\)"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]))
+
+    def test_symbolic_spatial_input_needs_input_shape(self) -> None:
+        model = _single_node_model(helper.make_node("Relu", ["c"], ["y"], name="r"), [1, 8, 4, 4])
+        model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+        with pytest.raises(ConversionError, match="pass input_shape"):
+            onnx_to_slim(model)
+        assert onnx_to_slim(model, input_shape=(1, 4, 5, 5)).meta["input"]["shape"] == [1, 4, 5, 5]
+
+
+# ---- command line -----------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="slimrt")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+class TestCli:
+    def test_convert_info_export(self, tmp_path: Path, capsys) -> None:
+        src, slim_path, out = tmp_path / "in.onnx", tmp_path / "m.slim", tmp_path / "p.onnx"
+        onnx.save(handmade_onnx(), str(src))
+        assert _cli(["convert", str(src), "-o", str(slim_path), "--widths", "0.5,1.0", "--importance", "l2"]) == 0
+        assert "found" in capsys.readouterr().err
+        assert _cli(["info", str(slim_path)]) == 0
+        text = capsys.readouterr().out
+        slim = read(slim_path)
+        for p in slim.meta["profiles"]:
+            assert p["name"] in text and f"{p['macs']:,}" in text
+        assert "network output" in text
+        assert _cli(["export-onnx", str(slim_path), "--profile", "0.5", "-o", str(out)]) == 0
+        x = np.random.default_rng(12).standard_normal((1, 3, 12, 12)).astype(np.float32)
+        assert rel_err(run_ort(onnx.load(str(out)), x), run_reference(slim, x, "0.5")) < RTOL
+
+    def test_errors_are_reported_not_raised(self, tmp_path: Path, capsys) -> None:
+        assert _cli(["info", str(tmp_path / "missing.slim")]) == 2
+        assert "error" in capsys.readouterr().err
+        src = tmp_path / "in.onnx"
+        onnx.save(handmade_onnx(), str(src))
+        assert _cli(["convert", str(src), "-o", str(tmp_path / "m.slim"), "--widths", "2.0", "-q"]) == 2
+        assert "outside" in capsys.readouterr().err
