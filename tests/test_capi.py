@@ -1,0 +1,155 @@
+"""The plain C ABI (slimrt.h / libslimrt), driven through cffi and from a compiled C program."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import corrupt
+import slimrt
+
+cffi = pytest.importorskip("cffi")
+
+HEADER = Path(slimrt.c_include_dir()) / "slimrt.h"
+
+
+def cdef_source() -> str:
+    """slimrt.h reduced to the declarations cffi parses (no preprocessor, no export macro)."""
+    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#") and 'extern "C"' not in ln]
+    text = "\n".join(lines).replace("SLIMRT_API ", "")
+    text = re.sub(r"^\}\s*$", "", text, flags=re.M)  # the closing brace of extern "C"
+    return text + "\n#define SLIMRT_PROFILE_MULTIPLIER -1\n"
+
+
+@pytest.fixture(scope="module")
+def lib():
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_source())
+    return ffi, ffi.dlopen(slimrt.c_library_path())
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    return slimrt.default_model_path()
+
+
+def load(ffi, lib, path: str):
+    out = ffi.new("slimrt_model**")
+    status = lib.slimrt_model_load(path.encode(), out)
+    return status, out[0]
+
+
+def test_version_matches_python(lib):
+    ffi, c = lib
+    assert ffi.string(c.slimrt_version()).decode() == slimrt.__version__
+
+
+def test_load_list_and_run_every_profile(lib, model_path):
+    ffi, c = lib
+    status, model = load(ffi, c, model_path)
+    assert status == c.SLIMRT_OK, ffi.string(c.slimrt_last_error())
+    py = slimrt.load(model_path)
+    count = ffi.new("int32_t*")
+    assert c.slimrt_model_profile_count(model, count) == c.SLIMRT_OK
+    assert count[0] == len(py.profiles)
+    shape = ffi.new("int64_t[4]")
+    assert c.slimrt_model_input_shape(model, shape) == c.SLIMRT_OK
+    assert tuple(shape) == py.input_shape
+
+    session = ffi.new("slimrt_session**")
+    assert c.slimrt_session_create(model, 2, session) == c.SLIMRT_OK
+    x = np.random.default_rng(0).standard_normal(py.input_shape).astype(np.float32)
+    out = np.zeros(4096, np.float32)
+    out_shape = ffi.new("int64_t[4]")
+    out_rank = ffi.new("int32_t*")
+    for p in py.profiles:
+        name, macs, params = ffi.new("char**"), ffi.new("int64_t*"), ffi.new("int64_t*")
+        assert c.slimrt_model_profile_info(model, p.index, ffi.cast("const char**", name), macs, params) == 0
+        assert ffi.string(name[0]).decode() == p.name and macs[0] == p.macs and params[0] == p.params
+        status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), shape, 4, p.index, 0.0,
+                                      ffi.from_buffer("float[]", out), out.size, out_shape, out_rank)
+        assert status == c.SLIMRT_OK, ffi.string(c.slimrt_last_error())
+        want = py.run(x, p.index)
+        assert tuple(out_shape)[:out_rank[0]] == want.shape
+        np.testing.assert_allclose(out[:want.size].reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    # a uniform multiplier
+    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), shape, 4,
+                                  c.SLIMRT_PROFILE_MULTIPLIER, 0.5, ffi.from_buffer("float[]", out), out.size,
+                                  out_shape, out_rank)
+    assert status == c.SLIMRT_OK
+    want = py.run(x, 0.5)
+    np.testing.assert_allclose(out[:want.size].reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    c.slimrt_session_free(session[0])
+    c.slimrt_model_free(model)
+
+
+def test_error_paths_return_status_and_message(lib, model_path, tmp_path):
+    ffi, c = lib
+    status, _ = load(ffi, c, str(tmp_path / "missing.slim"))
+    assert status == c.SLIMRT_IO_ERROR
+    assert "cannot open" in ffi.string(c.slimrt_last_error()).decode()
+
+    data = Path(model_path).read_bytes()
+    for case in corrupt.all_corruptions(data):
+        out = ffi.new("slimrt_model**")
+        status = c.slimrt_model_load_buffer(case.data, len(case.data), out)
+        assert status == c.SLIMRT_INVALID_MODEL, case.name
+        assert case.expect.lower() in ffi.string(c.slimrt_last_error()).decode().lower(), case.name
+        assert out[0] == ffi.NULL
+
+    assert c.slimrt_model_load(ffi.NULL, ffi.new("slimrt_model**")) == c.SLIMRT_INVALID_ARGUMENT
+    status, model = load(ffi, c, model_path)
+    session = ffi.new("slimrt_session**")
+    assert c.slimrt_session_create(model, 0, session) == c.SLIMRT_INVALID_ARGUMENT
+    assert "threads" in ffi.string(c.slimrt_last_error()).decode()
+    assert c.slimrt_session_create(model, 1, session) == c.SLIMRT_OK
+
+    x = np.zeros((1, 3, 96, 96), np.float32)
+    out = np.zeros(4, np.float32)
+    out_shape, out_rank = ffi.new("int64_t[4]"), ffi.new("int32_t*")
+
+    def run(shape, rank, index, mult, capacity):
+        return c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), ffi.new("int64_t[4]", shape), rank,
+                                    index, mult, ffi.from_buffer("float[]", out), capacity, out_shape, out_rank)
+
+    assert run([1, 3, 96, 96], 4, 99, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert "out of range" in ffi.string(c.slimrt_last_error()).decode()
+    assert run([1, 3, 96, 96], 4, -1, 7.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run([1, 3, 96, 96], 4, -1, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run([1, 5, 96, 96], 4, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert "channels" in ffi.string(c.slimrt_last_error()).decode()
+    assert run([1, 3, 96, 96], 3, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run([1, 3, 96, 96], 4, 0, 0.0, 4) == c.SLIMRT_BUFFER_TOO_SMALL
+    assert out_rank[0] == 2 and out_shape[1] > 4  # the needed shape is reported
+    big = np.zeros(int(out_shape[0] * out_shape[1]), np.float32)
+    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), ffi.new("int64_t[4]", [1, 3, 96, 96]),
+                                  4, 0, 0.0, ffi.from_buffer("float[]", big), big.size, out_shape, out_rank)
+    assert status == c.SLIMRT_OK and ffi.string(c.slimrt_last_error()) == b""
+    c.slimrt_session_free(session[0])
+    c.slimrt_model_free(model)
+    c.slimrt_model_free(ffi.NULL)
+    c.slimrt_session_free(ffi.NULL)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_c_example_builds_and_runs(tmp_path, model_path):
+    libdir = str(Path(slimrt.c_library_path()).parent)
+    exe = tmp_path / "classify"
+    src = Path(__file__).resolve().parents[1] / "examples" / "c" / "classify.c"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Werror", str(src), "-I", slimrt.c_include_dir(), "-L", libdir,
+                    "-lslimrt", f"-Wl,-rpath,{libdir}", "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), model_path], check=True, capture_output=True, text=True, timeout=60).stdout
+    py = slimrt.load(model_path)
+    assert f"{len(py.profiles)} profiles" in out
+    n = int(np.prod(py.input_shape))
+    x = (((np.arange(n, dtype=np.int64) * 7919) % 255).astype(np.float32) / np.float32(255.0) - np.float32(0.5))
+    x = x.reshape(py.input_shape)
+    for p in py.profiles:
+        best = int(np.argmax(py.run(x, p.index)[0]))
+        assert re.search(rf"profile {re.escape(p.name)}\s+{p.macs} MACs  argmax {best} ", out), out
