@@ -70,14 +70,26 @@ class Session:
         ``[model.min_multiplier, 1]``. Returns a new float32 array: NCHW for a
         spatial output, ``[N, F]`` otherwise.
         """
+        x = self._check_input(x)
+        index, multiplier = self.model._resolve(profile)
+        return self._core.run(x, index, multiplier)
+
+
+    def profile_ops(self, x: np.ndarray, profile: ProfileKey = 0) -> list[tuple[str, float]]:
+        """Run once and return the wall time of every op: ``[(op name, seconds), ...]``."""
+        x = self._check_input(x)
+        index, multiplier = self.model._resolve(profile)
+        return self._core.profile_ops(x, index, multiplier)
+
+    @staticmethod
+    def _check_input(x: np.ndarray) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise TypeError(f"input must be a numpy.ndarray, got {type(x).__name__}")
         if x.dtype != np.float32:
             raise TypeError(f"input must be float32, got {x.dtype} (convert with x.astype(np.float32))")
         if x.ndim != 4:
             raise ValueError(f"input must be NCHW (4 dimensions), got shape {x.shape}")
-        index, multiplier = self.model._resolve(profile)
-        return self._core.run(np.ascontiguousarray(x), index, multiplier)
+        return np.ascontiguousarray(x)
 
 
 class Model:

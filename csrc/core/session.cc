@@ -1,6 +1,7 @@
 #include "core/session.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -15,6 +16,7 @@ enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool,
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
+  const Op* op = nullptr;
   kernels::ConvParams conv{};
   kernels::DwParams dw{};
   kernels::GroupedParams grouped{};
@@ -84,8 +86,10 @@ int64_t place_buffers(std::vector<Buffer>& bufs) {
 
 }  // namespace
 
-Session::Session(std::shared_ptr<const Model> model, int threads) : model_(std::move(model)), pool_(threads) {
+Session::Session(std::shared_ptr<const Model> model, int threads)
+    : model_(std::move(model)), pool_(threads < 1 || threads > 256 ? 1 : threads) {
   if (threads < 1 || threads > 256) fail_argument("threads must be in 1..256, got " + std::to_string(threads));
+  workspace_.assign(kernels::kConvWorkspaceFloats * static_cast<size_t>(threads), 0.0f);
 }
 
 Session::~Session() { std::free(arena_); }
@@ -127,11 +131,8 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
     bufs[storage[op.output]].last = std::max(bufs[storage[op.output]].last, static_cast<int>(i));
   }
   bufs[storage[model_->output_tensor()]].last = static_cast<int>(ops.size());
-  int64_t zeros = 16;
-  for (size_t t = 0; t < nt; ++t) {
+  for (size_t t = 0; t < nt; ++t)
     if (storage[t] == static_cast<int>(t)) bufs[t].size = kernels::round_up(full.tensors[t].elements(), 16);
-    zeros = std::max<int64_t>(zeros, kernels::round_up(full.tensors[t].c_full, 16));
-  }
   const int64_t total = place_buffers(bufs);
   std::vector<int64_t> offsets(nt);
   for (size_t t = 0; t < nt; ++t) offsets[t] = bufs[storage[t]].offset;
@@ -141,7 +142,6 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
   arena_ = arena;
   arena_floats_ = static_cast<size_t>(total);
   offsets_ = std::move(offsets);
-  zeros_.assign(static_cast<size_t>(zeros), 0.0f);
   n_ = shape[0];
   h_ = shape[2];
   w_ = shape[3];
@@ -172,6 +172,7 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         !op.profile_epilogue[profile_index].scale.empty())
       epi = &op.profile_epilogue[profile_index];
     Step s;
+    s.op = &op;
     s.x = buf(op.inputs[0]);
     s.y = buf(op.output);
     s.act = op.act;
@@ -241,10 +242,11 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         c.scale = epi->scale.data();
         c.bias = epi->bias.data();
         c.act = op.act;
-        c.zeros = zeros_.data();
         s.count = y.n * c.oh * c.ow;
         const int64_t panels = kernels::round_up(y.c, kernels::kPanel) / kernels::kPanel;
-        s.split_panels = threads > 1 && s.count < 24 * threads && panels >= 2;
+        // Few pixels and many channels (late layers, linear): split the weights,
+        // so each thread streams half of them; otherwise split the pixels.
+        s.split_panels = threads > 1 && panels >= 2 * threads && y.c > s.count;
         break;
       }
       case OpKind::MaxPool:
@@ -274,6 +276,7 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
           const TensorShape& t = sp.tensors[id];
           Step cs;
           cs.kind = StepKind::Copy;
+          cs.op = &op;
           cs.x = buf(id);
           cs.y = s.y + at;
           cs.c = t.c;
@@ -382,51 +385,76 @@ void Session::run(const float* input, const int64_t* shape, int rank, const Prof
     std::memcpy(output, plan.result, need * sizeof(float));
 }
 
+std::vector<std::pair<std::string, double>> Session::profile_ops(const float* input, const int64_t* shape, int rank,
+                                                                 const ProfileRef& profile) {
+  if (!input) fail_argument("input is null");
+  std::lock_guard<std::mutex> lock(mu_);
+  prepare_shape(shape, rank);
+  const Plan& plan = plan_for(profile);
+  kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), static_cast<int32_t>(shape[1]),
+                        static_cast<int32_t>(h_ * w_), plan.input);
+  std::vector<std::pair<std::string, double>> times;
+  for (const Step& s : plan.steps) {
+    const auto t0 = std::chrono::steady_clock::now();
+    execute(s);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!times.empty() && times.back().first == s.op->name)
+      times.back().second += dt;  // the copies of one concat
+    else
+      times.emplace_back(s.op->name, dt);
+  }
+  return times;
+}
+
 void Session::execute(const Step& s) {
+  // body(part, begin, end): part indexes the per-thread workspace.
   auto parallel = [&](int64_t total, auto&& body) {
     if (pool_.size() == 1 || total < 2) {
-      body(int64_t{0}, total);
+      body(0, int64_t{0}, total);
       return;
     }
     pool_.run([&](int part, int parts) {
       int64_t b, e;
       split_range(total, part, parts, &b, &e);
-      if (b < e) body(b, e);
+      if (b < e) body(part, b, e);
     });
   };
   switch (s.kind) {
     case StepKind::Conv: {
       const int panels = static_cast<int>(kernels::round_up(s.conv.out_channels, 16) / 16);
+      auto ws = [&](int part) { return workspace_.data() + static_cast<size_t>(part) * kernels::kConvWorkspaceFloats; };
       if (s.split_panels) {
         // Whole pairs of panels per thread, matching the kernel's 2-panel tiles.
-        parallel((panels + 1) / 2, [&](int64_t b, int64_t e) {
-          kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b), static_cast<int>(std::min<int64_t>(2 * e, panels)));
+        parallel((panels + 1) / 2, [&](int part, int64_t b, int64_t e) {
+          kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b),
+                               static_cast<int>(std::min<int64_t>(2 * e, panels)), ws(part));
         });
       } else {
-        parallel(s.count, [&](int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels); });
+        parallel(s.count, [&](int part, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels, ws(part)); });
       }
       break;
     }
     case StepKind::Depthwise:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::dwconv(s.dw, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::dwconv(s.dw, b, e); });
       break;
     case StepKind::Grouped:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::grouped_conv(s.grouped, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::grouped_conv(s.grouped, b, e); });
       break;
     case StepKind::MaxPool:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::maxpool(s.pool, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::maxpool(s.pool, b, e); });
       break;
     case StepKind::AvgPool:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::avgpool(s.pool, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::avgpool(s.pool, b, e); });
       break;
     case StepKind::GlobalAvgPool:
       kernels::global_avgpool(s.x, s.hw, s.c, s.y, 0, s.count);
       break;
     case StepKind::Add:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::add(s.x, s.c, s.x2, s.c2, s.y, s.act, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::add(s.x, s.c, s.x2, s.c2, s.y, s.act, b, e); });
       break;
     case StepKind::Copy:
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
       break;
     case StepKind::Flatten:
       kernels::nhwc_to_nchw(s.x, static_cast<int32_t>(s.count), s.c, s.hw, s.y);
@@ -436,7 +464,7 @@ void Session::execute(const Step& s) {
       break;
     case StepKind::Act:
       if (s.y != s.x) std::memcpy(s.y, s.x, sizeof(float) * s.count);
-      parallel(s.count, [&](int64_t b, int64_t e) { kernels::activate(s.y, s.act, b, e); });
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::activate(s.y, s.act, b, e); });
       break;
   }
 }

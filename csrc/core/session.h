@@ -7,6 +7,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/model.h"
@@ -41,6 +43,11 @@ class Session {
   void run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
            size_t capacity, std::vector<int64_t>* out_shape);
 
+  // Per-op wall time of one run (for latency analysis): (op name, seconds),
+  // in execution order; ops that need no work (a flatten of a 1x1 map) are absent.
+  std::vector<std::pair<std::string, double>> profile_ops(const float* input, const int64_t* shape, int rank,
+                                                          const ProfileRef& profile);
+
  private:
   struct Step;
   struct Plan;
@@ -57,7 +64,7 @@ class Session {
   std::vector<int64_t> offsets_;   // arena offset (floats) per tensor
   float* arena_ = nullptr;
   size_t arena_floats_ = 0;
-  std::vector<float> zeros_;
+  std::vector<float> workspace_;  // kConvWorkspaceFloats per thread
   std::vector<std::unique_ptr<Plan>> named_;                      // per named profile
   std::map<std::vector<int32_t>, std::unique_ptr<Plan>> uniform_;  // other widths
   std::map<double, Plan*> by_multiplier_;                          // multiplier -> plan

@@ -9,10 +9,10 @@
 
 namespace slimrt::kernels {
 
-void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int);
+void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int, float*);
 #if defined(SLIMRT_HAVE_X86_KERNELS)
-void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int);
-void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int);
+void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int, float*);
+void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int, float*);
 #endif
 
 size_t packed_conv_size(int taps, int k_full, int cout) {
@@ -69,7 +69,7 @@ void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_
 
 namespace {
 
-using ConvFn = void (*)(const ConvParams&, int64_t, int64_t, int, int);
+using ConvFn = void (*)(const ConvParams&, int64_t, int64_t, int, int, float*);
 
 struct ConvDispatch {
   ConvFn fn;
@@ -100,8 +100,8 @@ std::atomic<const ConvDispatch*>& current() {
 
 }  // namespace
 
-void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end) {
-  current().load(std::memory_order_relaxed)->fn(p, m_begin, m_end, p_begin, p_end);
+void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace) {
+  current().load(std::memory_order_relaxed)->fn(p, m_begin, m_end, p_begin, p_end, workspace);
 }
 
 const char* conv_isa() { return current().load()->name; }

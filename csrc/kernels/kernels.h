@@ -34,7 +34,13 @@ size_t packed_conv_size(int taps, int k_full, int cout);
 void pack_conv(const float* w, int taps, int k_full, int cout, float* packed);
 
 // Dense convolution (and linear, as a 1x1 conv over N "pixels") from packed
-// weights: implicit GEMM, no im2col buffer. Output pixel m = (n*oh + y)*ow + x.
+// weights: implicit GEMM; the im2col is done a block of pixels at a time into
+// a caller-provided workspace. Output pixel m = (n*oh + y)*ow + x.
+constexpr int kConvKC = 256;  // rows of the K axis per chunk
+constexpr int kConvMB = 96;   // output pixels per block
+// Floats of workspace one conv_packed call needs (one per concurrent caller).
+constexpr size_t kConvWorkspaceFloats = static_cast<size_t>(kConvKC) * kConvMB;
+
 struct ConvParams {
   const float* input;   // NHWC, pixel stride in_stride
   int32_t n, ih, iw, in_stride;
@@ -49,10 +55,10 @@ struct ConvParams {
   const float* scale;     // >= round_up(out_channels, 16) floats, active-position order
   const float* bias;      // same length as scale
   Act act;
-  const float* zeros;     // >= in_stride zero floats: the padding pixel
 };
-// Computes output pixels [m_begin, m_end) and panels [p_begin, p_end).
-void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
+// Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
+// output may be written several times (partial sums) before its final value.
+void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
 // Scalar reference of conv_packed, the oracle of the fast paths.
 void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
 // Name of the implementation conv_packed dispatches to ("avx512f", "avx2", "generic").

@@ -42,7 +42,17 @@ void register_session(py::module_& m) {
             return out;
           },
           py::arg("x"), py::arg("index") = 0, py::arg("multiplier") = 0.0,
-          "Run on a float32 C-contiguous NCHW array; a named profile by index, or a uniform multiplier if > 0.");
+          "Run on a float32 C-contiguous NCHW array; a named profile by index, or a uniform multiplier if > 0.")
+      .def(
+          "profile_ops",
+          [](Session& self, py::array_t<float, py::array::c_style> x, int32_t index, double multiplier) {
+            std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+            const float* in = x.data();
+            py::gil_scoped_release release;
+            return self.profile_ops(in, shape.data(), static_cast<int>(shape.size()), make_ref(index, multiplier));
+          },
+          py::arg("x"), py::arg("index") = 0, py::arg("multiplier") = 0.0,
+          "Run once and return [(op name, seconds)] in execution order.");
 }
 
 }  // namespace slimrt::python
