@@ -483,6 +483,9 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "concat":
         first = ins[0]
         for tensor, shape in zip(op.inputs, ins):
+            if len(shape) != 4:
+                raise InvalidModelError(f"{where}: input '{tensor}' has shape {list(shape)}; "
+                                        "concat joins rank-4 [N, C, H, W] tensors")
             if len(shape) != len(first) or shape[0] != first[0] or shape[2:] != first[2:]:
                 raise InvalidModelError(
                     f"{where}: input '{tensor}' has shape {list(shape)}, which does not match "

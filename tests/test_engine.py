@@ -233,3 +233,14 @@ def test_fresh_multithreaded_sessions_run_at_once(default_model):
     want = default_model.session(1).run(x, 0)
     for _ in range(30):
         np.testing.assert_allclose(default_model.session(2).run(x, 0), want, rtol=1e-5, atol=1e-6)
+
+
+def test_profile_ops_reports_every_op(default_model):
+    x = np.random.default_rng(12).standard_normal(default_model.input_shape).astype(np.float32)
+    session = default_model.session()
+    times = session.profile_ops(x, 0)
+    names = [name for name, _ in times]
+    ops = [op["name"] for op in default_model.to_slimfile().meta["ops"]]
+    assert names and set(names) <= set(ops) and names == [n for n in ops if n in names]
+    assert all(t >= 0 for _, t in times)
+    np.testing.assert_array_equal(session.run(x, 0), default_model.run(x, 0))

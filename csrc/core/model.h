@@ -56,7 +56,7 @@
 //   add             two inputs, "act". Zero padding match: the operands may have
 //                   different channel widths; the sum has the wider one and the
 //                   narrower operand counts as zeros beyond its width.
-//   concat          inputs concatenated along channels (axis 1).
+//   concat          rank-4 inputs concatenated along channels (axis 1).
 //   maxpool         "kernel", "stride", "pads", "ceil_mode" (bool, default false)
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
@@ -74,7 +74,7 @@
 // full run. conv and linear outputs are one run [0, width(out_group)).
 // Depthwise conv, pools, act and softmax keep their input's map. add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
-// offsets by the full sizes before them. flatten maps a channel run (o, k) of
+// offsets by the full sizes before them; runs that touch merge into one. flatten maps a channel run (o, k) of
 // an HxW tensor to the feature run (o*H*W, k*H*W). A conv or linear reads, for
 // every run, the weight rows [offset, offset + count) of each tap.
 //
