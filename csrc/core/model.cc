@@ -46,6 +46,7 @@ struct TensorEntry {
   const uint8_t* data = nullptr;
   size_t bytes = 0;
   bool f32 = false;
+  bool mapped = false;  // data lies in a private file mapping
 };
 
 using TensorTable = std::unordered_map<std::string, TensorEntry>;
@@ -131,7 +132,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 // --- safetensors container ---------------------------------------------------
 
-TensorTable parse_container(const uint8_t* data, size_t size, std::string* model_json) {
+TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::string* model_json) {
   if (size < 8) fail_model("file is " + std::to_string(size) + " bytes, too short for a .slim header");
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
@@ -173,6 +174,7 @@ TensorTable parse_container(const uint8_t* data, size_t size, std::string* model
       fail_model(where + " has shape " + shape_str(t.shape) + " (" + std::to_string(count * 4) + " bytes) but " +
                  std::to_string(t.bytes) + " bytes of data");
     t.data = base + b;
+    t.mapped = mapped;
     table.emplace(it.key(), std::move(t));
   }
   auto meta = header.find("__metadata__");
@@ -182,18 +184,51 @@ TensorTable parse_container(const uint8_t* data, size_t size, std::string* model
   return table;
 }
 
-// Copies an F32 tensor out of the file after checking its shape.
-std::vector<float> read_tensor(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
-                               const std::string& user) {
+const TensorEntry& checked_entry(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
+                                 const std::string& user) {
   auto it = table.find(name);
   if (it == table.end()) fail_model(user + " needs tensor '" + name + "', which the file does not contain");
   const TensorEntry& t = it->second;
   if (!t.f32) fail_model("tensor '" + name + "' must have dtype F32");
   if (t.shape != shape)
     fail_model("tensor '" + name + "' has shape " + shape_str(t.shape) + ", " + user + " needs " + shape_str(shape));
+  return t;
+}
+
+// The engine keeps its own (packed) copy of every tensor: once read, a
+// tensor's file pages are dropped from the process, so loading never holds
+// two copies of the weights.
+void release_pages(const TensorEntry& t) {
+  if (!t.mapped) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t hi = (reinterpret_cast<uintptr_t>(t.data) + t.bytes) / page * page;
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
+// Copies an F32 tensor out of the file after checking its shape.
+std::vector<float> read_tensor(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
+                               const std::string& user) {
+  const TensorEntry& t = checked_entry(table, name, shape, user);
   std::vector<float> out(t.bytes / 4);
   if (t.bytes) std::memcpy(out.data(), t.data, t.bytes);
+  release_pages(t);
   return out;
+}
+
+// Calls use(const float*) on the tensor's data in place when it is aligned
+// (the writer aligns it), through a temporary copy otherwise.
+template <typename F>
+void use_tensor(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
+                const std::string& user, F&& use) {
+  const TensorEntry& t = checked_entry(table, name, shape, user);
+  if (reinterpret_cast<uintptr_t>(t.data) % alignof(float) == 0) {
+    use(reinterpret_cast<const float*>(t.data));
+    release_pages(t);
+  } else {
+    const std::vector<float> copy = read_tensor(table, name, shape, user);
+    use(copy.data());
+  }
 }
 
 std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
@@ -205,9 +240,9 @@ std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
 
 // --- model --------------------------------------------------------------------
 
-void Model::parse(const uint8_t* data, size_t size) {
+void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   std::string text;
-  TensorTable table = parse_container(data, size, &text);
+  TensorTable table = parse_container(data, size, mapped, &text);
   json_ = text;
   Json doc = Json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) fail_model("__metadata__.slimrt is not a valid JSON object");
@@ -331,24 +366,26 @@ void Model::parse(const uint8_t* data, size_t size) {
     if (op.kind == OpKind::Linear) {
       if (op.out_group < 0) fail_model(user + " (linear) needs \"out_group\"");
       op.cout = groups_[op.out_group].size;
-      auto w = read_tensor(table, op.name + ".weight", {op.cin, op.cout}, user);
       op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
-      kernels::pack_conv(w.data(), 1, op.cin, op.cout, op.weights.data());
+      use_tensor(table, op.name + ".weight", {op.cin, op.cout}, user,
+                 [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
     } else if (op.groups == 1) {
       if (op.out_group < 0) fail_model(user + " (dense conv) needs \"out_group\"");
       op.conv_type = ConvType::Dense;
       op.cout = groups_[op.out_group].size;
-      auto w = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin, op.cout}, user);
       op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
-      kernels::pack_conv(w.data(), static_cast<int>(taps), op.cin, op.cout, op.weights.data());
+      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin, op.cout}, user, [&](const float* w) {
+        kernels::pack_conv(w, static_cast<int>(taps), op.cin, op.cout, op.weights.data());
+      });
     } else if (op.groups == op.cin && op.out_group < 0) {
       op.conv_type = ConvType::Depthwise;
       op.cout = op.cin;
-      auto w = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin}, user);
       const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
       op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
-      for (int64_t t = 0; t < taps; ++t)
-        std::memcpy(op.weights.data() + t * stride, w.data() + t * op.cin, sizeof(float) * op.cin);
+      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin}, user, [&](const float* w) {
+        for (int64_t t = 0; t < taps; ++t)
+          std::memcpy(op.weights.data() + t * stride, w + t * op.cin, sizeof(float) * op.cin);
+      });
     } else {
       op.conv_type = ConvType::Grouped;
       if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
@@ -433,7 +470,7 @@ void Model::parse(const uint8_t* data, size_t size) {
 std::shared_ptr<const Model> Model::load_buffer(const void* data, size_t size) {
   if (!data && size) fail_argument("buffer is null");
   std::shared_ptr<Model> m(new Model());
-  m->parse(static_cast<const uint8_t*>(data), size);
+  m->parse(static_cast<const uint8_t*>(data), size, false);
   return m;
 }
 
@@ -462,7 +499,7 @@ std::shared_ptr<const Model> Model::load_file(const std::string& path) {
   } unmap{map, size};
   std::shared_ptr<Model> m(new Model());
   try {
-    m->parse(static_cast<const uint8_t*>(map), size);
+    m->parse(static_cast<const uint8_t*>(map), size, true);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::InvalidModel) fail_model("'" + path + "': " + e.what());
     throw;

@@ -199,7 +199,7 @@ class Model {
 
  private:
   Model() = default;
-  void parse(const uint8_t* data, size_t size);
+  void parse(const uint8_t* data, size_t size, bool mapped);
 
   std::string name_;
   std::string json_;
