@@ -88,6 +88,22 @@ def test_dense_conv_every_width(isa, cin, cout, kernel, stride, pad, dil):
     assert check_all_profiles(b, x) == len(pairs)
 
 
+@pytest.mark.parametrize("cin,kernel,stride,pad,dil", [(3, 7, 2, 3, 1), (13, 3, 1, 1, 1), (16, 3, 2, (0, 1, 1, 0), 1),
+                                                     (7, 3, 1, 2, 2), (24, 1, 1, 0, 1)])
+def test_dense_conv_long_rows(isa, cin, kernel, stride, pad, dil):
+    """Output rows long enough for tiles that read their input in place, next to padded borders."""
+    rng = np.random.default_rng(cin + 100 * kernel)
+    b = ModelBuilder("rows", input_shape=(2, 3, 9, 61), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, cin)
+    g = b.group("b", 37)
+    y = b.conv(a, weights(rng, 37, cin, kernel, kernel), out_group=g, bias=vec(rng, 37), stride=stride,
+               padding=pad, dilation=dil, act="relu")
+    b.set_output(y)
+    for wa, wb in [(cin, 37), (1, 37), (cin, 5), (max(1, cin // 2), 17), (cin, 33)]:
+        b.profile(f"{wa}x{wb}", {"a": wa, "b": wb})
+    check_all_profiles(b, rng.standard_normal((2, 3, 9, 61)).astype(np.float32))
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "silu", "sigmoid"])
 def test_fused_activations(isa, act):
     rng = np.random.default_rng(7)
