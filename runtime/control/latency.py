@@ -1,0 +1,307 @@
+"""Per-profile latency table: calibrated on the device, cached, tracked online.
+
+Model of the table (Once-for-All's on-device lookup table plus online contention terms):
+the latency of profile p at time t is `base_mean[p] * s(t) + e`, where `base_mean[p]` is
+measured once at start-up (or read from a cache file keyed by model, machine and thread
+count), s(t) is the slowdown the machine currently imposes on computation (multiplicative:
+time slicing stretches a run in proportion to its length) and e is jitter (additive:
+scheduling delays and cache misses cost about the same whatever the width). Every observed
+latency, whatever profile it ran at, updates
+
+  * `slowdown`, an exponentially weighted moving average of observed / base_mean, and
+  * `jitter_ms`, the `quantile` of the last `window` residuals observed - base_mean * slowdown,
+
+so contention seen on a narrow profile also moves the prediction of the wide ones the
+controller has stopped choosing. Per profile, `predict(p)` returns the mean
+`base_mean[p] * slowdown` and the tail `mean + jitter_ms` (its `quantile`), in milliseconds.
+
+The table also tracks `overhead_ms`, the `quantile` of the time a request spends in the
+server after its inference (waking the event loop, encoding the answer), which a budget
+must leave room for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Prediction", "LatencyTable", "calibrate", "cache_key", "default_cache_dir",
+    "load_or_calibrate", "quantile",
+]
+
+CACHE_FORMAT = 1
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of `values` with linear interpolation (numpy's default method)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("quantile of an empty sequence")
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+_quantile = quantile
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted latency of one profile, in milliseconds."""
+
+    mean_ms: float
+    tail_ms: float
+
+
+class LatencyTable:
+    """Thread-safe latency predictions per profile (cheapest first).
+
+    `names`, `base_mean_ms` and `base_tail_ms` come from a calibration; `alpha` is the weight
+    of one observation in the moving mean; `window` residuals are kept for the tail; until
+    `min_tail_samples` observations exist the tail is the larger of the calibrated tail
+    scaled by `slowdown` and the observed one.
+    """
+
+    def __init__(self, names: Sequence[str], base_mean_ms: Sequence[float],
+                 base_tail_ms: Sequence[float] | None = None, *, quantile: float = 0.95,
+                 alpha: float = 0.1, window: int = 64, min_tail_samples: int = 16) -> None:
+        tails = base_mean_ms if base_tail_ms is None else base_tail_ms
+        if not (len(names) == len(base_mean_ms) == len(tails)) or not names:
+            raise ValueError(f"latency table needs one mean and one tail per profile: "
+                             f"{len(names)} names, {len(base_mean_ms)} means, {len(tails)} tails")
+        for name, mean, tail in zip(names, base_mean_ms, tails):
+            if not (mean > 0 and tail >= mean and math.isfinite(tail)):
+                raise ValueError(f"profile {name!r}: calibrated latency must satisfy "
+                                 f"0 < mean <= tail < inf, got mean={mean} tail={tail}")
+        if not 0 < quantile < 1 or not 0 < alpha <= 1 or window < 1:
+            raise ValueError("need 0 < quantile < 1, 0 < alpha <= 1 and window >= 1")
+        self.names = tuple(names)
+        self.base_mean_ms = tuple(float(v) for v in base_mean_ms)
+        self.base_tail_ms = tuple(float(v) for v in tails)
+        self.quantile = quantile
+        self.alpha = alpha
+        self.min_tail_samples = min(min_tail_samples, window)
+        self._lock = threading.Lock()
+        self._residuals: deque[float] = deque(maxlen=window)
+        self._slowdown = 1.0
+        self._jitter: float | None = None
+        self._observed_mean: list[float | None] = [None] * len(self.names)
+        self._counts = [0] * len(self.names)
+        self._overheads: deque[float] = deque(maxlen=window)
+        self._overhead: float | None = None
+
+    def index(self, profile: int | str) -> int:
+        """The position of a profile given by name or index (negative counts from the top)."""
+        if isinstance(profile, str):
+            if profile not in self.names:
+                raise KeyError(f"profile {profile!r} is not in the latency table "
+                               f"(profiles: {', '.join(self.names)})")
+            return self.names.index(profile)
+        if not -len(self.names) <= profile < len(self.names):
+            raise IndexError(f"profile index {profile} out of range for {len(self.names)} profiles")
+        return profile % len(self.names)
+
+    @property
+    def slowdown(self) -> float:
+        """Moving mean of observed / calibrated latency (1.0 until something is observed)."""
+        return self._slowdown
+
+    @property
+    def jitter_ms(self) -> float | None:
+        """The `quantile` of recent residuals (observed - predicted mean), None before any."""
+        with self._lock:
+            return self._jitter_locked()
+
+    def observe(self, profile: int | str, latency_ms: float) -> None:
+        """Feed back one measured service time (inference only, no queueing) of `profile`."""
+        i = self.index(profile)
+        if not (latency_ms >= 0 and math.isfinite(latency_ms)):
+            raise ValueError(f"observed latency must be finite and >= 0, got {latency_ms}")
+        base = self.base_mean_ms[i]
+        with self._lock:
+            self._residuals.append(latency_ms - base * self._slowdown)
+            self._jitter = None
+            self._slowdown += self.alpha * (latency_ms / base - self._slowdown)
+            prev = self._observed_mean[i]
+            self._observed_mean[i] = (latency_ms if prev is None
+                                      else prev + self.alpha * (latency_ms - prev))
+            self._counts[i] += 1
+
+    def observe_overhead(self, overhead_ms: float) -> None:
+        """Feed back the time one request spent in the server after its inference."""
+        if not (overhead_ms >= 0 and math.isfinite(overhead_ms)):
+            raise ValueError(f"observed overhead must be finite and >= 0, got {overhead_ms}")
+        with self._lock:
+            self._overheads.append(overhead_ms)
+            self._overhead = None
+
+    @property
+    def overhead_ms(self) -> float:
+        """The `quantile` of recent post-inference overheads (0 before any is observed)."""
+        with self._lock:
+            if self._overhead is None:
+                self._overhead = (quantile(self._overheads, self.quantile)
+                                  if self._overheads else 0.0)
+            return self._overhead
+
+    def predict(self, profile: int | str) -> Prediction:
+        """Predicted mean and tail latency of `profile` now, in milliseconds."""
+        i = self.index(profile)
+        with self._lock:
+            mean = self.base_mean_ms[i] * self._slowdown
+            scaled_tail = self.base_tail_ms[i] * self._slowdown
+            jitter = self._jitter_locked()
+            n = len(self._residuals)
+        if jitter is None:
+            tail = scaled_tail
+        elif n < self.min_tail_samples:
+            tail = max(scaled_tail, mean + jitter)
+        else:
+            tail = mean + jitter
+        return Prediction(mean_ms=mean, tail_ms=max(tail, mean))
+
+    def _jitter_locked(self) -> float | None:
+        if self._jitter is None and self._residuals:
+            self._jitter = quantile(self._residuals, self.quantile)
+        return self._jitter
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per profile: calibrated and predicted latency, observed moving mean and count."""
+        rows = []
+        for i, name in enumerate(self.names):
+            pred = self.predict(i)
+            rows.append({
+                "profile": name,
+                "calibrated_mean_ms": self.base_mean_ms[i],
+                "calibrated_tail_ms": self.base_tail_ms[i],
+                "predicted_mean_ms": pred.mean_ms,
+                "predicted_tail_ms": pred.tail_ms,
+                "observed_mean_ms": self._observed_mean[i],
+                "observed_count": self._counts[i],
+            })
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        """The calibrated part of the table (what a cache file stores)."""
+        return {"names": list(self.names), "mean_ms": list(self.base_mean_ms),
+                "tail_ms": list(self.base_tail_ms), "quantile": self.quantile}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], **kwargs: Any) -> LatencyTable:
+        """Rebuild a table from `to_json()` output (`kwargs` override the stored quantile and
+        set the online parameters); raises ValueError when it is malformed."""
+        try:
+            kwargs = {"quantile": data.get("quantile", 0.95), **kwargs}
+            return cls(data["names"], data["mean_ms"], data["tail_ms"], **kwargs)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed latency table: {exc!r}") from exc
+
+
+class _Runnable(Protocol):
+    def run(self, x: np.ndarray, profile: str) -> np.ndarray: ...
+
+
+class _ModelLike(Protocol):
+    name: str
+    input_shape: tuple[int, int, int, int]
+    profiles: list[Any]
+
+    def session(self, threads: int = 1) -> _Runnable: ...
+
+
+def calibrate(model: _ModelLike, *, threads: int = 1, warmup: int = 2, repeats: int = 15,
+              quantile: float = 0.95, seed: int = 0, **table_kwargs: Any) -> LatencyTable:
+    """Measure every profile of `model` on this machine with one session of `threads` threads.
+
+    Profiles are timed round-robin (`repeats` rounds after `warmup` rounds) so that a burst of
+    outside noise spreads over all of them instead of one. Takes about
+    `(warmup + repeats) * sum(latency)`. `quantile` is the tail the table tracks;
+    `table_kwargs` go to `LatencyTable` (alpha, window, min_tail_samples).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = [p.name for p in model.profiles]
+    session = model.session(threads=threads)
+    x = np.random.default_rng(seed).standard_normal(model.input_shape).astype(np.float32)
+    times: list[list[float]] = [[] for _ in names]
+    for round_ in range(warmup + repeats):
+        for i, name in enumerate(names):
+            start = time.perf_counter()
+            session.run(x, profile=name)
+            if round_ >= warmup:
+                times[i].append((time.perf_counter() - start) * 1e3)
+    means = [float(np.mean(t)) for t in times]
+    tails = [max(_quantile(t, quantile), m) for t, m in zip(times, means)]
+    return LatencyTable(names, means, tails, quantile=quantile, **table_kwargs)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_key(model: _ModelLike, threads: int) -> str:
+    """A digest of what a latency table depends on: the model's structure (name, input shape,
+    profiles with widths and MACs), the machine (host, CPU model and count) and the threads."""
+    profiles = [[p.name, list(p.widths), int(p.macs)] for p in model.profiles]
+    ident = {
+        "format": CACHE_FORMAT,
+        "model": [model.name, list(model.input_shape), profiles],
+        "machine": [platform.node(), platform.machine(), _cpu_model(), os.cpu_count()],
+        "threads": threads,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """$SLIMRT_CACHE_DIR, else $XDG_CACHE_HOME/slimrt, else ~/.cache/slimrt; plus /latency."""
+    root = os.environ.get("SLIMRT_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "slimrt")
+    return Path(root) / "latency"
+
+
+def load_or_calibrate(model: _ModelLike, *, threads: int = 1, cache_dir: Path | str | None = None,
+                      refresh: bool = False, warmup: int = 2, repeats: int = 15,
+                      **table_kwargs: Any) -> LatencyTable:
+    """The cached table of (model, machine, threads) if there is a valid one (and not
+    `refresh`), else a fresh calibration, which is then written to the cache (best effort: an
+    unwritable cache directory only costs a calibration next time). `table_kwargs` (quantile,
+    alpha, window, min_tail_samples) set the table's online tracking either way."""
+    key = cache_key(model, threads)
+    path = Path(cache_dir or default_cache_dir()) / f"{model.name}-{key[:20]}.json"
+    if not refresh and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                return LatencyTable.from_json(data["table"], **table_kwargs)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    table = calibrate(model, threads=threads, warmup=warmup, repeats=repeats, **table_kwargs)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "created": time.time(), "table": table.to_json()}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return table
