@@ -501,3 +501,13 @@ class TestCli:
         onnx.save(handmade_onnx(), str(src))
         assert _cli(["convert", str(src), "-o", str(tmp_path / "m.slim"), "--widths", "2.0", "-q"]) == 2
         assert "outside" in capsys.readouterr().err
+
+
+def test_to_torch_can_be_called_repeatedly():
+    from slimrt import models
+    from slimrt.convert import to_torch
+
+    slim = models.tiny_resnet(seed=4)
+    first = to_torch(slim, "0.5")
+    second = to_torch(slim, "1.0")
+    assert callable(to_torch) and first is not second

@@ -35,13 +35,12 @@ void pack_conv(const float* w, int taps, int k_full, int cout, float* packed) {
 
 void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end) {
   const int taps = p.kh * p.kw;
-  const int64_t opix = static_cast<int64_t>(p.oh) * p.ow;
   const int64_t panel_floats = static_cast<int64_t>(taps) * p.k_full * kPanel;
   const int c_end = p.out_channels < p_end * kPanel ? p.out_channels : p_end * kPanel;
   for (int64_t m = m_begin; m < m_end; ++m) {
-    const int64_t n = m / opix;
-    const int oy = static_cast<int>((m - n * opix) / p.ow);
-    const int ox = static_cast<int>((m - n * opix) % p.ow);
+    const PixelPos pos = pixel_pos(m, p.oh, p.ow);
+    const int64_t n = pos.n;
+    const int oy = pos.y, ox = pos.x;
     for (int c = p_begin * kPanel; c < c_end; ++c) {
       const float* panel = p.packed + (c / kPanel) * panel_floats;
       double acc = 0.0;

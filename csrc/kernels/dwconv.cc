@@ -6,12 +6,11 @@
 namespace slimrt::kernels {
 
 void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
-  const int64_t opix = static_cast<int64_t>(p.oh) * p.ow;
   const int C = p.channels;
   for (int64_t m = m_begin; m < m_end; ++m) {
-    const int64_t n = m / opix;
-    const int oy = static_cast<int>((m - n * opix) / p.ow);
-    const int ox = static_cast<int>((m - n * opix) % p.ow);
+    const PixelPos pos = pixel_pos(m, p.oh, p.ow);
+    const int64_t n = pos.n;
+    const int oy = pos.y, ox = pos.x;
     float* out = p.output + m * C;
     for (int c = 0; c < C; ++c) out[c] = 0.0f;
     for (int ky = 0; ky < p.kh; ++ky) {
@@ -36,13 +35,12 @@ void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
 }
 
 void grouped_conv(const GroupedParams& p, int64_t m_begin, int64_t m_end) {
-  const int64_t opix = static_cast<int64_t>(p.oh) * p.ow;
   const int cin_g = p.cin / p.groups;
   const int cout_g = p.cout / p.groups;
   for (int64_t m = m_begin; m < m_end; ++m) {
-    const int64_t n = m / opix;
-    const int oy = static_cast<int>((m - n * opix) / p.ow);
-    const int ox = static_cast<int>((m - n * opix) % p.ow);
+    const PixelPos pos = pixel_pos(m, p.oh, p.ow);
+    const int64_t n = pos.n;
+    const int oy = pos.y, ox = pos.x;
     float* out = p.output + m * p.cout;
     for (int c = 0; c < p.cout; ++c) out[c] = 0.0f;
     for (int ky = 0; ky < p.kh; ++ky) {

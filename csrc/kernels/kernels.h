@@ -25,6 +25,19 @@ struct ChannelRun {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Position of output pixel m = (n*oh + y)*ow + x.
+struct PixelPos {
+  int64_t n;
+  int32_t y, x;
+};
+static inline PixelPos pixel_pos(int64_t m, int32_t oh, int32_t ow) {
+  const int64_t per_image = static_cast<int64_t>(oh) * ow;
+  const int64_t n = m / per_image;
+  const int64_t rem = m - n * per_image;
+  const int32_t y = static_cast<int32_t>(rem / ow);
+  return {n, y, static_cast<int32_t>(rem - static_cast<int64_t>(y) * ow)};
+}
+
 // Packing (at load, once). `w` is [taps][k_full][cout] (the file layout of a
 // dense conv, or a linear's [In][Out] with taps = 1). `packed` receives
 // ceil(cout/16) panels, panel p holding [taps*k_full][16] floats: columns

@@ -104,7 +104,7 @@ def to_onnx(model: ModelLike, profile: ProfileKey) -> onnx.ModelProto:
 
 def to_torch(model: ModelLike, profile: ProfileKey) -> torch.nn.Module:
     """One profile of ``model`` as a plain, physically pruned ``torch.nn.Module`` (eval mode)."""
-    from .to_torch import to_torch as impl
+    from .torch_module import to_torch as impl
 
     return impl(model, profile)
 
