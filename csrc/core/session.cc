@@ -407,16 +407,18 @@ std::vector<std::pair<std::string, double>> Session::profile_ops(const float* in
 }
 
 void Session::execute(const Step& s) {
-  // body(part, begin, end): part indexes the per-thread workspace.
+  // body(thread, begin, end): [0, total) in a few chunks per thread, claimed
+  // dynamically; `thread` indexes the per-thread workspace.
   auto parallel = [&](int64_t total, auto&& body) {
-    if (pool_.size() == 1 || total < 2) {
+    const int64_t chunks = std::min<int64_t>(total, 4 * static_cast<int64_t>(pool_.size()));
+    if (pool_.size() == 1 || chunks < 2) {
       body(0, int64_t{0}, total);
       return;
     }
-    pool_.run([&](int part, int parts) {
+    pool_.run(chunks, [&](int64_t chunk, int thread) {
       int64_t b, e;
-      split_range(total, part, parts, &b, &e);
-      if (b < e) body(part, b, e);
+      split_range(total, chunk, chunks, &b, &e);
+      if (b < e) body(thread, b, e);
     });
   };
   switch (s.kind) {

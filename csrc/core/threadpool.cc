@@ -3,13 +3,25 @@
 namespace slimrt {
 
 namespace {
-constexpr int kSpins = 20000;
+
+constexpr int kSpins = 4000;
+constexpr uint64_t kGenBits = 20, kCountBits = 22;
+constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
+constexpr uint64_t kGenMask = (uint64_t{1} << kGenBits) - 1;
+
+inline uint64_t pack(uint64_t gen, uint64_t total, uint64_t next) {
+  return ((gen & kGenMask) << (2 * kCountBits)) | (total << kCountBits) | next;
+}
+inline uint64_t gen_of(uint64_t s) { return s >> (2 * kCountBits); }
+inline uint64_t total_of(uint64_t s) { return (s >> kCountBits) & kCountMask; }
+inline uint64_t next_of(uint64_t s) { return s & kCountMask; }
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
 }
+
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
@@ -20,54 +32,67 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_.store(true, std::memory_order_release);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
+    wake_.fetch_add(1, std::memory_order_acq_rel);
   }
-  wake_.notify_all();
+  cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
-  if (threads_ == 1) {
-    fn(0, 1);
-    return;
-  }
-  job_ = &fn;
-  pending_.store(threads_ - 1, std::memory_order_release);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    generation_.fetch_add(1, std::memory_order_acq_rel);
-  }
-  wake_.notify_all();
-  fn(0, threads_);
-  for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kSpins) {
-      cpu_relax();
-    } else {
-      std::this_thread::yield();
+// Claims and runs chunks of generation `gen` until none is left. A successful
+// claim means the chunk is not done, so run() has not returned and job_ is
+// that generation's job.
+void ThreadPool::claim(uint64_t gen, int index) {
+  uint64_t s = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if (gen_of(s) != (gen & kGenMask) || next_of(s) >= total_of(s)) return;
+    if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+      (*job_)(static_cast<int64_t>(next_of(s)), index);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+      s = state_.load(std::memory_order_acquire);
     }
   }
-  job_ = nullptr;
+}
+
+void ThreadPool::run(int64_t chunks, const std::function<void(int64_t, int)>& fn) {
+  if (chunks <= 0) return;
+  if (threads_ == 1 || chunks == 1) {
+    for (int64_t c = 0; c < chunks; ++c) fn(c, 0);
+    return;
+  }
+  const uint64_t gen = ++generation_;
+  job_ = &fn;
+  done_.store(0, std::memory_order_relaxed);
+  state_.store(pack(gen, static_cast<uint64_t>(chunks), 0), std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_.store(gen, std::memory_order_release);
+  }
+  cv_.notify_all();
+  claim(gen, 0);
+  for (int spin = 0; done_.load(std::memory_order_acquire) < chunks; ++spin) {
+    if (spin < kSpins)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
 }
 
 void ThreadPool::worker(int index) {
-  // Generation 0 is the one before any job; reading the counter here instead
-  // would miss a job posted before this thread got to run.
-  uint64_t seen = 0;
+  uint64_t seen = 0;  // generation 0 precedes every job
   for (;;) {
-    uint64_t now = generation_.load(std::memory_order_acquire);
+    uint64_t now = wake_.load(std::memory_order_acquire);
     for (int spin = 0; now == seen && spin < kSpins; ++spin) {
       cpu_relax();
-      now = generation_.load(std::memory_order_acquire);
+      now = wake_.load(std::memory_order_acquire);
     }
     if (now == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      cv_.wait(lock, [&] { return wake_.load(std::memory_order_acquire) != seen; });
       continue;
     }
     seen = now;
     if (stop_.load(std::memory_order_acquire)) return;
-    (*job_)(index, threads_);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    claim(now, index);
   }
 }
 

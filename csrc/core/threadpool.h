@@ -1,5 +1,7 @@
-// A small fork-join pool owned by one session: the calling thread takes part,
-// workers spin briefly and then sleep between jobs.
+// A small fork-join pool owned by one session. The calling thread takes part.
+// Work is split into chunks that threads claim one at a time, so a thread the
+// OS does not schedule (another program holds its core) leaves its share to
+// the others instead of stalling the run. Idle workers spin briefly, then sleep.
 #pragma once
 
 #include <atomic>
@@ -21,25 +23,30 @@ class ThreadPool {
 
   int size() const { return threads_; }
 
-  // Calls fn(part, parts) for part in [0, parts), parts = size(), and returns
-  // when all calls have returned. fn must not throw.
-  void run(const std::function<void(int, int)>& fn);
+  // Calls fn(chunk, thread) once for every chunk in [0, chunks) (chunks <
+  // 2^22), thread in [0, size()) naming the caller's per-thread scratch, and
+  // returns when every call has returned. fn must not throw.
+  void run(int64_t chunks, const std::function<void(int64_t, int)>& fn);
 
  private:
   void worker(int index);
+  void claim(uint64_t gen, int index);
 
   int threads_;
   std::vector<std::thread> workers_;
-  const std::function<void(int, int)>* job_ = nullptr;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  const std::function<void(int64_t, int)>* job_ = nullptr;
+  // Claims: generation (20 bits) | chunk count (22) | next chunk (22).
+  std::atomic<uint64_t> state_{0};
+  std::atomic<int64_t> done_{0};
+  uint64_t generation_ = 0;   // written by the caller of run() only
+  std::atomic<uint64_t> wake_{0};
   std::atomic<bool> stop_{false};
-  std::mutex mu_;  // guards sleeping: generation_ changes under it
-  std::condition_variable wake_;
+  std::mutex mu_;  // guards sleeping: wake_ changes under it
+  std::condition_variable cv_;
 };
 
 // Splits [0, total) into `parts` near-equal ranges; returns range `part`.
-inline void split_range(int64_t total, int part, int parts, int64_t* begin, int64_t* end) {
+inline void split_range(int64_t total, int64_t part, int64_t parts, int64_t* begin, int64_t* end) {
   const int64_t base = total / parts, extra = total % parts;
   *begin = part * base + (part < extra ? part : extra);
   *end = *begin + base + (part < extra ? 1 : 0);
