@@ -274,6 +274,11 @@ class ModelBuilder:
         """Elementwise activation `kind`."""
         return self._simple("act", x, name, act=kind)
 
+    def shuffle(self, x: str, groups: int, name: str | None = None) -> str:
+        """Channel shuffle of a rank-4 tensor in `groups` groups (groups divides C). Its input
+        must run at full width: every channel group feeding it must be fixed (build() checks)."""
+        return self._simple("shuffle", x, name, groups=int(groups))
+
     def set_output(self, tensor: str) -> None:
         """Make `tensor` the model output (default: the last op's output)."""
         if tensor not in self._shapes:

@@ -9,7 +9,7 @@ all rely on these functions, so a model means the same thing everywhere.
 Where model.h leaves a case open, this module takes the strict reading and refuses the file:
 pool padding must be smaller than the kernel (every window then sees an input element), the
 operands of an add must be channel prefixes at every width assignment, a grouped conv's input
-must always run at full width, the macs/params recorded in a profile must equal the computed
+must always run at full width (and so must a shuffle's), the macs/params recorded in a profile must equal the computed
 ones, and every tensor in the file must be one the model uses.
 """
 
@@ -41,7 +41,7 @@ __all__ = [
 FORMAT_VERSION = 1
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid")
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act")
+            "flatten", "softmax", "act", "shuffle")
 # Kinds whose output keeps the channel map of their (single) input.
 MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act")
 
@@ -340,6 +340,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "maxpool": ("kernel", "stride", "pads"),
     "avgpool": ("kernel", "stride", "pads"),
     "act": ("act",),
+    "shuffle": ("groups",),
 }
 
 
@@ -405,6 +406,7 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["pads"] = _ints_field(entry, "pads", where, 4, 0)
     if kind == "conv":
         fields["dilation"] = _ints_field(entry, "dilation", where, 2, 1)
+    if kind in ("conv", "shuffle"):
         fields["groups"] = _int_field(entry, "groups", where, 1)
     if kind in ("conv", "linear") and (kind == "linear" or "out_group" in entry):
         fields["out_group"] = _int_field(entry, "out_group", where, 0)
@@ -461,7 +463,7 @@ def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> i
 def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     """Full output shape of `op` for input shapes `ins`; InvalidModelError if it refuses them."""
     where = f"op '{op.name}' ({op.kind})"
-    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten"):
+    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle"):
         if len(ins[0]) != 4:
             raise InvalidModelError(f"{where} needs a rank-4 input, '{op.inputs[0]}' has "
                                     f"shape {list(ins[0])}")
@@ -496,6 +498,9 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "flatten":
         n, c, h, w = ins[0]
         return (n, c * h * w)
+    if op.kind == "shuffle" and ins[0][1] % op.groups:
+        raise InvalidModelError(f"{where}: groups {op.groups} must divide its {ins[0][1]} input "
+                                "channels")
     if op.kind == "softmax" and len(ins[0]) < 2:
         raise InvalidModelError(f"{where} needs an input of rank >= 2")
     return ins[0]
@@ -647,6 +652,11 @@ def _op_runs(op: Op, ins: list[TensorInfo], widths: Sequence[int],
             runs.extend((offset + shift, count) for offset, count in info.runs)
             shift += info.shape[1]
         return _merge(runs)
+    if op.kind == "shuffle":
+        if ins[0].runs != ((0, ins[0].shape[1]),):
+            raise InvalidModelError(f"shuffle '{op.name}': its input '{op.inputs[0]}' is not at full "
+                                    "width; a channel shuffle needs all its input channels")
+        return ins[0].runs
     if op.kind == "flatten":
         pixels = ins[0].shape[2] * ins[0].shape[3]
         return _merge([(o * pixels, k * pixels) for o, k in ins[0].runs])
@@ -782,6 +792,12 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
         elif op.kind == "concat":
             full[op.output] = all(full[t] for t in ins)
             prefix[op.output] = all(full[t] for t in ins[:-1]) and prefix[ins[-1]]
+        elif op.kind == "shuffle":
+            if not full[ins[0]]:
+                raise InvalidModelError(
+                    f"shuffle '{op.name}' (groups {op.groups}) must run at full width: its input "
+                    f"'{ins[0]}' must come from fixed groups (mark the groups that feed it fixed)")
+            full[op.output] = prefix[op.output] = True
         else:
             full[op.output], prefix[op.output] = full[ins[0]], prefix[ins[0]]
         if op.kind == "conv" and conv_kind(op, shapes[ins[0]][1]) == "grouped":

@@ -73,6 +73,8 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return inputs[0].mean(axis=(2, 3), keepdims=True)
     if op.kind == "flatten":
         return inputs[0].reshape(inputs[0].shape[0], -1)
+    if op.kind == "shuffle":
+        return _shuffle(inputs[0], op.groups)
     if op.kind == "softmax":
         shifted = inputs[0] - inputs[0].max(axis=1, keepdims=True)
         e = np.exp(shifted)
@@ -198,6 +200,12 @@ def _avgpool(op: fmt.Op, x: np.ndarray, shape: fmt.Shape) -> np.ndarray:
             total += _tap(padded, i, j, op, shape[2], shape[3])
             count += _tap(counted, i, j, op, shape[2], shape[3])
     return total / count
+
+
+def _shuffle(x: np.ndarray, groups: int) -> np.ndarray:
+    """Channel shuffle as ONNX writes it: Reshape [N, g, C/g, H, W], swap axes 1 and 2, Reshape."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -295,6 +295,73 @@ class TestChannelGroups:
         check_all_profiles(slim, x, engine=False)
 
 
+class ShuffleUnit(torch.nn.Module):
+    """ShuffleNet-style: grouped 1x1 conv and a side branch, concatenated, channel shuffle,
+    depthwise 3x3, then dense convs whose widths can be sliced."""
+
+    def __init__(self, groups: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.groups = groups
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.gconv = nn.Sequential(nn.Conv2d(16, 24, 1, groups=4), nn.BatchNorm2d(24), nn.ReLU())
+        self.side = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32))
+        self.expand = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.head = nn.Conv2d(32, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.gconv(self.stem(x)), self.side(x)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        y = torch.relu(self.head(self.expand(self.dw(y))))
+        return self.fc(y.mean((2, 3)))
+
+
+class TestChannelShuffle:
+    @pytest.fixture(scope="class")
+    def converted(self):
+        net = ShuffleUnit().eval()
+        randomize_bn(net, seed=21)
+        x = np.random.default_rng(21).standard_normal((2, 3, 8, 8)).astype(np.float32)
+        return net, x, torch_to_slim(net, x)
+
+    def test_becomes_one_shuffle_op(self, converted) -> None:
+        _, _, slim = converted
+        shuffles = [op for op in slim.meta["ops"] if op["op"] == "shuffle"]
+        assert [op["groups"] for op in shuffles] == [4]
+        assert not any(op["op"] in ("Reshape", "Transpose") for op in slim.meta["ops"])
+
+    def test_groups_around_it_are_fixed_and_info_says_why(self, converted) -> None:
+        _, _, slim = converted
+        groups = _groups(slim)
+        feeding = [g for g in groups.values() if "input of channel shuffle" in g["why"]]
+        assert sorted(g["size"] for g in feeding) == [8, 24]
+        assert all(g["fixed"] for g in feeding)
+        sliced = [g for g in groups.values() if not g["fixed"]]
+        assert sorted(g["size"] for g in sliced) == [16, 32]
+        shuffle = next(op["name"] for op in slim.meta["ops"] if op["op"] == "shuffle")
+        assert f"full: input of channel shuffle '{shuffle}' (groups=4)" in format_info(slim.meta)
+
+    def test_full_width_equals_the_source_module(self, converted) -> None:
+        net, x, slim = converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x, profile="1.0"), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, converted) -> None:
+        _, x, slim = converted
+        assert len({p["macs"] for p in slim.meta["profiles"]}) == len(slim.meta["profiles"])
+        check_all_profiles(slim, x)
+
+    def test_export_writes_the_shuffle_as_reshape_transpose_reshape(self, converted) -> None:
+        _, _, slim = converted
+        ops = [n.op_type for n in to_onnx(slim, "0.5").graph.node]
+        i = ops.index("Transpose")
+        assert ops[i - 1:i + 2] == ["Reshape", "Transpose", "Reshape"]
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 
@@ -425,8 +492,13 @@ class TestUnsupported:
         with pytest.raises(ConversionError, match=r"unsupported ONNX op 'LRN' at node 'my_lrn'"):
             onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]))
 
-    def test_channel_shuffle_is_refused(self) -> None:
-        class Shuffle(torch.nn.Module):
+    @pytest.mark.parametrize("middle, expect", [
+        (lambda v: v.transpose(1, 3), r"unsupported ONNX op 'Transpose' at node .*channel shuffle"),
+        (lambda v: torch.relu(v).transpose(1, 2), r"reads .*the \[1, 2, 4, 4, 4\] view of .* made by Reshape"),
+        (lambda v: v, r"Reshape '.*' turns the \[1, 2, 4, 4, 4\] view .* into \(1, 8, 4, 4\)"),
+    ], ids=["other-perm", "view-read-by-relu", "split-and-merge"])
+    def test_channel_moves_other_than_a_shuffle_are_refused(self, middle, expect) -> None:
+        class Moves(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.conv = torch.nn.Conv2d(3, 8, 1)
@@ -434,10 +506,22 @@ class TestUnsupported:
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 y = self.conv(x)
                 n, c, h, w = y.shape
-                return y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+                return middle(y.view(n, 2, c // 2, h, w)).reshape(n, c, h, w)
 
-        with pytest.raises(ConversionError, match=r"Reshape '.*' from \(1, 8, 4, 4\) to \(1, 2, 4, 4, 4\)"):
-            torch_to_slim(Shuffle().eval(), np.zeros((1, 3, 4, 4), np.float32))
+        with pytest.raises(ConversionError, match=expect):
+            torch_to_slim(Moves().eval(), np.zeros((1, 3, 4, 4), np.float32))
+
+    def test_reshape_mixing_channels_is_refused(self) -> None:
+        class Mix(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 8, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.conv(x).reshape(1, 2, 4, 16)
+
+        with pytest.raises(ConversionError, match=r"Reshape '.*' from \(1, 8, 4, 4\) to \(1, 2, 4, 16\)"):
+            torch_to_slim(Mix().eval(), np.zeros((1, 3, 4, 4), np.float32))
 
     def test_transpose_names_channel_movement(self) -> None:
         node = helper.make_node("Transpose", ["c"], ["y"], name="tr", perm=[0, 2, 3, 1])

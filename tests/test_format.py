@@ -520,3 +520,50 @@ def test_builder_duplicate_profile() -> None:
     b.uniform_profiles((0.5,))
     with pytest.raises(ValueError, match="'0.5' already exists"):
         b.profile("0.5", [1, 1, 8])
+
+
+# -- channel shuffle ----------------------------------------------------------------------------
+
+def shuffle_builder(fixed: bool) -> ModelBuilder:
+    b = ModelBuilder("shuffle", input_shape=(1, 4, 6, 6), min_multiplier=0.5)
+    rng = np.random.default_rng(4)
+    a = b.conv(b.input, rng.normal(size=(8, 4, 1, 1)), out_group=b.group("a", 8, fixed=fixed))
+    s = b.shuffle(a, 2, name="s")
+    b.conv(s, rng.normal(size=(8, 8, 1, 1)), out_group=b.group("b", 8))
+    b.uniform_profiles((0.5, 1.0))
+    return b
+
+
+def test_shuffle_fed_by_a_sliceable_group_is_refused() -> None:
+    with pytest.raises(InvalidModelError, match="shuffle 's' .* must run at full width.*fixed groups"):
+        shuffle_builder(fixed=False).build()
+
+
+def test_shuffle_behind_fixed_groups_keeps_one_full_run() -> None:
+    slim = shuffle_builder(fixed=True).build()
+    infos = fmt.channel_maps(slim.meta, [8, 4])
+    assert infos["s"].runs == ((0, 8),)
+    assert infos[slim.meta["output"]].runs == ((0, 4),)
+
+
+def test_shuffle_groups_must_divide_the_channels() -> None:
+    b = shuffle_builder(fixed=True)
+    with pytest.raises(InvalidModelError, match="groups 3 must divide its 8 input channels"):
+        b.shuffle("s", 3)
+
+
+def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
+    """The C++ loader's own check: a file whose writer skipped validation."""
+    import json
+
+    import safetensors.numpy
+
+    import slimrt
+
+    slim = shuffle_builder(fixed=True).build()
+    meta = copy.deepcopy(slim.meta)
+    meta["groups"][0]["fixed"] = False
+    meta["profiles"].insert(0, {"name": "narrow", "widths": [4, 4], "macs": 0, "params": 0})
+    data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    with pytest.raises(InvalidModelError, match="profile 'narrow'.*'s' \\(shuffle\\).*needs all 8 input channels"):
+        slimrt.load(data)

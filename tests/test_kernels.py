@@ -215,3 +215,19 @@ def test_standalone_activation(act):
     for w in (1, 4, 9):
         b.profile(str(w), {"a": w})
     check_all_profiles(b, rng.standard_normal((1, 3, 5, 5)).astype(np.float32))
+
+
+@pytest.mark.parametrize("c,groups", [(12, 3), (13, 1), (13, 13), (32, 4), (127, 127)])
+def test_channel_shuffle_between_fixed_and_sliceable_groups(c, groups):
+    """fixed-group conv -> shuffle -> dense conv whose output group is sliced at every width."""
+    rng = np.random.default_rng(17)
+    b = ModelBuilder("shuffle", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a = b.conv(b.input, weights(rng, c, 3, 1, 1), out_group=b.group("a", c, fixed=True, why="shuffle input"),
+               bias=vec(rng, c), act="relu")
+    s = b.shuffle(a, groups)
+    out = 7
+    y = b.conv(s, weights(rng, out, c, 3, 3), out_group=b.group("b", out), padding=1, bias=vec(rng, out))
+    b.set_output(y)
+    for w in range(1, out + 1):
+        b.profile(str(w), {"b": w})
+    assert check_all_profiles(b, rng.standard_normal((2, 3, 5, 7)).astype(np.float32)) == out

@@ -16,11 +16,29 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from slimrt import format as fmt  # noqa: E402
+from slimrt.builder import ModelBuilder  # noqa: E402
 from slimrt.errors import ProfileError  # noqa: E402
 from slimrt.models import concat_net, tiny_resnet, vgg_like  # noqa: E402
 from slimrt.reference import run_reference  # noqa: E402
 
-MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net}
+
+
+def shuffle_net(seed: int = 0) -> fmt.SlimFile:
+    """Fixed-group convs, concatenated and channel-shuffled, then sliceable dense convs."""
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("shuffle_net", input_shape=(1, 3, 9, 9))
+    a = b.conv(b.input, rng.normal(size=(12, 3, 3, 3)), out_group=b.group("a", 12, fixed=True),
+               padding=1, act="relu")
+    c = b.conv(b.input, rng.normal(size=(4, 3, 1, 1)), out_group=b.group("c", 4, fixed=True))
+    s = b.shuffle(b.concat([a, c]), 4)
+    y = b.conv(s, rng.normal(size=(16, 16, 3, 3)) / 12, out_group=b.group("d", 16), act="relu")
+    b.conv(y, rng.normal(size=(8, 16, 1, 1)) / 4, out_group=b.group("e", 8))
+    b.uniform_profiles()
+    return b.build()
+
+
+MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net,
+          "shuffle_net": shuffle_net}
 ACTS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
         "silu": F.silu, "sigmoid": torch.sigmoid}
 
@@ -147,6 +165,13 @@ class PrunedTorch:
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return ACTS[op["act"]](x), idx, channels
+
+    def shuffle(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        assert torch.equal(idx, torch.arange(channels)), "a shuffle runs at full width"
+        n, c, h, w = x.shape
+        g = op["groups"]
+        return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w), idx, channels
 
 
 def oracle(slim: fmt.SlimFile, x: np.ndarray, profile: str | float) -> np.ndarray:

@@ -33,6 +33,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Flatten: return "flatten";
     case OpKind::Softmax: return "softmax";
     case OpKind::Act: return "act";
+    case OpKind::Shuffle: return "shuffle";
   }
   return "?";
 }
@@ -117,11 +118,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"add", OpKind::Add},         {"concat", OpKind::Concat},
       {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
-      {"softmax", OpKind::Softmax}, {"act", OpKind::Act}};
+      {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
+      {"shuffle", OpKind::Shuffle}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
-             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act)");
+             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -346,6 +348,8 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       if (og != j.end() && !og->is_null())
         op.out_group = as_int32(*og, where + " out_group", 0, static_cast<int64_t>(groups_.size()) - 1);
     }
+    if (op.kind == OpKind::Shuffle)
+      op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
     ops_.push_back(std::move(op));
   }
   output_ = [&] {

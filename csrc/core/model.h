@@ -63,6 +63,11 @@
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
 //   softmax         over axis 1
 //   act             elementwise "act"
+//   shuffle         "groups": g. Channel c of the output is channel
+//                   (c % g) * (C / g) + c / g of the input (C = channels,
+//                   divisible by g): the ONNX Reshape [N, g, C/g, H, W],
+//                   Transpose [0, 2, 1, 3, 4], Reshape [N, C, H, W]. Its input
+//                   must run at full width: the groups feeding it are fixed.
 //
 // Weight layout is chosen so that every profile reads a top-left block: an
 // in-channel prefix is a row prefix of each tap's [Cin, Cout] block, an
@@ -74,7 +79,8 @@
 // full run. conv and linear outputs are one run [0, width(out_group)).
 // Depthwise conv, pools, act and softmax keep their input's map. add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
-// offsets by the full sizes before them; runs that touch merge into one. flatten maps a channel run (o, k) of
+// offsets by the full sizes before them; runs that touch merge into one. shuffle
+// takes one full run and gives one full run. flatten maps a channel run (o, k) of
 // an HxW tensor to the feature run (o*H*W, k*H*W). A conv or linear reads, for
 // every run, the weight rows [offset, offset + count) of each tap.
 //
@@ -120,7 +126,7 @@ using kernels::Act;
 constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
-enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act };
+enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle };
 
 const char* op_kind_name(OpKind kind);
 
@@ -157,7 +163,7 @@ struct Op {
   int32_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   bool ceil_mode = false;
   bool count_include_pad = false;
-  // conv / linear
+  // conv / linear; shuffle: its channel groups
   ConvType conv_type = ConvType::Dense;
   int32_t groups = 1;
   int32_t out_group = -1;  // -1 for depthwise

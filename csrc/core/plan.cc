@@ -181,6 +181,17 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
       case OpKind::Act:
         y = x;
         break;
+      case OpKind::Shuffle:
+        need_rank(x, 4);
+        if (x.c_full % op.groups)
+          fail_argument(where + ": " + std::to_string(op.groups) + " groups do not divide its " +
+                        std::to_string(x.c_full) + " input channels");
+        if (x.c != x.c_full || !single_run(x))
+          fail_argument(where + " is a channel shuffle and needs all " + std::to_string(x.c_full) +
+                        " input channels as one run, the profile gives " + std::to_string(x.c) +
+                        " (the groups feeding it must be fixed)");
+        y = x;
+        break;
     }
     plan.tensors[op.output] = std::move(y);
   }

@@ -12,7 +12,7 @@ namespace slimrt {
 
 using kernels::ChannelRun;
 
-enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Flatten, Softmax, Act };
+enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -304,6 +304,12 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c = x.c;
         s.count = x.elements();
         break;
+      case OpKind::Shuffle:
+        s.kind = StepKind::Shuffle;
+        s.c = x.c;
+        s.c2 = op.groups;
+        s.count = x.n * x.h * x.w;
+        break;
     }
     plan->steps.push_back(std::move(s));
   }
@@ -457,6 +463,10 @@ void Session::execute(const Step& s) {
     case StepKind::Copy:
       parallel(s.count,
                [&](int, int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
+      break;
+    case StepKind::Shuffle:
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::channel_shuffle(s.x, s.c, s.c2, s.y, b, e); });
       break;
     case StepKind::Flatten:
       kernels::nhwc_to_nchw(s.x, static_cast<int32_t>(s.count), s.c, s.hw, s.y);

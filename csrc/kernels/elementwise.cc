@@ -1,4 +1,4 @@
-// Elementwise ops, concat copies, softmax and layout changes.
+// Elementwise ops, concat copies, channel shuffle, softmax and layout changes.
 #include <cmath>
 #include <cstring>
 
@@ -24,6 +24,17 @@ void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride,
                    int64_t m_begin, int64_t m_end) {
   for (int64_t m = m_begin; m < m_end; ++m)
     std::memcpy(y + m * y_stride, x + m * x_stride, sizeof(float) * count);
+}
+
+void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_t m_begin, int64_t m_end) {
+  const int32_t per_group = c / groups;
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* px = x + m * c;
+    float* py = y + m * c;
+    // Input channel g * per_group + k goes to output channel k * groups + g.
+    for (int32_t g = 0; g < groups; ++g)
+      for (int32_t k = 0; k < per_group; ++k) py[k * groups + g] = px[g * per_group + k];
+  }
 }
 
 void activate(float* x, Act act, int64_t begin, int64_t end) {

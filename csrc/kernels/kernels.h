@@ -142,6 +142,11 @@ void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act a
 void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride, int32_t count,
                    int64_t m_begin, int64_t m_end);
 
+// Channel shuffle of pixels [m_begin, m_end), NHWC with pixel stride c:
+// y[m][j] = x[m][(j % groups) * (c / groups) + j / groups]. groups divides c;
+// y must not alias x.
+void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_t m_begin, int64_t m_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, Act act, int64_t begin, int64_t end);
 

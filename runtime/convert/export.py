@@ -187,8 +187,20 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Flatten", x, op.output, op.name, axis=1)
     elif op.kind == "softmax":
         g.node("Softmax", x, op.output, op.name, axis=1)
+    elif op.kind == "shuffle":
+        _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
     else:
         raise ConversionError(f"op '{op.name}' of kind '{op.kind}' has no ONNX export")
+
+
+def _shuffle(g: _GraphWriter, shape: tuple[int, ...], groups: int, x: str, out: str, name: str) -> None:
+    """Channel shuffle as Reshape [N, g, C/g, H, W] -> Transpose [0, 2, 1, 3, 4] -> Reshape [N, C, H, W]."""
+    _, c, h, w = shape
+    split = g.const(g.temp(f"{name}.split"), np.array([0, groups, c // groups, h, w], np.int64))
+    merge = g.const(g.temp(f"{name}.merge"), np.array([0, c, h, w], np.int64))
+    y = g.node("Reshape", [x, split], g.temp(out), f"{name}.split")
+    y = g.node("Transpose", [y], g.temp(out), f"{name}.transpose", perm=[0, 2, 1, 3, 4])
+    g.node("Reshape", [y, merge], out, f"{name}.merge")
 
 
 def _pad_channels(g: _GraphWriter, view: ProfileView, tensor: str, width: int, name: str) -> str:

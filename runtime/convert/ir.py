@@ -20,6 +20,8 @@ Node kinds and their fields:
 ``global_avgpool``  [N, C, H, W] -> [N, C, 1, 1]
 ``flatten``         [N, C, H, W] -> [N, C*H*W] (C major)
 ``softmax``         over axis 1
+``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
+                    (c % groups) * (C / groups) + c / groups
 ==================  ========================================================================
 
 After :func:`fuse`, a ``conv`` or ``linear`` may also carry the BatchNormalization that
@@ -38,7 +40,7 @@ from ..errors import InvalidModelError
 
 ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax")
+         "global_avgpool", "flatten", "softmax", "shuffle")
 
 
 class ConversionError(InvalidModelError):

@@ -1,6 +1,8 @@
 """ONNX -> converter IR (:mod:`slimrt.convert.ir`).
 
-Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
+[N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed nothing
+else. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
 Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
 ops that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
@@ -8,6 +10,7 @@ ops that touch activations map onto the IR's op set. Anything else raises
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,9 +22,21 @@ from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
-             "Reshape to (N, -1)", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
+             "Reshape to (N, -1)",
+             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _ShuffleView:
+    """A 5-D tensor inside a channel shuffle: ``source`` split into ``groups`` along channels."""
+
+    source: str
+    groups: int
+    shape: Shape
+    transposed: bool
+    reshape: str  # name of the Reshape that split the channels, for messages
 
 
 def load_proto(source: str | Path | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -56,6 +71,7 @@ class _Importer:
         self.alias: dict[str, str] = {}
         self.nodes: list[Node] = []
         self.producer: dict[str, Node] = {}
+        self.shuffles: dict[str, _ShuffleView] = {}
         self.used_names: set[str] = {"input"}
         self.input = self._find_input(input_shape)
 
@@ -157,6 +173,12 @@ class _Importer:
 
     def act_input(self, ctx: _Ctx, i: int = 0) -> str:
         t = ctx.inputs[i]
+        if t in self.shuffles:
+            view = self.shuffles[t]
+            raise ConversionError(
+                f"{ctx.op} '{ctx.name}' reads '{t}', the {list(view.shape)} view of '{view.source}' made by "
+                f"Reshape '{view.reshape}'; slimrt converts such a view only inside a channel shuffle "
+                "Reshape [N, g, C/g, H, W] -> Transpose(perm=[0, 2, 1, 3, 4]) -> Reshape [N, C, H, W]")
         if t not in self.shapes:
             raise ConversionError(f"{ctx.op} '{ctx.name}' expects an activation as input {i}, "
                                   f"got the constant '{t}'")
@@ -375,6 +397,9 @@ def _to_rank2(imp: _Importer, ctx: _Ctx, x: str) -> None:
 
 
 def _reshape(imp: _Importer, ctx: _Ctx) -> None:
+    if ctx.inputs[0] in imp.shuffles:
+        _shuffle_merge(imp, ctx, imp.shuffles[ctx.inputs[0]])
+        return
     x = imp.act_input(ctx)
     shape = imp.shapes[x]
     target = _resolve_reshape(shape, imp.const(ctx, 1, "shape"), bool(ctx.attrs.get("allowzero", 0)))
@@ -382,10 +407,38 @@ def _reshape(imp: _Importer, ctx: _Ctx) -> None:
         imp.alias[ctx.outputs[0]] = x
     elif target == (shape[0], int(np.prod(shape[1:]))):
         _to_rank2(imp, ctx, x)
+    elif _is_channel_split(shape, target):
+        imp.shuffles[ctx.outputs[0]] = _ShuffleView(x, target[1], target, False, ctx.name)
     else:
         raise ConversionError(f"Reshape '{ctx.name}' from {shape} to {target} mixes the channel axis with "
                               "other axes; slimrt converts Reshape to (N, -1) only, since any other reshape "
                               "breaks the channel order that width slicing needs")
+
+
+def _is_channel_split(shape: Shape, target: Shape) -> bool:
+    """Whether Reshape ``shape`` -> ``target`` is [N, C, H, W] -> [N, g, C/g, H, W]."""
+    return (len(shape) == 4 and len(target) == 5 and target[0] == shape[0] and target[3:] == shape[2:]
+            and target[1] * target[2] == shape[1] and min(target) >= 1)
+
+
+def _transpose(imp: _Importer, ctx: _Ctx) -> None:
+    view = imp.shuffles.get(ctx.inputs[0])
+    if view is None or view.transposed or list(ctx.attrs.get("perm", [])) != [0, 2, 1, 3, 4]:
+        raise ConversionError(_unsupported(ctx.op, ctx.name))
+    shape = view.shape
+    imp.shuffles[ctx.outputs[0]] = _ShuffleView(view.source, view.groups, (shape[0], shape[2], shape[1]) + shape[3:],
+                                                True, view.reshape)
+
+
+def _shuffle_merge(imp: _Importer, ctx: _Ctx, view: _ShuffleView) -> None:
+    """The last Reshape of a channel shuffle: emit one ``shuffle`` node."""
+    source = imp.shapes[view.source]
+    target = _resolve_reshape(view.shape, imp.const(ctx, 1, "shape"), bool(ctx.attrs.get("allowzero", 0)))
+    if not view.transposed or target != source:
+        raise ConversionError(f"Reshape '{ctx.name}' turns the {list(view.shape)} view of '{view.source}' into "
+                              f"{target}; slimrt converts such views only as a channel shuffle Reshape "
+                              "[N, g, C/g, H, W] -> Transpose(perm=[0, 2, 1, 3, 4]) -> Reshape [N, C, H, W]")
+    imp.emit(ctx, "shuffle", [view.source], {"groups": view.groups})
 
 
 def _resolve_reshape(shape: Shape, target: np.ndarray, allowzero: bool) -> Shape:
@@ -471,7 +524,7 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Mul": _mul,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
-    "Reshape": _reshape, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
+    "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
     "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax,
 }
 
@@ -503,7 +556,10 @@ def _fold_constant_of_shape(imp: _Importer, v: list[Any], a: dict[str, Any], nam
 
 
 def _fold_shape(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
-    shape = imp.shapes[names[0]] if names[0] in imp.shapes else v[0].shape
+    if names[0] in imp.shuffles:
+        shape = imp.shuffles[names[0]].shape
+    else:
+        shape = imp.shapes[names[0]] if names[0] in imp.shapes else v[0].shape
     rank = len(shape)
     start = int(a.get("start", 0))
     end = int(a.get("end", rank))

@@ -110,6 +110,8 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.flatten(xs[0], name=name)
     if node.kind == "softmax":
         return b.softmax(xs[0], name=name)
+    if node.kind == "shuffle":
+        return b.shuffle(xs[0], a["groups"], name=name)
     raise AssertionError(f"IR kind '{node.kind}' has no .slim op")
 
 

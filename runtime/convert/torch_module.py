@@ -77,6 +77,10 @@ class PrunedNet(nn.Module):
             return torch.flatten(xs[0], 1)
         if step.kind == "softmax":
             return torch.softmax(xs[0], dim=1)
+        if step.kind == "shuffle":
+            n, c, h, w = xs[0].shape
+            g = a["groups"]
+            return xs[0].reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
         raise ConversionError(f"op kind '{step.kind}' has no PyTorch equivalent")
 
 
@@ -109,6 +113,8 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return Step(layer=key, pad=pad, **base)
     if op.kind in ("maxpool", "avgpool"):
         return _pool_step(op, base)
+    if op.kind == "shuffle":
+        return Step(attrs=(("groups", op.groups),), **base)
     return Step(**base)
 
 
