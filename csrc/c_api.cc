@@ -136,13 +136,13 @@ slimrt_status slimrt_session_run(slimrt_session* session, const float* input, co
                                      : slimrt::ProfileRef::named(profile_index);
   if (profile_index == SLIMRT_PROFILE_MULTIPLIER && !(multiplier > 0.0f))
     return fail(SLIMRT_INVALID_ARGUMENT, "slimrt_session_run: multiplier must be > 0");
-  std::vector<int64_t> shape;
+  slimrt::Session::Shape shape;
   const slimrt_status st = guarded([&] {
     session->session->run(input, input_shape, rank, ref, output, output_capacity, &shape);
   });
-  if ((st == SLIMRT_OK || st == SLIMRT_BUFFER_TOO_SMALL) && !shape.empty()) {
-    if (out_shape) std::memcpy(out_shape, shape.data(), shape.size() * sizeof(int64_t));
-    if (out_rank) *out_rank = static_cast<int32_t>(shape.size());
+  if ((st == SLIMRT_OK || st == SLIMRT_BUFFER_TOO_SMALL) && shape.rank > 0) {
+    if (out_shape) std::memcpy(out_shape, shape.dims, static_cast<size_t>(shape.rank) * sizeof(int64_t));
+    if (out_rank) *out_rank = shape.rank;
   }
   return st;
 }

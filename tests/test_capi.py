@@ -153,3 +153,17 @@ def test_c_example_builds_and_runs(tmp_path, model_path):
     for p in py.profiles:
         best = int(np.argmax(py.run(x, p.index)[0]))
         assert re.search(rf"profile {re.escape(p.name)}\s+{p.macs} MACs  argmax {best} ", out), out
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_allocate_nothing_after_warm_up(tmp_path, model_path, threads):
+    """Every profile (and a multiplier) run once, then again: the second round allocates nothing."""
+    libdir = str(Path(slimrt.c_library_path()).parent)
+    exe = tmp_path / "count_allocs"
+    src = Path(__file__).resolve().parent / "c" / "count_allocs.c"
+    subprocess.run(["cc", "-std=c99", "-O1", str(src), "-I", slimrt.c_include_dir(), "-L", libdir, "-lslimrt",
+                    f"-Wl,-rpath,{libdir}", "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe), model_path, str(threads)], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert out.strip() == "allocations 0", out

@@ -359,19 +359,26 @@ Session::Plan& Session::plan_for(const ProfileRef& ref) {
   return *plan;
 }
 
-static std::vector<int64_t> shape_of(const TensorShape& t) {
-  if (t.rank == 2) return {t.n, t.c};
-  return {t.n, t.c, t.h, t.w};
+static Session::Shape shape_of(const TensorShape& t) {
+  Session::Shape s;
+  s.rank = t.rank;
+  s.dims[0] = t.n;
+  s.dims[1] = t.c;
+  if (t.rank == 4) {
+    s.dims[2] = t.h;
+    s.dims[3] = t.w;
+  }
+  return s;
 }
 
-std::vector<int64_t> Session::output_shape(const int64_t* shape, int rank, const ProfileRef& profile) {
+Session::Shape Session::output_shape(const int64_t* shape, int rank, const ProfileRef& profile) {
   std::lock_guard<std::mutex> lock(mu_);
   prepare_shape(shape, rank);
   return shape_of(plan_for(profile).output);
 }
 
 void Session::run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
-                  size_t capacity, std::vector<int64_t>* out_shape) {
+                  size_t capacity, Shape* out_shape) {
   if (!input) fail_argument("input is null");
   std::lock_guard<std::mutex> lock(mu_);
   prepare_shape(shape, rank);
@@ -421,11 +428,12 @@ void Session::execute(const Step& s) {
       body(0, int64_t{0}, total);
       return;
     }
-    pool_.run(chunks, [&](int64_t chunk, int thread) {
+    auto task = [&](int64_t chunk, int thread) {
       int64_t b, e;
       split_range(total, chunk, chunks, &b, &e);
       if (b < e) body(thread, b, e);
-    });
+    };
+    pool_.run(chunks, task);
   };
   switch (s.kind) {
     case StepKind::Conv: {

@@ -35,13 +35,20 @@ class Session {
   const Model& model() const { return *model_; }
   int threads() const { return pool_.size(); }
 
+  // Output shape: NCHW (rank 4) or [N, F] (rank 2).
+  struct Shape {
+    int64_t dims[4] = {0, 0, 0, 0};
+    int32_t rank = 0;
+  };
+
   // Output shape for this input shape and profile (prepares both).
-  std::vector<int64_t> output_shape(const int64_t* shape, int rank, const ProfileRef& profile);
+  Shape output_shape(const int64_t* shape, int rank, const ProfileRef& profile);
 
   // Runs on an NCHW float32 input. Throws Error(BufferTooSmall) if
   // `capacity` floats cannot hold the output (out_shape is set first).
+  // Allocates nothing once this input shape and profile have run before.
   void run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
-           size_t capacity, std::vector<int64_t>* out_shape);
+           size_t capacity, Shape* out_shape);
 
   // Per-op wall time of one run (for latency analysis): (op name, seconds),
   // in execution order; ops that need no work (a flatten of a 1x1 map) are absent.

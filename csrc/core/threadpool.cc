@@ -39,28 +39,29 @@ ThreadPool::~ThreadPool() {
 }
 
 // Claims and runs chunks of generation `gen` until none is left. A successful
-// claim means the chunk is not done, so run() has not returned and job_ is
-// that generation's job.
+// claim means the chunk is not done, so run() has not returned and task_ /
+// ctx_ are that generation's.
 void ThreadPool::claim(uint64_t gen, int index) {
   uint64_t s = state_.load(std::memory_order_acquire);
   for (;;) {
     if (gen_of(s) != (gen & kGenMask) || next_of(s) >= total_of(s)) return;
     if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-      (*job_)(static_cast<int64_t>(next_of(s)), index);
+      task_(ctx_, static_cast<int64_t>(next_of(s)), index);
       done_.fetch_add(1, std::memory_order_acq_rel);
       s = state_.load(std::memory_order_acquire);
     }
   }
 }
 
-void ThreadPool::run(int64_t chunks, const std::function<void(int64_t, int)>& fn) {
+void ThreadPool::run(int64_t chunks, Task task, void* ctx) {
   if (chunks <= 0) return;
   if (threads_ == 1 || chunks == 1) {
-    for (int64_t c = 0; c < chunks; ++c) fn(c, 0);
+    for (int64_t c = 0; c < chunks; ++c) task(ctx, c, 0);
     return;
   }
   const uint64_t gen = ++generation_;
-  job_ = &fn;
+  task_ = task;
+  ctx_ = ctx;
   done_.store(0, std::memory_order_relaxed);
   state_.store(pack(gen, static_cast<uint64_t>(chunks), 0), std::memory_order_release);
   {

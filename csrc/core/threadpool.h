@@ -7,7 +7,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -25,8 +24,14 @@ class ThreadPool {
 
   // Calls fn(chunk, thread) once for every chunk in [0, chunks) (chunks <
   // 2^22), thread in [0, size()) naming the caller's per-thread scratch, and
-  // returns when every call has returned. fn must not throw.
-  void run(int64_t chunks, const std::function<void(int64_t, int)>& fn);
+  // returns when every call has returned. fn must not throw. No allocation.
+  template <typename F>
+  void run(int64_t chunks, F& fn) {
+    run(chunks, [](void* ctx, int64_t chunk, int thread) { (*static_cast<F*>(ctx))(chunk, thread); }, &fn);
+  }
+
+  using Task = void (*)(void* ctx, int64_t chunk, int thread);
+  void run(int64_t chunks, Task task, void* ctx);
 
  private:
   void worker(int index);
@@ -34,7 +39,8 @@ class ThreadPool {
 
   int threads_;
   std::vector<std::thread> workers_;
-  const std::function<void(int64_t, int)>* job_ = nullptr;
+  Task task_ = nullptr;
+  void* ctx_ = nullptr;
   // Claims: generation (20 bits) | chunk count (22) | next chunk (22).
   std::atomic<uint64_t> state_{0};
   std::atomic<int64_t> done_{0};

@@ -30,8 +30,8 @@ void register_session(py::module_& m) {
           [](Session& self, py::array_t<float, py::array::c_style> x, int32_t index, double multiplier) {
             std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
             const ProfileRef ref = make_ref(index, multiplier);
-            std::vector<int64_t> out_shape = self.output_shape(shape.data(), static_cast<int>(shape.size()), ref);
-            py::array_t<float> out(out_shape);
+            const Session::Shape os = self.output_shape(shape.data(), static_cast<int>(shape.size()), ref);
+            py::array_t<float> out(std::vector<py::ssize_t>(os.dims, os.dims + os.rank));
             const float* in = x.data();
             float* dst = out.mutable_data();
             const size_t cap = static_cast<size_t>(out.size());
