@@ -319,13 +319,18 @@ class ShuffleUnit(torch.nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+@pytest.fixture(scope="module")
+def shuffle_converted():
+    net = ShuffleUnit().eval()
+    randomize_bn(net, seed=21)
+    x = np.random.default_rng(21).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    return net, x, torch_to_slim(net, x)
+
+
 class TestChannelShuffle:
-    @pytest.fixture(scope="class")
-    def converted(self):
-        net = ShuffleUnit().eval()
-        randomize_bn(net, seed=21)
-        x = np.random.default_rng(21).standard_normal((2, 3, 8, 8)).astype(np.float32)
-        return net, x, torch_to_slim(net, x)
+    @pytest.fixture
+    def converted(self, shuffle_converted):
+        return shuffle_converted
 
     def test_becomes_one_shuffle_op(self, converted) -> None:
         _, _, slim = converted
