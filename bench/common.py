@@ -409,7 +409,7 @@ def machine_info(threads: Sequence[int] | int | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": package_versions(),
         "blas": blas_info(),
-        "slimrt_conv_isa": core.conv_isa(),
+        "slimrt_isa": core.isa(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
@@ -419,7 +419,7 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     p = machine["packages"]
     load = machine.get("loadavg")
     return (f"{machine['cpu']} ({machine['cpu_count']} CPUs; {' '.join(machine['simd'])}); "
-            f"slimrt {p['slimrt']} [conv {machine['slimrt_conv_isa']}], onnxruntime {p['onnxruntime']}, "
+            f"slimrt {p['slimrt']} [{machine['slimrt_isa']}], onnxruntime {p['onnxruntime']}, "
             f"torch {p['torch']}, numpy {p['numpy']}"
             + (f"; load average {load[0]:.2f} at start" if load else ""))
 

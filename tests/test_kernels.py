@@ -18,16 +18,16 @@ from slimrt.builder import ModelBuilder
 from slimrt.format import to_bytes
 from slimrt.reference import run_reference
 
-ISAS = [isa for isa in ("generic", "avx2", "avx512f") if _core.set_conv_isa(isa)]
-_core.set_conv_isa("avx512f") or _core.set_conv_isa("avx2") or _core.set_conv_isa("generic")
+ISAS = [isa for isa in ("generic", "avx2", "avx512f") if _core.set_isa(isa)]
+_core.set_isa("avx512f") or _core.set_isa("avx2") or _core.set_isa("generic")
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    before = _core.conv_isa()
-    assert _core.set_conv_isa(request.param)
+    before = _core.isa()
+    assert _core.set_isa(request.param)
     yield request.param
-    _core.set_conv_isa(before)
+    _core.set_isa(before)
 
 
 def weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_fused_activations(isa, act):
 
 @pytest.mark.parametrize("c,kernel,stride,pad,dil", [(3, 3, 1, 1, 1), (7, 3, 2, 1, 1), (13, 5, 1, 2, 1),
                                                      (127, 3, 2, (1, 0, 1, 2), 2)])
-def test_depthwise_every_width(c, kernel, stride, pad, dil):
+def test_depthwise_every_width(isa, c, kernel, stride, pad, dil):
     rng = np.random.default_rng(c)
     b = ModelBuilder("dw", input_shape=(2, 3, 12, 10), min_multiplier=0.01)
     a, _ = stem(b, rng, 3, c)

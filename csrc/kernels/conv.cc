@@ -1,5 +1,6 @@
-// Dense convolution: weight packing, the scalar reference and the dispatch to
-// the fastest conv_packed the CPU supports.
+// Dense convolution's weight packing and scalar reference, and the dispatch
+// of the vector kernels (dense and depthwise conv) to the widest instruction
+// set the CPU supports.
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -10,9 +11,12 @@
 namespace slimrt::kernels {
 
 void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int, float*);
+void dwconv_generic(const DwParams&, int64_t, int64_t);
 #if defined(SLIMRT_HAVE_X86_KERNELS)
 void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int, float*);
 void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int, float*);
+void dwconv_avx2(const DwParams&, int64_t, int64_t);
+void dwconv_avx512(const DwParams&, int64_t, int64_t);
 #endif
 
 size_t packed_conv_size(int taps, int k_full, int cout) {
@@ -68,64 +72,60 @@ void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_
 
 namespace {
 
-using ConvFn = void (*)(const ConvParams&, int64_t, int64_t, int, int, float*);
-
-struct ConvDispatch {
-  ConvFn fn;
+struct Dispatch {
+  void (*conv)(const ConvParams&, int64_t, int64_t, int, int, float*);
+  void (*dw)(const DwParams&, int64_t, int64_t);
   const char* name;
 };
 
-// SLIMRT_ISA=generic|avx2 forces a narrower implementation (for tests, and for
-// machines where the widest one runs slower).
-ConvDispatch select_conv() {
-  const char* forced = std::getenv("SLIMRT_ISA");
-  const std::string want = forced ? forced : "";
-  if (want == "generic") return {conv_packed_generic, "generic"};
+const Dispatch kGeneric{conv_packed_generic, dwconv_generic, "generic"};
+#if defined(SLIMRT_HAVE_X86_KERNELS)
+const Dispatch kAvx2{conv_packed_avx2, dwconv_avx2, "avx2"};
+const Dispatch kAvx512{conv_packed_avx512, dwconv_avx512, "avx512f"};
+#endif
+
+// The implementation called `want` if this CPU runs it, else null.
+const Dispatch* find(const std::string& want) {
+  if (want == "generic") return &kGeneric;
 #if defined(SLIMRT_HAVE_X86_KERNELS)
   __builtin_cpu_init();
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (want == "avx2" && has_avx2) return {conv_packed_avx2, "avx2"};
-  if (__builtin_cpu_supports("avx512f")) return {conv_packed_avx512, "avx512f"};
-  if (has_avx2) return {conv_packed_avx2, "avx2"};
+  if (want == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kAvx2;
+  if (want == "avx512f" && __builtin_cpu_supports("avx512f")) return &kAvx512;
 #endif
-  return {conv_packed_generic, "generic"};
+  return nullptr;
 }
 
-std::atomic<const ConvDispatch*>& current() {
-  static const ConvDispatch initial = select_conv();
-  static std::atomic<const ConvDispatch*> d{&initial};
+// The widest implementation; SLIMRT_ISA=generic|avx2 forces a narrower one
+// (for tests, and for machines where the widest one runs slower).
+const Dispatch* select() {
+  const char* forced = std::getenv("SLIMRT_ISA");
+  if (forced && find(forced)) return find(forced);
+  for (const char* isa : {"avx512f", "avx2"})
+    if (const Dispatch* d = find(isa)) return d;
+  return &kGeneric;
+}
+
+std::atomic<const Dispatch*>& current() {
+  static std::atomic<const Dispatch*> d{select()};
   return d;
 }
 
 }  // namespace
 
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace) {
-  current().load(std::memory_order_relaxed)->fn(p, m_begin, m_end, p_begin, p_end, workspace);
+  current().load(std::memory_order_relaxed)->conv(p, m_begin, m_end, p_begin, p_end, workspace);
 }
 
-const char* conv_isa() { return current().load()->name; }
+void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
+  current().load(std::memory_order_relaxed)->dw(p, m_begin, m_end);
+}
 
-bool set_conv_isa(const char* isa) {
-  static const ConvDispatch generic{conv_packed_generic, "generic"};
-  const std::string want = isa ? isa : "";
-  if (want == "generic") {
-    current().store(&generic);
-    return true;
-  }
-#if defined(SLIMRT_HAVE_X86_KERNELS)
-  static const ConvDispatch avx2{conv_packed_avx2, "avx2"};
-  static const ConvDispatch avx512{conv_packed_avx512, "avx512f"};
-  __builtin_cpu_init();
-  if (want == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    current().store(&avx2);
-    return true;
-  }
-  if (want == "avx512f" && __builtin_cpu_supports("avx512f")) {
-    current().store(&avx512);
-    return true;
-  }
-#endif
-  return false;
+const char* isa() { return current().load()->name; }
+
+bool set_isa(const char* name) {
+  const Dispatch* d = find(name ? name : "");
+  if (d) current().store(d);
+  return d != nullptr;
 }
 
 }  // namespace slimrt::kernels

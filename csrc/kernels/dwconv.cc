@@ -1,38 +1,10 @@
-// Depthwise and grouped convolution, NHWC.
+// Grouped convolution (any group count, full width), NHWC. Depthwise is a
+// vector kernel in simd_kernels.inc.
 #include <vector>
 
 #include "kernels/kernels.h"
 
 namespace slimrt::kernels {
-
-void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
-  const int C = p.channels;
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    const PixelPos pos = pixel_pos(m, p.oh, p.ow);
-    const int64_t n = pos.n;
-    const int oy = pos.y, ox = pos.x;
-    float* out = p.output + m * C;
-    for (int c = 0; c < C; ++c) out[c] = 0.0f;
-    for (int ky = 0; ky < p.kh; ++ky) {
-      const int iy = oy * p.sh - p.pad_top + ky * p.dh;
-      if (iy < 0 || iy >= p.ih) continue;
-      for (int kx = 0; kx < p.kw; ++kx) {
-        const int ix = ox * p.sw - p.pad_left + kx * p.dw;
-        if (ix < 0 || ix >= p.iw) continue;
-        const float* px = p.input + ((n * p.ih + iy) * p.iw + ix) * C;
-        const float* wt = p.weights + static_cast<int64_t>(ky * p.kw + kx) * p.w_stride;
-        for (int ri = 0; ri < p.nruns; ++ri) {
-          const ChannelRun run = p.runs[ri];
-          const float* x = px + run.act_off;
-          const float* w = wt + run.w_off;
-          float* o = out + run.act_off;
-          for (int k = 0; k < run.count; ++k) o[k] += x[k] * w[k];
-        }
-      }
-    }
-    for (int c = 0; c < C; ++c) out[c] = apply_act(out[c] * p.scale[c] + p.bias[c], p.act);
-  }
-}
 
 void grouped_conv(const GroupedParams& p, int64_t m_begin, int64_t m_end) {
   const int cin_g = p.cin / p.groups;

@@ -74,12 +74,13 @@ struct ConvParams {
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
 // Scalar reference of conv_packed, the oracle of the fast paths.
 void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
-// Name of the implementation conv_packed dispatches to ("avx512f", "avx2", "generic").
-const char* conv_isa();
-// Switches conv_packed to "generic", "avx2" or "avx512f" (for tests and
+// The instruction set the vector kernels (conv_packed, dwconv) run with:
+// "avx512f", "avx2" or "generic".
+const char* isa();
+// Switches the vector kernels to "generic", "avx2" or "avx512f" (for tests and
 // benchmarks); false if this CPU or build lacks it. Not safe while runs are
 // in flight.
-bool set_conv_isa(const char* isa);
+bool set_isa(const char* name);
 
 // Depthwise convolution, NHWC, channel multiplier 1. `weights` is [taps][w_stride];
 // output channel j (active position) reads weight column runs[r].w_off + (j - act_off).

@@ -62,9 +62,9 @@ void register_model(py::module_& m) {
           },
           py::arg("widths"), "(MACs, params) per sample at the default input shape for these group widths.");
 
-  m.def("conv_isa", &kernels::conv_isa, "Instruction set of the dense conv kernel in use.");
-  m.def("set_conv_isa", &kernels::set_conv_isa, py::arg("isa"),
-        "Select the dense conv kernel ('generic', 'avx2', 'avx512f'); False if unavailable.");
+  m.def("isa", &kernels::isa, "Instruction set of the vector kernels in use.");
+  m.def("set_isa", &kernels::set_isa, py::arg("isa"),
+        "Select the vector kernels ('generic', 'avx2', 'avx512f'); False if unavailable.");
 }
 
 }  // namespace slimrt::python

@@ -1,4 +1,0 @@
-// conv_packed for the avx512 target (compile flags set in CMakeLists.txt).
-#define SLIMRT_ISA_FN conv_packed_avx512
-#define SLIMRT_MR 12
-#include "kernels/conv_impl.inc"
