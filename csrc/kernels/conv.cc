@@ -1,4 +1,4 @@
-// Dense convolution's weight packing and scalar reference, and the dispatch
+// Dense convolution's weight packing, and the dispatch
 // of the vector kernels (dense and depthwise conv) to the widest instruction
 // set the CPU supports.
 #include <atomic>
@@ -33,39 +33,6 @@ void pack_conv(const float* w, int taps, int k_full, int cout, float* packed) {
     for (int64_t row = 0; row < rows; ++row) {
       std::memcpy(dst + row * kPanel, w + row * cout + c0, sizeof(float) * cols);
       std::memset(dst + row * kPanel + cols, 0, sizeof(float) * (kPanel - cols));
-    }
-  }
-}
-
-void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end) {
-  const int taps = p.kh * p.kw;
-  const int64_t panel_floats = static_cast<int64_t>(taps) * p.k_full * kPanel;
-  const int c_end = p.out_channels < p_end * kPanel ? p.out_channels : p_end * kPanel;
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    const PixelPos pos = pixel_pos(m, p.oh, p.ow);
-    const int64_t n = pos.n;
-    const int oy = pos.y, ox = pos.x;
-    for (int c = p_begin * kPanel; c < c_end; ++c) {
-      const float* panel = p.packed + (c / kPanel) * panel_floats;
-      double acc = 0.0;
-      for (int ky = 0; ky < p.kh; ++ky) {
-        const int iy = oy * p.sh - p.pad_top + ky * p.dh;
-        for (int kx = 0; kx < p.kw; ++kx) {
-          const int ix = ox * p.sw - p.pad_left + kx * p.dw;
-          if (iy < 0 || iy >= p.ih || ix < 0 || ix >= p.iw) continue;
-          const float* px = p.input + ((n * p.ih + iy) * p.iw + ix) * p.in_stride;
-          const int t = ky * p.kw + kx;
-          for (int ri = 0; ri < p.nruns; ++ri) {
-            const ChannelRun run = p.runs[ri];
-            for (int k = 0; k < run.count; ++k) {
-              const float w = panel[(static_cast<int64_t>(t) * p.k_full + run.w_off + k) * kPanel + c % kPanel];
-              acc += static_cast<double>(px[run.act_off + k]) * w;
-            }
-          }
-        }
-      }
-      p.output[m * p.out_stride + c] =
-          apply_act(static_cast<float>(acc) * p.scale[c] + p.bias[c], p.act);
     }
   }
 }

@@ -72,8 +72,6 @@ struct ConvParams {
 // Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
 // output may be written several times (partial sums) before its final value.
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
-// Scalar reference of conv_packed, the oracle of the fast paths.
-void conv_packed_ref(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
 // The instruction set the vector kernels (conv_packed, dwconv) run with:
 // "avx512f", "avx2" or "generic".
 const char* isa();
