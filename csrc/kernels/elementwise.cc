@@ -6,17 +6,44 @@
 
 namespace slimrt::kernels {
 
+namespace {
+
+// y[i] = act(y[i]) over one contiguous stretch; the switch stays outside the
+// loops so each one vectorizes.
+void act_span(float* y, int64_t n, Act act) {
+  switch (act) {
+    case Act::None: return;
+    case Act::Relu:
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+      return;
+    case Act::Relu6:
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.0f ? 0.0f : (y[i] > 6.0f ? 6.0f : y[i]);
+      return;
+    default:
+      for (int64_t i = 0; i < n; ++i) y[i] = apply_act(y[i], act);
+  }
+}
+
+}  // namespace
+
 void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act act, int64_t m_begin,
          int64_t m_end) {
   const int32_t cy = ca > cb ? ca : cb;
+  if (ca == cb) {  // the common case: one stretch over all pixels
+    const int64_t begin = m_begin * cy, end = m_end * cy;
+    for (int64_t i = begin; i < end; ++i) y[i] = a[i] + b[i];
+    act_span(y + begin, end - begin, act);
+    return;
+  }
   const int32_t common = ca < cb ? ca : cb;
   for (int64_t m = m_begin; m < m_end; ++m) {
     const float* pa = a + m * ca;
     const float* pb = b + m * cb;
     float* py = y + m * cy;
-    for (int c = 0; c < common; ++c) py[c] = apply_act(pa[c] + pb[c], act);
+    for (int c = 0; c < common; ++c) py[c] = pa[c] + pb[c];
     const float* rest = ca > cb ? pa : pb;
-    for (int c = common; c < cy; ++c) py[c] = apply_act(rest[c], act);
+    for (int c = common; c < cy; ++c) py[c] = rest[c];
+    act_span(py, cy, act);
   }
 }
 
@@ -37,9 +64,7 @@ void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_
   }
 }
 
-void activate(float* x, Act act, int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) x[i] = apply_act(x[i], act);
-}
+void activate(float* x, Act act, int64_t begin, int64_t end) { act_span(x + begin, end - begin, act); }
 
 void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end) {
   for (int64_t r = r_begin; r < r_end; ++r) {
