@@ -568,6 +568,19 @@ def add_common_args(parser: argparse.ArgumentParser, rounds: int, max_seconds: f
                         help="convert the models again instead of using bench/results/cache")
 
 
+def write_result(name: str, result: Result, plot: Callable[[Result, Path], Path], out: Path) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.png`` for a benchmark result into ``out``."""
+    return write_json(out / f"{name}.json", result.to_json()), plot(result, out / f"{name}.png")
+
+
+def publish(table_text: str, paths: Sequence[Path]) -> int:
+    """A benchmark's command-line ending: the table on stdout, the files written on stderr."""
+    print(table_text, flush=True)
+    for path in paths:
+        log(f"wrote {path}")
+    return 0
+
+
 def log(message: str) -> None:
     """Progress on stderr, so stdout holds only the tables."""
     print(message, file=sys.stderr, flush=True)

@@ -192,7 +192,7 @@ def plot(result: Result, path: Path) -> Path:
 
 
 def write(result: Result, out: Path) -> tuple[Path, Path]:
-    return common.write_json(out / "latency.json", result.to_json()), plot(result, out / "latency.png")
+    return common.write_result("latency", result, plot, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = common.prepare_models(args.models, args.rebuild_cache, common.log)
     result = run(models, args.threads, common.Timing.from_args(args), args.runtimes, common.log)
-    print(table(result))
-    for path in write(result, args.out):
-        common.log(f"wrote {path}")
-    return 0
+    return common.publish(table(result), write(result, args.out))
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def plot(result: Result, path: Path) -> Path:
 
 
 def write(result: Result, out: Path) -> tuple[Path, Path]:
-    return common.write_json(out / "memory.json", result.to_json()), plot(result, out / "memory.png")
+    return common.write_result("memory", result, plot, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     models = common.prepare_models(args.models, args.rebuild_cache, common.log)
     result = run(models, args.threads, args.repeats, common.log)
-    print(table(result))
-    for path in write(result, args.out):
-        common.log(f"wrote {path}")
-    return 0
+    return common.publish(table(result), write(result, args.out))
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def plot(result: Result, path: Path) -> Path:
 
 
 def write(result: Result, out: Path) -> tuple[Path, Path]:
-    return common.write_json(out / "peak.json", result.to_json()), plot(result, out / "peak.png")
+    return common.write_result("peak", result, plot, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,10 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         timing = Timing.from_args(args)
         latency_rows = latency.run(models, args.threads, timing, ("slimrt", "onnxruntime"), common.log).rows
     result = run(args.threads, latency_rows, args.size, args.sgemm_repeats, common.log)
-    print(table(result))
-    for path in write(result, args.out):
-        common.log(f"wrote {path}")
-    return 0
+    return common.publish(table(result), write(result, args.out))
 
 
 if __name__ == "__main__":

@@ -94,9 +94,7 @@ def run_suite(args: argparse.Namespace, log: Callable[[str], None] = common.log)
 
 
 def _emit(module: Any, result: Result, out: Path) -> None:
-    print(module.table(result) + "\n", flush=True)
-    for path in module.write(result, out):
-        common.log(f"wrote {path}")
+    common.publish(module.table(result) + "\n", module.write(result, out))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def plot(result: Result, path: Path) -> Path:
 
 
 def write(result: Result, out: Path) -> tuple[Path, Path]:
-    return common.write_json(out / "switch.json", result.to_json()), plot(result, out / "switch.png")
+    return common.write_result("switch", result, plot, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     models = common.prepare_models(args.models, args.rebuild_cache, common.log)
     result = run(models, args.threads, Timing.from_args(args), args.create_repeats, common.log)
-    print(table(result))
-    for path in write(result, args.out):
-        common.log(f"wrote {path}")
-    return 0
+    return common.publish(table(result), write(result, args.out))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,6 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
   float* arena = aligned_floats(static_cast<size_t>(total) + 16);
   std::free(arena_);
   arena_ = arena;
-  arena_floats_ = static_cast<size_t>(total);
   offsets_ = std::move(offsets);
   n_ = shape[0];
   h_ = shape[2];
