@@ -84,12 +84,38 @@ int64_t place_buffers(std::vector<Buffer>& bufs) {
   return total;
 }
 
+// For each op, the index of the Add its epilogue performs, or -1: a dense
+// conv or linear without activation whose output feeds only one Add, run
+// after the producer of the Add's other operand. (Whether a plan fuses also
+// depends on the two operands' widths there.)
+std::vector<int32_t> find_fused_adds(const Model& model) {
+  const auto& ops = model.ops();
+  const size_t nt = model.tensor_names().size();
+  std::vector<int32_t> producer(nt, -1), uses(nt, 0);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    producer[ops[i].output] = static_cast<int32_t>(i);
+    for (int32_t id : ops[i].inputs) ++uses[id];
+  }
+  std::vector<int32_t> fuse(ops.size(), -1);
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Op& add = ops[i];
+    if (add.kind != OpKind::Add || add.inputs.size() != 2 || add.inputs[0] == add.inputs[1]) continue;
+    const int32_t j = std::max(producer[add.inputs[0]], producer[add.inputs[1]]);
+    if (j < 0) continue;
+    const Op& conv = ops[j];
+    const bool dense = conv.kind == OpKind::Linear || (conv.kind == OpKind::Conv && conv.conv_type == ConvType::Dense);
+    if (dense && conv.act == Act::None && uses[conv.output] == 1 && conv.output != model.output_tensor())
+      fuse[j] = static_cast<int32_t>(i);
+  }
+  return fuse;
+}
+
 }  // namespace
 
 Session::Session(std::shared_ptr<const Model> model, int threads)
     : model_(std::move(model)), pool_(threads < 1 || threads > 256 ? 1 : threads) {
   if (threads < 1 || threads > 256) fail_argument("threads must be in 1..256, got " + std::to_string(threads));
-  workspace_.assign(kernels::kConvWorkspaceFloats * static_cast<size_t>(threads), 0.0f);
+  fused_add_ = find_fused_adds(*model_);
 }
 
 Session::~Session() { std::free(arena_); }
@@ -130,6 +156,12 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
     for (int32_t id : op.inputs) bufs[storage[id]].last = std::max(bufs[storage[id]].last, static_cast<int>(i));
     bufs[storage[op.output]].last = std::max(bufs[storage[op.output]].last, static_cast<int>(i));
   }
+  // A conv that performs an Add writes the Add's output: it is live from the conv on.
+  for (size_t j = 0; j < ops.size(); ++j)
+    if (fused_add_[j] >= 0) {
+      Buffer& b = bufs[storage[ops[fused_add_[j]].output]];
+      b.first = std::min(b.first, static_cast<int>(j));
+    }
   bufs[storage[model_->output_tensor()]].last = static_cast<int>(ops.size());
   for (size_t t = 0; t < nt; ++t)
     if (storage[t] == static_cast<int>(t)) bufs[t].size = kernels::round_up(full.tensors[t].elements(), 16);
@@ -163,7 +195,11 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
   auto plan = std::make_unique<Plan>();
   auto buf = [&](int32_t t) { return arena_ + offsets_[t]; };
   const int threads = pool_.size();
-  for (const Op& op : model_->ops()) {
+  const auto& ops = model_->ops();
+  std::vector<bool> done(ops.size(), false);  // Adds performed by a conv's epilogue
+  for (size_t index = 0; index < ops.size(); ++index) {
+    const Op& op = ops[index];
+    if (done[index]) continue;
     const TensorShape& x = sp.tensors[op.inputs[0]];
     const TensorShape& y = sp.tensors[op.output];
     const Epilogue* epi = &op.epilogue;
@@ -241,6 +277,16 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         c.scale = epi->scale.data();
         c.bias = epi->bias.data();
         c.act = op.act;
+        if (const int32_t fi = fused_add_[index]; fi >= 0) {
+          const Op& add = ops[fi];
+          const int32_t other = add.inputs[add.inputs[0] == op.output ? 1 : 0];
+          if (sp.tensors[other].c == y.c) {
+            c.output = s.y = buf(add.output);
+            c.residual = buf(other);
+            c.act = add.act;
+            done[fi] = true;
+          }
+        }
         s.count = y.n * c.oh * c.ow;
         const int64_t panels = kernels::round_up(y.c, kernels::kPanel) / kernels::kPanel;
         // Few pixels and many channels (late layers, linear): split the weights,
@@ -437,15 +483,14 @@ void Session::execute(const Step& s) {
   switch (s.kind) {
     case StepKind::Conv: {
       const int panels = static_cast<int>(kernels::round_up(s.conv.out_channels, 16) / 16);
-      auto ws = [&](int part) { return workspace_.data() + static_cast<size_t>(part) * kernels::kConvWorkspaceFloats; };
       if (s.split_panels) {
         // Whole pairs of panels per thread, matching the kernel's 2-panel tiles.
-        parallel((panels + 1) / 2, [&](int part, int64_t b, int64_t e) {
+        parallel((panels + 1) / 2, [&](int, int64_t b, int64_t e) {
           kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b),
-                               static_cast<int>(std::min<int64_t>(2 * e, panels)), ws(part));
+                               static_cast<int>(std::min<int64_t>(2 * e, panels)));
         });
       } else {
-        parallel(s.count, [&](int part, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels, ws(part)); });
+        parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels); });
       }
       break;
     }

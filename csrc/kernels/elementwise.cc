@@ -1,4 +1,5 @@
 // Elementwise ops, concat copies, channel shuffle, softmax and layout changes.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -82,22 +83,32 @@ void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end
   }
 }
 
-void nchw_to_nhwc(const float* x, int32_t n, int32_t c, int32_t hw, float* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float* src = x + i * c * static_cast<int64_t>(hw);
-    float* dst = y + i * c * static_cast<int64_t>(hw);
-    for (int k = 0; k < c; ++k)
-      for (int j = 0; j < hw; ++j) dst[static_cast<int64_t>(j) * c + k] = src[static_cast<int64_t>(k) * hw + j];
+namespace {
+
+// dst[j * rows + i] = src[i * cols + j] (a rows x cols matrix transposed), in
+// square blocks so that both sides stay in L1.
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kBlock = 32;
+  for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
+    const int64_t i1 = std::min(rows, i0 + kBlock);
+    for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+      const int64_t j1 = std::min(cols, j0 + kBlock);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+    }
   }
 }
 
+}  // namespace
+
+void nchw_to_nhwc(const float* x, int32_t n, int32_t c, int32_t hw, float* y) {
+  const int64_t image = static_cast<int64_t>(c) * hw;
+  for (int64_t i = 0; i < n; ++i) transpose(x + i * image, c, hw, y + i * image);
+}
+
 void nhwc_to_nchw(const float* x, int32_t n, int32_t c, int32_t hw, float* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float* src = x + i * c * static_cast<int64_t>(hw);
-    float* dst = y + i * c * static_cast<int64_t>(hw);
-    for (int k = 0; k < c; ++k)
-      for (int j = 0; j < hw; ++j) dst[static_cast<int64_t>(k) * hw + j] = src[static_cast<int64_t>(j) * c + k];
-  }
+  const int64_t image = static_cast<int64_t>(c) * hw;
+  for (int64_t i = 0; i < n; ++i) transpose(x + i * image, hw, c, y + i * image);
 }
 
 }  // namespace slimrt::kernels
