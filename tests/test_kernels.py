@@ -104,6 +104,43 @@ def test_dense_conv_long_rows(isa, cin, kernel, stride, pad, dil):
     check_all_profiles(b, rng.standard_normal((2, 3, 9, 61)).astype(np.float32))
 
 
+@pytest.mark.parametrize("cin,kernel,stride,pad", [(512, 1, 1, 0), (256, 3, 2, 1), (512, 3, 1, 1)])
+def test_dense_conv_copied_tiles(isa, cin, kernel, stride, pad):
+    """Pixel strides at multiples of 2 KiB, where the kernel copies its tiles first (padding, several K chunks)."""
+    rng = np.random.default_rng(cin + kernel)
+    b = ModelBuilder("wide", input_shape=(1, 3, 7, 9), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, cin)
+    g = b.group("b", 45)
+    y = b.conv(a, weights(rng, 45, cin, kernel, kernel) / np.sqrt(cin), out_group=g, bias=vec(rng, 45),
+               stride=stride, padding=pad, act="relu")
+    b.set_output(y)
+    for wa, wb in [(cin, 45), (cin, 16), (cin, 1), (cin // 2, 45), (cin - 1, 33)]:
+        b.profile(f"{wa}x{wb}", {"a": wa, "b": wb})
+    check_all_profiles(b, rng.standard_normal((1, 3, 7, 9)).astype(np.float32))
+
+
+@pytest.mark.parametrize("conv_last", [True, False])
+def test_residual_add_after_conv(isa, conv_last):
+    """A conv feeding an Add performs it in its epilogue when both operands have the same width at that profile,
+    and leaves it to the Add otherwise; the other operand produced before or after the conv."""
+    rng = np.random.default_rng(11)
+    b = ModelBuilder("res", input_shape=(1, 3, 9, 14), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 21, "a")
+    gc = b.group("c", 21)
+    if conv_last:
+        r, _ = stem(b, rng, 3, 17, "r")
+        y = b.conv(a, weights(rng, 21, 21, 3, 3) / 5, out_group=gc, bias=vec(rng, 21), padding=1)
+        out = b.add(r, y, act="relu")
+    else:
+        y = b.conv(a, weights(rng, 21, 21, 3, 3) / 5, out_group=gc, bias=vec(rng, 21), padding=1)
+        r, _ = stem(b, rng, 3, 17, "r")
+        out = b.add(y, r, act="relu6")
+    b.set_output(b.conv(out, weights(rng, 5, 21, 1, 1), out_group=b.group("o", 5), act="none"))
+    for wa, wc, wr in [(21, 21, 17), (21, 17, 17), (9, 12, 12), (21, 3, 12), (1, 1, 1), (5, 16, 17)]:
+        b.profile(f"{wa}-{wc}-{wr}", {"a": wa, "c": wc, "r": wr, "o": 5})
+    check_all_profiles(b, rng.standard_normal((1, 3, 9, 14)).astype(np.float32))
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "silu", "sigmoid"])
 def test_fused_activations(isa, act):
     rng = np.random.default_rng(7)

@@ -116,6 +116,7 @@ Session::Session(std::shared_ptr<const Model> model, int threads)
     : model_(std::move(model)), pool_(threads < 1 || threads > 256 ? 1 : threads) {
   if (threads < 1 || threads > 256) fail_argument("threads must be in 1..256, got " + std::to_string(threads));
   fused_add_ = find_fused_adds(*model_);
+  workspace_.assign(kernels::kConvWorkspaceFloats * static_cast<size_t>(threads), 0.0f);
 }
 
 Session::~Session() { std::free(arena_); }
@@ -483,14 +484,15 @@ void Session::execute(const Step& s) {
   switch (s.kind) {
     case StepKind::Conv: {
       const int panels = static_cast<int>(kernels::round_up(s.conv.out_channels, 16) / 16);
+      auto ws = [&](int part) { return workspace_.data() + static_cast<size_t>(part) * kernels::kConvWorkspaceFloats; };
       if (s.split_panels) {
         // Whole pairs of panels per thread, matching the kernel's 2-panel tiles.
-        parallel((panels + 1) / 2, [&](int, int64_t b, int64_t e) {
+        parallel((panels + 1) / 2, [&](int part, int64_t b, int64_t e) {
           kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b),
-                               static_cast<int>(std::min<int64_t>(2 * e, panels)));
+                               static_cast<int>(std::min<int64_t>(2 * e, panels)), ws(part));
         });
       } else {
-        parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels); });
+        parallel(s.count, [&](int part, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels, ws(part)); });
       }
       break;
     }

@@ -70,6 +70,7 @@ class Session {
   int64_t n_ = 0, h_ = 0, w_ = 0;  // prepared input shape (0: none)
   std::vector<int64_t> offsets_;   // arena offset (floats) per tensor
   float* arena_ = nullptr;
+  std::vector<float> workspace_;    // kConvWorkspaceFloats per thread
   std::vector<int32_t> fused_add_;  // per op: the Add its epilogue performs, or -1
   std::vector<std::unique_ptr<Plan>> named_;                      // per named profile
   std::map<std::vector<int32_t>, std::unique_ptr<Plan>> uniform_;  // other widths

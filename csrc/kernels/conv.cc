@@ -10,11 +10,11 @@
 
 namespace slimrt::kernels {
 
-void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int);
+void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int, float*);
 void dwconv_generic(const DwParams&, int64_t, int64_t);
 #if defined(SLIMRT_HAVE_X86_KERNELS)
-void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int);
-void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int);
+void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int, float*);
+void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int, float*);
 void dwconv_avx2(const DwParams&, int64_t, int64_t);
 void dwconv_avx512(const DwParams&, int64_t, int64_t);
 #endif
@@ -40,7 +40,7 @@ void pack_conv(const float* w, int taps, int k_full, int cout, float* packed) {
 namespace {
 
 struct Dispatch {
-  void (*conv)(const ConvParams&, int64_t, int64_t, int, int);
+  void (*conv)(const ConvParams&, int64_t, int64_t, int, int, float*);
   void (*dw)(const DwParams&, int64_t, int64_t);
   const char* name;
 };
@@ -79,8 +79,8 @@ std::atomic<const Dispatch*>& current() {
 
 }  // namespace
 
-void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end) {
-  current().load(std::memory_order_relaxed)->conv(p, m_begin, m_end, p_begin, p_end);
+void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace) {
+  current().load(std::memory_order_relaxed)->conv(p, m_begin, m_end, p_begin, p_end, workspace);
 }
 
 void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {

@@ -47,10 +47,14 @@ size_t packed_conv_size(int taps, int k_full, int cout);
 void pack_conv(const float* w, int taps, int k_full, int cout, float* packed);
 
 // Dense convolution (and linear, as a 1x1 conv over N "pixels") from packed
-// weights: implicit GEMM reading the input in place. Output pixel
-// m = (n*oh + y)*ow + x.
+// weights: implicit GEMM reading the input in place, except when the input's
+// pixel stride makes a tile's rows collide in the L1 cache (a multiple of
+// 2 KiB): then a block's tiles are first copied into the caller's workspace.
+// Output pixel m = (n*oh + y)*ow + x.
 constexpr int kConvKC = 256;  // rows of the K axis per chunk
 constexpr int kConvMB = 96;   // output pixels per block
+// Floats of workspace one conv_packed call needs (one per concurrent caller).
+constexpr size_t kConvWorkspaceFloats = static_cast<size_t>(kConvKC) * kConvMB;
 
 struct ConvParams {
   const float* input;   // NHWC, pixel stride in_stride
@@ -72,7 +76,7 @@ struct ConvParams {
 };
 // Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
 // output may be written several times (partial sums) before its final value.
-void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end);
+void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
 // The instruction set the vector kernels (conv_packed, dwconv) run with:
 // "avx512f", "avx2" or "generic".
 const char* isa();
