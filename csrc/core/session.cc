@@ -466,33 +466,41 @@ std::vector<std::pair<std::string, double>> Session::profile_ops(const float* in
 }
 
 void Session::execute(const Step& s) {
-  // body(thread, begin, end): [0, total) in a few chunks per thread, claimed
-  // dynamically; `thread` indexes the per-thread workspace.
-  auto parallel = [&](int64_t total, auto&& body) {
-    const int64_t chunks = std::min<int64_t>(total, 4 * static_cast<int64_t>(pool_.size()));
+  // body(thread, begin, end) over [0, total) in `per_thread` chunks per thread
+  // (whole multiples of `grain` but the last), claimed dynamically; `thread`
+  // indexes the per-thread workspace.
+  auto parallel_in = [&](int64_t total, int64_t grain, int64_t per_thread, auto&& body) {
+    const int64_t units = (total + grain - 1) / grain;
+    const int64_t chunks = std::min<int64_t>(units, per_thread * pool_.size());
     if (pool_.size() == 1 || chunks < 2) {
       body(0, int64_t{0}, total);
       return;
     }
     auto task = [&](int64_t chunk, int thread) {
       int64_t b, e;
-      split_range(total, chunk, chunks, &b, &e);
+      split_range(units, chunk, chunks, &b, &e);
+      b *= grain;
+      e = std::min(e * grain, total);
       if (b < e) body(thread, b, e);
     };
     pool_.run(chunks, task);
   };
+  auto parallel = [&](int64_t total, auto&& body) { parallel_in(total, 1, 4, body); };
   switch (s.kind) {
     case StepKind::Conv: {
       const int panels = static_cast<int>(kernels::round_up(s.conv.out_channels, 16) / 16);
       auto ws = [&](int part) { return workspace_.data() + static_cast<size_t>(part) * kernels::kConvWorkspaceFloats; };
       if (s.split_panels) {
         // Whole pairs of panels per thread, matching the kernel's 2-panel tiles.
-        parallel((panels + 1) / 2, [&](int part, int64_t b, int64_t e) {
+        // One share per thread: each share gathers the input tiles once.
+        parallel_in((panels + 1) / 2, 1, 1, [&](int part, int64_t b, int64_t e) {
           kernels::conv_packed(s.conv, 0, s.count, static_cast<int>(2 * b),
                                static_cast<int>(std::min<int64_t>(2 * e, panels)), ws(part));
         });
       } else {
-        parallel(s.count, [&](int part, int64_t b, int64_t e) { kernels::conv_packed(s.conv, b, e, 0, panels, ws(part)); });
+        parallel_in(s.count, kernels::kConvPixelGrain, 4, [&](int part, int64_t b, int64_t e) {
+          kernels::conv_packed(s.conv, b, e, 0, panels, ws(part));
+        });
       }
       break;
     }

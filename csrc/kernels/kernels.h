@@ -53,6 +53,9 @@ void pack_conv(const float* w, int taps, int k_full, int cout, float* packed);
 // Output pixel m = (n*oh + y)*ow + x.
 constexpr int kConvKC = 256;  // rows of the K axis per chunk
 constexpr int kConvMB = 96;   // output pixels per block
+// Pixel ranges split between threads in multiples of this many pixels: a
+// multiple of every instruction set's tile height, so no tile is cut short.
+constexpr int kConvPixelGrain = 12;
 // Floats of workspace one conv_packed call needs (one per concurrent caller).
 constexpr size_t kConvWorkspaceFloats = static_cast<size_t>(kConvKC) * kConvMB;
 
