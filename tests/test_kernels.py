@@ -182,7 +182,7 @@ def test_grouped_conv_full_width():
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool", "avgpool_pad"])
 @pytest.mark.parametrize("kernel,stride,pad,ceil", [(2, 2, 0, False), (3, 2, 1, True), (3, 1, 1, False),
                                                     (2, 3, 0, True)])
-def test_pooling_every_width(kind, kernel, stride, pad, ceil):
+def test_pooling_every_width(isa, kind, kernel, stride, pad, ceil):
     rng = np.random.default_rng(11)
     b = ModelBuilder("pool", input_shape=(2, 3, 11, 9), min_multiplier=0.01)
     a, _ = stem(b, rng, 3, 13)

@@ -1,5 +1,5 @@
 // Dense convolution's weight packing, and the dispatch
-// of the vector kernels (dense and depthwise conv) to the widest instruction
+// of the vector kernels (dense and depthwise conv, max pooling) to the widest instruction
 // set the CPU supports.
 #include <atomic>
 #include <cstdlib>
@@ -12,11 +12,14 @@ namespace slimrt::kernels {
 
 void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int, float*);
 void dwconv_generic(const DwParams&, int64_t, int64_t);
+void maxpool_generic(const PoolParams&, int64_t, int64_t);
 #if defined(SLIMRT_HAVE_X86_KERNELS)
 void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int, float*);
 void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int, float*);
 void dwconv_avx2(const DwParams&, int64_t, int64_t);
 void dwconv_avx512(const DwParams&, int64_t, int64_t);
+void maxpool_avx2(const PoolParams&, int64_t, int64_t);
+void maxpool_avx512(const PoolParams&, int64_t, int64_t);
 #endif
 
 size_t packed_conv_size(int taps, int k_full, int cout) {
@@ -42,13 +45,14 @@ namespace {
 struct Dispatch {
   void (*conv)(const ConvParams&, int64_t, int64_t, int, int, float*);
   void (*dw)(const DwParams&, int64_t, int64_t);
+  void (*maxpool)(const PoolParams&, int64_t, int64_t);
   const char* name;
 };
 
-const Dispatch kGeneric{conv_packed_generic, dwconv_generic, "generic"};
+const Dispatch kGeneric{conv_packed_generic, dwconv_generic, maxpool_generic, "generic"};
 #if defined(SLIMRT_HAVE_X86_KERNELS)
-const Dispatch kAvx2{conv_packed_avx2, dwconv_avx2, "avx2"};
-const Dispatch kAvx512{conv_packed_avx512, dwconv_avx512, "avx512f"};
+const Dispatch kAvx2{conv_packed_avx2, dwconv_avx2, maxpool_avx2, "avx2"};
+const Dispatch kAvx512{conv_packed_avx512, dwconv_avx512, maxpool_avx512, "avx512f"};
 #endif
 
 // The implementation called `want` if this CPU runs it, else null.
@@ -85,6 +89,10 @@ void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begi
 
 void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
   current().load(std::memory_order_relaxed)->dw(p, m_begin, m_end);
+}
+
+void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end) {
+  current().load(std::memory_order_relaxed)->maxpool(p, m_begin, m_end);
 }
 
 const char* isa() { return current().load()->name; }

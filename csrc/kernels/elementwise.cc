@@ -87,7 +87,21 @@ namespace {
 
 // dst[j * rows + i] = src[i * cols + j] (a rows x cols matrix transposed), in
 // square blocks so that both sides stay in L1.
+// A few rows (an image's colour planes into pixels): one pass over the columns.
+template <int R>
+void transpose_rows(const float* src, int64_t cols, float* dst) {
+  for (int64_t j = 0; j < cols; ++j)
+    for (int i = 0; i < R; ++i) dst[j * R + i] = src[i * cols + j];
+}
+
 void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  switch (rows) {
+    case 1: std::memcpy(dst, src, sizeof(float) * cols); return;
+    case 2: transpose_rows<2>(src, cols, dst); return;
+    case 3: transpose_rows<3>(src, cols, dst); return;
+    case 4: transpose_rows<4>(src, cols, dst); return;
+    default: break;
+  }
   constexpr int64_t kBlock = 32;
   for (int64_t i0 = 0; i0 < rows; i0 += kBlock) {
     const int64_t i1 = std::min(rows, i0 + kBlock);

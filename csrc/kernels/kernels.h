@@ -80,7 +80,7 @@ struct ConvParams {
 // Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
 // output may be written several times (partial sums) before its final value.
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
-// The instruction set the vector kernels (conv_packed, dwconv) run with:
+// The instruction set the vector kernels (conv_packed, dwconv, maxpool) run with:
 // "avx512f", "avx2" or "generic".
 const char* isa();
 // Switches the vector kernels to "generic", "avx2" or "avx512f" (for tests and
@@ -133,8 +133,27 @@ struct PoolParams {
   int32_t kh, kw, sh, sw, pad_top, pad_left, pad_bottom, pad_right;
   bool count_include_pad;
 };
-void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end);
+void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end);  // vector kernel per instruction set
 void avgpool(const PoolParams& p, int64_t m_begin, int64_t m_end);
+
+// The window of output pixel (oy, ox): real input pixels [y0, y1) x [x0, x1),
+// and how many of its pixels lie inside the padded input.
+struct PoolWindow {
+  int y0, y1, x0, x1;
+  int padded;
+};
+static inline PoolWindow pool_window(const PoolParams& p, int oy, int ox) {
+  const int ys = oy * p.sh - p.pad_top, xs = ox * p.sw - p.pad_left;
+  const int ye = ys + p.kh < p.ih + p.pad_bottom ? ys + p.kh : p.ih + p.pad_bottom;
+  const int xe = xs + p.kw < p.iw + p.pad_right ? xs + p.kw : p.iw + p.pad_right;
+  PoolWindow w;
+  w.padded = (ye - ys) * (xe - xs);
+  w.y0 = ys < 0 ? 0 : ys;
+  w.x0 = xs < 0 ? 0 : xs;
+  w.y1 = ye < p.ih ? ye : p.ih;
+  w.x1 = xe < p.iw ? xe : p.iw;
+  return w;
+}
 
 // Mean over the pixels of each image: x [n][hw][c] -> y [n][c], images [n_begin, n_end).
 void global_avgpool(const float* x, int32_t hw, int32_t c, float* y, int64_t n_begin, int64_t n_end);

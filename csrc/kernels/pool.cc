@@ -1,54 +1,15 @@
-// Pooling, NHWC.
-#include <limits>
+// Average and global average pooling, NHWC (max pooling is a vector kernel, simd_kernels.inc).
 
 #include "kernels/kernels.h"
 
 namespace slimrt::kernels {
-
-namespace {
-
-struct Window {
-  int y0, y1, x0, x1;  // real input pixels [y0, y1) x [x0, x1)
-  int padded;          // pixels of the window inside the padded input
-};
-
-Window window(const PoolParams& p, int oy, int ox) {
-  const int ys = oy * p.sh - p.pad_top, xs = ox * p.sw - p.pad_left;
-  const int ye = ys + p.kh < p.ih + p.pad_bottom ? ys + p.kh : p.ih + p.pad_bottom;
-  const int xe = xs + p.kw < p.iw + p.pad_right ? xs + p.kw : p.iw + p.pad_right;
-  Window w;
-  w.padded = (ye - ys) * (xe - xs);
-  w.y0 = ys < 0 ? 0 : ys;
-  w.x0 = xs < 0 ? 0 : xs;
-  w.y1 = ye < p.ih ? ye : p.ih;
-  w.x1 = xe < p.iw ? xe : p.iw;
-  return w;
-}
-
-}  // namespace
-
-void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end) {
-  const int64_t opix = static_cast<int64_t>(p.oh) * p.ow;
-  const int C = p.channels;
-  for (int64_t m = m_begin; m < m_end; ++m) {
-    const int64_t n = m / opix;
-    const Window w = window(p, static_cast<int>((m - n * opix) / p.ow), static_cast<int>((m - n * opix) % p.ow));
-    float* out = p.output + m * C;
-    for (int c = 0; c < C; ++c) out[c] = -std::numeric_limits<float>::infinity();
-    for (int y = w.y0; y < w.y1; ++y)
-      for (int x = w.x0; x < w.x1; ++x) {
-        const float* px = p.input + ((n * p.ih + y) * p.iw + x) * C;
-        for (int c = 0; c < C; ++c) out[c] = px[c] > out[c] ? px[c] : out[c];
-      }
-  }
-}
 
 void avgpool(const PoolParams& p, int64_t m_begin, int64_t m_end) {
   const int64_t opix = static_cast<int64_t>(p.oh) * p.ow;
   const int C = p.channels;
   for (int64_t m = m_begin; m < m_end; ++m) {
     const int64_t n = m / opix;
-    const Window w = window(p, static_cast<int>((m - n * opix) / p.ow), static_cast<int>((m - n * opix) % p.ow));
+    const PoolWindow w = pool_window(p, static_cast<int>((m - n * opix) / p.ow), static_cast<int>((m - n * opix) % p.ow));
     float* out = p.output + m * C;
     for (int c = 0; c < C; ++c) out[c] = 0.0f;
     for (int y = w.y0; y < w.y1; ++y)

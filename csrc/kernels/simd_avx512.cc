@@ -1,5 +1,6 @@
 // The vector kernels (simd_kernels.inc) for the avx512 target (compile flags set in CMakeLists.txt).
 #define SLIMRT_ISA_FN conv_packed_avx512
 #define SLIMRT_DW_FN dwconv_avx512
+#define SLIMRT_POOL_FN maxpool_avx512
 #define SLIMRT_MR 12
 #include "kernels/simd_kernels.inc"
