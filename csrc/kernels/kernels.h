@@ -51,7 +51,7 @@ void pack_conv(const float* w, int taps, int k_full, int cout, float* packed);
 // pixel stride makes a tile's rows collide in the L1 cache (a multiple of
 // 2 KiB): then a block's tiles are first copied into the caller's workspace.
 // Output pixel m = (n*oh + y)*ow + x.
-constexpr int kConvKC = 256;  // rows of the K axis per chunk
+constexpr int kConvKC = 1024;  // rows of the K axis per chunk
 constexpr int kConvMB = 96;   // output pixels per block
 // Pixel ranges split between threads in multiples of this many pixels: a
 // multiple of every instruction set's tile height, so no tile is cut short.
