@@ -104,9 +104,9 @@ def test_dense_conv_long_rows(isa, cin, kernel, stride, pad, dil):
     check_all_profiles(b, rng.standard_normal((2, 3, 9, 61)).astype(np.float32))
 
 
-@pytest.mark.parametrize("cin,kernel,stride,pad", [(512, 1, 1, 0), (256, 3, 2, 1), (512, 3, 1, 1)])
-def test_dense_conv_copied_tiles(isa, cin, kernel, stride, pad):
-    """Pixel strides at multiples of 2 KiB, where the kernel copies its tiles first (padding, several K chunks)."""
+@pytest.mark.parametrize("cin,kernel,stride,pad", [(512, 1, 1, 0), (256, 3, 2, 1), (512, 3, 1, 1), (200, 3, 1, 1)])
+def test_dense_conv_wide_inputs(isa, cin, kernel, stride, pad):
+    """Several K chunks, read in place or, at pixel strides that are multiples of 2 KiB, from copied tiles."""
     rng = np.random.default_rng(cin + kernel)
     b = ModelBuilder("wide", input_shape=(1, 3, 7, 9), min_multiplier=0.01)
     a, _ = stem(b, rng, 3, cin)
