@@ -280,7 +280,8 @@ def interleaved(tasks: Mapping[K, Callable[[], object]], rounds: int, warmup: in
     Each round (warm-up rounds included, which are not recorded) runs the tasks in a fresh
     order drawn from a generator seeded with ``seed``, so no task always follows the same one.
     ``gap_s`` of idle time precedes every timed call, so threads a runtime leaves spinning
-    after its call (onnxruntime's pool, OpenMP in torch) go idle before another runtime runs.
+    after its call (onnxruntime's pool, OpenMP in torch) go idle before another runtime runs;
+    that takes tens of milliseconds with thread pools (see ``Timing.pool_gap_ms``).
     With ``max_seconds``, rounds stop once that much time has passed and at least
     ``min_rounds`` are recorded: a busy machine then yields fewer samples, not a longer run.
     """
@@ -537,15 +538,19 @@ class Timing:
     gap_ms: float = 1.0
     max_seconds: float | None = None
     min_rounds: int = 10
+    # The gap when runtimes use thread pools (threads > 1): onnxruntime's workers spin for
+    # about 40 ms after a call, torch's OpenMP threads about 10 ms.
+    pool_gap_ms: float = 50.0
 
-    def sample(self, tasks: Mapping[K, Callable[[], object]]) -> dict[K, list[float]]:
-        return interleaved(tasks, self.rounds, self.warmup, self.seed, self.gap_ms * 1e-3,
+    def sample(self, tasks: Mapping[K, Callable[[], object]], threads: int = 1) -> dict[K, list[float]]:
+        gap_ms = self.gap_ms if threads <= 1 else max(self.gap_ms, self.pool_gap_ms)
+        return interleaved(tasks, self.rounds, self.warmup, self.seed, gap_ms * 1e-3,
                            self.max_seconds, self.min_rounds)
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Timing:
         return Timing(args.rounds, args.warmup, args.seed, args.gap_ms, args.max_seconds,
-                      min(args.min_rounds, args.rounds))
+                      min(args.min_rounds, args.rounds), args.pool_gap_ms)
 
 
 def add_common_args(parser: argparse.ArgumentParser, rounds: int, max_seconds: float | None) -> None:
@@ -562,6 +567,8 @@ def add_common_args(parser: argparse.ArgumentParser, rounds: int, max_seconds: f
     parser.add_argument("--gap-ms", type=float, default=1.0,
                         help="idle time before every timed run, so threads left spinning by the "
                              "previous runtime go idle (default: 1.0)")
+    parser.add_argument("--pool-gap-ms", type=float, default=50.0,
+                        help="the idle time instead when runs use more than one thread (default: 50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the input and the run order")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"output directory (default: {RESULTS})")
     parser.add_argument("--rebuild-cache", action="store_true",

@@ -83,7 +83,7 @@ def measure_model(model: BenchModel, threads: int, timing: Timing,
     with common.torch_threads(threads) if "torch" in runtimes else nullcontext():
         tasks, agree = _tasks(model, threads, runtimes, x, modules)
         with BusyMonitor() as busy:
-            samples = timing.sample(tasks)
+            samples = timing.sample(tasks, threads)
     stats = {key: Stats.of(values) for key, values in samples.items()}
     rows = _rows(model, threads, runtimes, stats, agree, samples)
     for row in rows:

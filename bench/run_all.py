@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-rounds", type=int, default=10, help="rounds kept whatever the time limits say")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default: 3)")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="idle time before every timed run (default: 1)")
+    parser.add_argument("--pool-gap-ms", type=float, default=50.0,
+                        help="the idle time instead when runs use more than one thread (default: 50)")
     parser.add_argument("--create-repeats", type=int, default=switch.DEFAULT_CREATE_REPEATS,
                         help="switch: onnxruntime sessions created per width")
     parser.add_argument("--memory-repeats", type=int, default=1, help="memory: fresh processes per case")
@@ -75,7 +77,7 @@ def run_suite(args: argparse.Namespace, log: Callable[[str], None] = common.log)
     models = common.prepare_models(args.models, args.rebuild_cache, log)
     results: dict[str, Result] = {}
     lat_timing = Timing(args.rounds, args.warmup, args.seed, args.gap_ms, args.max_seconds,
-                        min(args.min_rounds, args.rounds))
+                        min(args.min_rounds, args.rounds), args.pool_gap_ms)
     if "latency" in args.only or "peak" in args.only:
         results["latency"] = latency.run(models, args.threads, lat_timing, log=log)
         _emit(latency, results["latency"], args.out)

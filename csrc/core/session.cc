@@ -435,6 +435,7 @@ void Session::run(const float* input, const int64_t* shape, int rank, const Prof
   if (!output || capacity < need)
     throw Error(ErrorKind::BufferTooSmall, "output needs " + std::to_string(need) + " floats, the buffer holds " +
                                                std::to_string(output ? capacity : 0));
+  pool_.warm();
   const int32_t c = static_cast<int32_t>(shape[1]);
   kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), c, static_cast<int32_t>(h_ * w_), plan.input);
   for (const Step& s : plan.steps) execute(s);
@@ -450,6 +451,7 @@ std::vector<std::pair<std::string, double>> Session::profile_ops(const float* in
   std::lock_guard<std::mutex> lock(mu_);
   prepare_shape(shape, rank);
   const Plan& plan = plan_for(profile);
+  pool_.warm();
   kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), static_cast<int32_t>(shape[1]),
                         static_cast<int32_t>(h_ * w_), plan.input);
   std::vector<std::pair<std::string, double>> times;

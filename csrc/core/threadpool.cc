@@ -1,10 +1,21 @@
 #include "core/threadpool.h"
 
+#include <chrono>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+
 namespace slimrt {
 
 namespace {
 
-constexpr int kSpins = 4000;
+constexpr int kSpins = 4000;  // the caller's wait for the last chunks, before yielding
+// A worker keeps spinning this long after its last job before it sleeps: long
+// enough to bridge the serial steps of a run, short enough to give the core
+// back soon after it.
+constexpr std::chrono::microseconds kWorkerSpin{500};
 constexpr uint64_t kGenBits = 20, kCountBits = 22;
 constexpr uint64_t kCountMask = (uint64_t{1} << kCountBits) - 1;
 constexpr uint64_t kGenMask = (uint64_t{1} << kGenBits) - 1;
@@ -78,13 +89,40 @@ void ThreadPool::run(int64_t chunks, Task task, void* ctx) {
   }
 }
 
+void ThreadPool::warm() {
+  if (threads_ == 1) return;
+#if defined(__linux__)
+  const int cpu = sched_getcpu();
+  if (cpu >= 0 && cpu != caller_cpu_) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_ISSET(cpu, &allowed) &&
+        CPU_COUNT(&allowed) >= 2) {
+      CPU_CLR(cpu, &allowed);
+      for (auto& t : workers_) pthread_setaffinity_np(t.native_handle(), sizeof(allowed), &allowed);
+    }
+    caller_cpu_ = cpu;
+  }
+#endif
+  const uint64_t gen = ++generation_;
+  state_.store(pack(gen, 0, 0), std::memory_order_release);  // nothing to claim
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_.store(gen, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;  // generation 0 precedes every job
   for (;;) {
     uint64_t now = wake_.load(std::memory_order_acquire);
-    for (int spin = 0; now == seen && spin < kSpins; ++spin) {
-      cpu_relax();
-      now = wake_.load(std::memory_order_acquire);
+    if (now == seen) {
+      const auto until = std::chrono::steady_clock::now() + kWorkerSpin;
+      for (uint32_t spin = 1; now == seen; ++spin) {
+        cpu_relax();
+        now = wake_.load(std::memory_order_acquire);
+        if (spin % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+      }
     }
     if (now == seen) {
       std::unique_lock<std::mutex> lock(mu_);

@@ -1,7 +1,11 @@
 // A small fork-join pool owned by one session. The calling thread takes part.
 // Work is split into chunks that threads claim one at a time, so a thread the
 // OS does not schedule (another program holds its core) leaves its share to
-// the others instead of stalling the run. Idle workers spin briefly, then sleep.
+// the others instead of stalling the run. Idle workers spin for half a
+// millisecond, then sleep; warm() wakes them ahead of a run. On Linux, workers
+// may run on every CPU the process may use except the one the caller runs on
+// at warm() (the scheduler would otherwise often wake a sleeping worker on
+// the caller's CPU, and the two would share one core for a whole run).
 #pragma once
 
 #include <atomic>
@@ -33,6 +37,11 @@ class ThreadPool {
   using Task = void (*)(void* ctx, int64_t chunk, int thread);
   void run(int64_t chunks, Task task, void* ctx);
 
+  // Wakes sleeping workers without giving them work, so that they are spinning
+  // by the time the next run() starts (a run's serial first steps hide the
+  // wake-up). Called by the thread that calls run().
+  void warm();
+
  private:
   void worker(int index);
   void claim(uint64_t gen, int index);
@@ -49,6 +58,7 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   std::mutex mu_;  // guards sleeping: wake_ changes under it
   std::condition_variable cv_;
+  int caller_cpu_ = -1;  // the CPU workers were last kept off (warm())
 };
 
 // Splits [0, total) into `parts` near-equal ranges; returns range `part`.
