@@ -168,6 +168,20 @@ def test_depthwise_every_width(isa, c, kernel, stride, pad, dil):
     assert check_all_profiles(b, rng.standard_normal((2, 3, 12, 10)).astype(np.float32)) == c
 
 
+@pytest.mark.parametrize("kernel,stride,pad", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (5, 2, 2), (7, 2, 3)])
+def test_depthwise_long_rows(isa, kernel, stride, pad):
+    """Rows long enough for runs of interior pixels that share their loads, next to padded borders."""
+    rng = np.random.default_rng(kernel * 10 + stride)
+    b = ModelBuilder("dwrows", input_shape=(1, 3, 9, 45), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 37)
+    y = b.conv(a, weights(rng, 37, 1, kernel, kernel), groups=37, bias=vec(rng, 37), stride=stride,
+               padding=pad, act="relu")
+    b.set_output(y)
+    for w in (37, 16, 21, 5, 1):
+        b.profile(str(w), {"a": w})
+    check_all_profiles(b, rng.standard_normal((1, 3, 9, 45)).astype(np.float32))
+
+
 def test_grouped_conv_full_width():
     rng = np.random.default_rng(3)
     b = ModelBuilder("grouped", input_shape=(1, 3, 8, 8), min_multiplier=1.0)
