@@ -141,6 +141,30 @@ def test_residual_add_after_conv(isa, conv_last):
     check_all_profiles(b, rng.standard_normal((1, 3, 9, 14)).astype(np.float32))
 
 
+@pytest.mark.parametrize("cin,kernel,stride,pad", [(3, 7, 2, 3), (3, 3, 2, 1), (1, 3, 1, 1), (4, 5, 2, (2, 0, 1, 2)),
+                                                    (3, 3, 1, 0), (2, 7, 2, 0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_conv_reads_nchw_input(isa, cin, kernel, stride, pad, threads):
+    """A first layer over few input channels reads the caller's NCHW buffer in place."""
+    rng = np.random.default_rng(cin * 100 + kernel * 10 + stride)
+    shape = (2, cin, 23, 29)
+    b = ModelBuilder("first", input_shape=shape, min_multiplier=0.01)
+    g = b.group("a", 35)
+    y = b.conv(b.input, weights(rng, 35, cin, kernel, kernel), out_group=g, scale=vec(rng, 35, 1.0),
+               bias=vec(rng, 35), stride=stride, padding=pad, act="relu")
+    b.set_output(y)
+    for w in (35, 32, 17, 16, 3, 1):
+        b.profile(str(w), {"a": w})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal(shape).astype(np.float32)
+    for w in (35, 32, 17, 16, 3, 1):
+        want = run_reference(slim, x, str(w))
+        got = session.run(x, str(w))
+        assert got.shape == want.shape
+        assert float(np.abs(got - want).max()) <= 1e-4 * max(float(np.abs(want).max()), 1e-6), w
+
+
 @pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "silu", "sigmoid"])
 def test_fused_activations(isa, act):
     rng = np.random.default_rng(7)

@@ -37,6 +37,7 @@ struct Session::Plan {
   std::vector<Step> steps;
   TensorShape output;
   float* input = nullptr;   // NHWC input in the arena
+  int nchw_step = -1;       // the step reading the caller's NCHW input in place (then no NHWC copy)
   const float* result = nullptr;
 };
 
@@ -116,6 +117,8 @@ Session::Session(std::shared_ptr<const Model> model, int threads)
     : model_(std::move(model)), pool_(threads < 1 || threads > 256 ? 1 : threads) {
   if (threads < 1 || threads > 256) fail_argument("threads must be in 1..256, got " + std::to_string(threads));
   fused_add_ = find_fused_adds(*model_);
+  for (const Op& op : model_->ops())
+    for (int32_t id : op.inputs) input_uses_ += id == 0;
   workspace_.assign(kernels::kConvWorkspaceFloats * static_cast<size_t>(threads), 0.0f);
 }
 
@@ -288,6 +291,12 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
             done[fi] = true;
           }
         }
+        // The only reader of the model's input, with few channels: reads the caller's NCHW buffer.
+        if (!linear && op.inputs[0] == 0 && input_uses_ == 1 &&
+            kernels::conv_nchw_supported(x.c, op.kh, op.kw, op.sw, op.dw)) {
+          c.nchw_input = true;
+          plan->nchw_step = static_cast<int>(plan->steps.size());
+        }
         s.count = y.n * c.oh * c.ow;
         const int64_t panels = kernels::round_up(y.c, kernels::kPanel) / kernels::kPanel;
         // Few pixels and many channels (late layers, linear): split the weights,
@@ -428,7 +437,7 @@ void Session::run(const float* input, const int64_t* shape, int rank, const Prof
   if (!input) fail_argument("input is null");
   std::lock_guard<std::mutex> lock(mu_);
   prepare_shape(shape, rank);
-  const Plan& plan = plan_for(profile);
+  Plan& plan = plan_for(profile);
   const TensorShape& o = plan.output;
   if (out_shape) *out_shape = shape_of(o);
   const size_t need = static_cast<size_t>(o.elements());
@@ -436,8 +445,7 @@ void Session::run(const float* input, const int64_t* shape, int rank, const Prof
     throw Error(ErrorKind::BufferTooSmall, "output needs " + std::to_string(need) + " floats, the buffer holds " +
                                                std::to_string(output ? capacity : 0));
   pool_.warm();
-  const int32_t c = static_cast<int32_t>(shape[1]);
-  kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), c, static_cast<int32_t>(h_ * w_), plan.input);
+  feed_input(plan, input);
   for (const Step& s : plan.steps) execute(s);
   if (o.rank == 4 && o.h * o.w > 1)
     kernels::nhwc_to_nchw(plan.result, static_cast<int32_t>(o.n), o.c, static_cast<int32_t>(o.h * o.w), output);
@@ -450,10 +458,9 @@ std::vector<std::pair<std::string, double>> Session::profile_ops(const float* in
   if (!input) fail_argument("input is null");
   std::lock_guard<std::mutex> lock(mu_);
   prepare_shape(shape, rank);
-  const Plan& plan = plan_for(profile);
+  Plan& plan = plan_for(profile);
   pool_.warm();
-  kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), static_cast<int32_t>(shape[1]),
-                        static_cast<int32_t>(h_ * w_), plan.input);
+  feed_input(plan, input);
   std::vector<std::pair<std::string, double>> times;
   for (const Step& s : plan.steps) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -465,6 +472,15 @@ std::vector<std::pair<std::string, double>> Session::profile_ops(const float* in
       times.emplace_back(s.op->name, dt);
   }
   return times;
+}
+
+void Session::feed_input(Plan& plan, const float* input) {
+  if (plan.nchw_step >= 0) {
+    plan.steps[plan.nchw_step].conv.input = input;
+    return;
+  }
+  kernels::nchw_to_nhwc(input, static_cast<int32_t>(n_), static_cast<int32_t>(model_->input_shape()[1]),
+                        static_cast<int32_t>(h_ * w_), plan.input);
 }
 
 void Session::execute(const Step& s) {

@@ -63,6 +63,7 @@ class Session {
   Plan& plan_for(const ProfileRef& profile);
   std::unique_ptr<Plan> build_plan(const std::vector<int32_t>& widths, int32_t profile_index);
   void execute(const Step& step);
+  void feed_input(Plan& plan, const float* input);  // the caller's NCHW input into the plan
 
   std::shared_ptr<const Model> model_;
   std::mutex mu_;  // a session runs one request at a time, whoever calls it
@@ -71,6 +72,7 @@ class Session {
   std::vector<int64_t> offsets_;   // arena offset (floats) per tensor
   float* arena_ = nullptr;
   std::vector<float> workspace_;    // kConvWorkspaceFloats per thread
+  int input_uses_ = 0;  // ops reading the model's input (tensor 0)
   std::vector<int32_t> fused_add_;  // per op: the Add its epilogue performs, or -1
   std::vector<std::unique_ptr<Plan>> named_;                      // per named profile
   std::map<std::vector<int32_t>, std::unique_ptr<Plan>> uniform_;  // other widths

@@ -83,6 +83,11 @@ std::atomic<const Dispatch*>& current() {
 
 }  // namespace
 
+bool conv_nchw_supported(int cin, int kh, int kw, int sw, int dw) {
+  return cin <= 4 && kh <= 16 && dw == 1 && ((kw == 7 && sw == 2) || (kw == 3 && sw == 2) || (kw == 3 && sw == 1) ||
+                                 (kw == 5 && sw == 2));
+}
+
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace) {
   current().load(std::memory_order_relaxed)->conv(p, m_begin, m_end, p_begin, p_end, workspace);
 }

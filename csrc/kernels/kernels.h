@@ -76,7 +76,14 @@ struct ConvParams {
   // If set, added to every output value before the activation (a fused
   // residual add): same layout and pixel stride as the output.
   const float* residual = nullptr;
+  // The input is NCHW ([n][channel][ih][iw], runs' act_off naming planes) and
+  // read in place: a first layer over the model's input. Only for the shapes
+  // conv_nchw_supported() accepts; needs no workspace beyond kConvWorkspaceFloats.
+  bool nchw_input = false;
 };
+// Whether conv_packed reads an NCHW input for this geometry: dilation 1 across,
+// kernel width and stride among those with a compiled kernel, few channels.
+bool conv_nchw_supported(int cin, int kh, int kw, int sw, int dw);
 // Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
 // output may be written several times (partial sums) before its final value.
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
