@@ -90,7 +90,12 @@ SLIMRT_API slimrt_status slimrt_model_profile_info(const slimrt_model* model, in
 /* The default input shape (NCHW) of the model. */
 SLIMRT_API slimrt_status slimrt_model_input_shape(const slimrt_model* model, int64_t out_shape[4]);
 
-/* Create a session running on `threads` threads (>= 1). */
+/* Create a session running on `threads` threads (>= 1): the caller's thread
+ * and threads - 1 workers of the session's own. Between runs the workers spin
+ * for half a millisecond, then sleep; a run wakes them first thing. On Linux
+ * the workers are kept off the CPU the calling thread runs on (their affinity
+ * is the caller's minus that CPU), so a woken worker never shares a core with
+ * the caller for a whole run. */
 SLIMRT_API slimrt_status slimrt_session_create(const slimrt_model* model, int32_t threads,
                                                slimrt_session** out_session);
 
