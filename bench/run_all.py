@@ -90,7 +90,8 @@ def run_suite(args: argparse.Namespace, log: Callable[[str], None] = common.log)
         results["memory"] = memory.run(models, 1, args.memory_repeats, log)
         _emit(memory, results["memory"], args.out)
     if "peak" in args.only:
-        results["peak"] = peak.run(args.threads, results["latency"].rows, args.sgemm_size, log=log)
+        target = next((m for m in models if m.name == peak.TARGET_MODEL), None)
+        results["peak"] = peak.run(args.threads, results["latency"].rows, args.sgemm_size, log=log, target=target)
         _emit(peak, results["peak"], args.out)
     return results
 
@@ -131,9 +132,15 @@ def targets(results: Mapping[str, Result]) -> list[dict[str, Any]]:
         out.append(_target("peak RSS holding all profiles <= 1.15 x onnxruntime holding the full model", rows,
                            "memory_ok", detail))
     if "peak" in results:
-        rows = [r for r in results["peak"].rows if "peak_ok" in r]
-        detail = rows and (f"{rows[0]['slimrt_gflops']:.1f} GFLOP/s against 85% of "
-                           f"{results['peak'].extra['sgemm'][0]['gflops_median']:.1f}")
+        sbs = results["peak"].extra.get("side_by_side")
+        if sbs:  # judged side by side in one process
+            rows = [{"peak_ok": results["peak"].extra["summary"]["peak_ok"]}]
+            detail = (f"{sbs['slimrt_gflops']:.1f} GFLOP/s against sgemm {sbs['sgemm_gflops']:.1f} "
+                      f"({sbs['fraction']:.0%}), alternating in one process")
+        else:
+            rows = [r for r in results["peak"].rows if "peak_ok" in r]
+            detail = rows and (f"{rows[0]['slimrt_gflops']:.1f} GFLOP/s against 85% of "
+                               f"{results['peak'].extra['sgemm'][0]['gflops_median']:.1f}")
         out.append(_target("ResNet-50 at 1.0, 1 thread >= 85% of 1-thread OpenBLAS sgemm GFLOP/s", rows, "peak_ok",
                            detail or None))
     return out

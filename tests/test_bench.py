@@ -287,6 +287,20 @@ class TestPeak:
         assert [("peak_ok" in r) for r in out] == [False] * (len(out) - 1) + [True]
         assert out[-1]["peak_ok"] == (out[-1]["slimrt_gflops"] >= peak.TARGET_FRACTION * peaks[1])
 
+    def test_target_side_by_side_in_one_process(self, tiny: common.BenchModel,
+                                                latency_result: common.Result) -> None:
+        sbs = peak.side_by_side(tiny, size=64, rounds=2)
+        assert sbs["model"] == "tiny_resnet" and sbs["profile"] == tiny.full.name and sbs["macs"] == tiny.full.macs
+        assert len(sbs["sgemm_seconds"]) == len(sbs["slimrt_seconds"]) == 2
+        assert sbs["slimrt_gflops"] == pytest.approx(2.0 * tiny.full.macs / float(np.median(sbs["slimrt_seconds"])) / 1e9)
+        assert sbs["fraction"] == pytest.approx(sbs["slimrt_gflops"] / sbs["sgemm_gflops"])
+        if "blas_threads" in sbs:
+            assert sbs["blas_threads"] == 1
+        result = peak.run([1], latency_result.rows, size=64, repeats=2, target=tiny, target_rounds=2)
+        summary = result.extra["summary"]
+        assert summary["peak_ok"] == (result.extra["side_by_side"]["fraction"] >= peak.TARGET_FRACTION)
+        assert "side by side" in peak.table(result)
+
     def test_run_table_json_and_plot(self, latency_result: common.Result, tmp_path: Path) -> None:
         result = peak.run([1], latency_result.rows, size=64, repeats=2)
         assert [s["threads"] for s in result.extra["sgemm"]] == [1]
