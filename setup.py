@@ -35,6 +35,7 @@ class CMakeBuild(build_ext):
         build_dir = Path(self.build_temp).resolve() / build_type
         build_dir.mkdir(parents=True, exist_ok=True)
         json_include = Path(nlohmann_json.__file__).resolve().parent / "include"
+        ninja = shutil.which("ninja")
         configure = [
             "cmake", str(ROOT), "-G", "Ninja",
             f"-DCMAKE_BUILD_TYPE={build_type}",
@@ -42,8 +43,15 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DSLIMRT_JSON_INCLUDE_DIR={json_include}",
             f"-DSLIMRT_PACKAGE_DIR={out_dir}",
-        ]
+        ] + ([f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else [])
+        # pip builds in a fresh isolated environment each time: a CMake cache
+        # from another one names tools and paths that are gone, so start over.
+        stamp = build_dir / "slimrt-configure.txt"
+        if not stamp.exists() or stamp.read_text() != "\n".join(configure):
+            shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+            (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
         subprocess.run(configure, cwd=build_dir, check=True)
+        stamp.write_text("\n".join(configure))
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
         subprocess.run(["cmake", "--install", "."], cwd=build_dir, check=True)
