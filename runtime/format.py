@@ -34,7 +34,7 @@ __all__ = [
     "FORMAT_VERSION", "ACTIVATIONS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
-    "conv_kind", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
+    "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
     "epilogue_tensor_name",
 ]
 
@@ -587,9 +587,20 @@ def uniform_widths(meta: Mapping[str, Any], m: float) -> list[int]:
     if not (isinstance(m, numbers.Real) and math.isfinite(m) and low <= m <= 1):
         raise ProfileError(f"multiplier {m!r} is outside the model's range [{low}, 1]; "
                            "pick a multiplier in that range or a named profile")
-    return [g.size if g.fixed else
-            min(max(8 * math.floor(g.size * float(m) / 8 + 0.5), min(8, g.size)), g.size)
-            for g in parse_groups(meta)]
+    return [g.size if g.fixed else uniform_width(g.size, float(m)) for g in parse_groups(meta)]
+
+
+def uniform_width(size: int, m: float) -> int:
+    """Width of a free group of ``size`` channels at uniform multiplier ``m`` (rule in model.h).
+
+    The value nearest to ``size * m`` among the multiples of 8 below ``size`` and ``size``
+    itself (ties go up), at least ``min(8, size)``: ``m = 1`` is always the full group.
+    """
+    t = size * m
+    lo = 8 * math.floor(t / 8)
+    hi = min(lo + 8, size)
+    width = lo if t - lo < hi - t else hi
+    return min(max(width, min(8, size)), size)
 
 
 def resolve_widths(meta: Mapping[str, Any],

@@ -453,6 +453,39 @@ class TestProfiles:
             assert w == expected
         assert slim.meta["min_multiplier"] == 0.3
 
+    def test_full_profile_is_the_original_net_for_every_group_size(self) -> None:
+        """Group sizes 1..67 (a chain of 1x1 convs): the "1.0" profile keeps every channel and
+        computes exactly what the module does, in the engine and in the reference."""
+        torch.manual_seed(5)
+        sizes = list(range(1, 68))
+        layers, cin = [], 3
+        for s in sizes:
+            layers += [torch.nn.Conv2d(cin, s, 1), torch.nn.ReLU()]
+            cin = s
+        net = torch.nn.Sequential(*layers, torch.nn.Conv2d(cin, 16, 1)).eval()
+        x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths=(0.25, 1.0))
+        full = next(p for p in slim.meta["profiles"] if p["name"] == "1.0")
+        assert full["widths"] == [g["size"] for g in slim.meta["groups"]]
+        assert sorted(g["size"] for g in slim.meta["groups"] if not g["fixed"]) == sizes
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x, profile="1.0"), want) < RTOL
+        assert rel_err(run_reference(slim, x, "1.0"), want) < RTOL
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x, profile=1.0), want) < RTOL
+
+    @pytest.mark.parametrize("size", [57, 58, 59, 66])
+    def test_full_profile_of_sizes_just_above_a_multiple_of_8(self, size: int) -> None:
+        torch.manual_seed(size)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, size, 1), torch.nn.Conv2d(size, 16, 1)).eval()
+        x = np.random.default_rng(size).standard_normal((1, 3, 4, 4)).astype(np.float32)
+        model = from_torch(net, x)
+        assert model.widths("1.0") == tuple(g.size for g in model.groups)
+        assert size in model.widths("1.0")
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(model.run(x, profile="1.0"), want) < RTOL
+
     def test_explicit_per_group_widths(self, small_net, x16) -> None:
         names = [g["name"] for g in torch_to_slim(small_net, x16, widths=(1.0,)).meta["groups"]]
         assert names == ["stem.0", "side", "fc"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import corrupt
+import slimrt
 from slimrt import format as fmt
 from slimrt.builder import ModelBuilder
 from slimrt.errors import InvalidModelError, ProfileError
@@ -296,12 +297,37 @@ def test_add_of_mismatched_spatial_shapes_is_refused() -> None:
 # -- uniform widths and profile resolution ----------------------------------------------------
 
 def nearest_multiple_of_8(size: int, m: float) -> int:
-    """Independent statement of the rule: the multiple of 8 nearest to size*m (halves go up),
-    at least min(8, size), at most size."""
+    """Independent statement of the rule: of the multiples of 8 below size and size itself, the
+    one nearest to size*m (halves go up), at least min(8, size)."""
     target = size * m
-    candidates = range(0, 8 * (size // 8 + 2), 8)
+    candidates = [c for c in range(0, size, 8)] + [size]
     best = min(candidates, key=lambda c: (abs(c - target), -c))
-    return min(max(best, min(8, size)), size)
+    return max(best, min(8, size))
+
+
+def test_full_multiplier_is_every_group_whole() -> None:
+    sizes = list(range(1, 68))
+    meta = {"min_multiplier": 0.1, "groups": [{"name": f"g{s}", "size": s} for s in sizes]}
+    assert fmt.uniform_widths(meta, 1.0) == sizes
+    for s in sizes:  # near the top a group never loses the channels above its last multiple of 8
+        assert fmt.uniform_width(s, 0.999) in (s, 8 * ((s - 1) // 8) if s > 8 else s)
+
+
+def test_engine_and_python_agree_on_uniform_widths() -> None:
+    """Group sizes 1..67 in one chain of 1x1 convs: the C++ rule equals the Python twin."""
+    rng = np.random.default_rng(3)
+    b = ModelBuilder("sweep", input_shape=(1, 2, 3, 3), min_multiplier=0.05)
+    t, cin = b.input, 2
+    for s in range(1, 68):
+        t = b.conv(t, rng.standard_normal((s, cin, 1, 1)).astype(np.float32), out_group=b.group(f"g{s}", s))
+        cin = s
+    b.set_output(t)
+    b.uniform_profiles((1.0,))
+    slim = b.build()
+    model = slimrt.load(fmt.to_bytes(slim))
+    for m in [0.05, 0.1, 0.26, 0.33, 0.5, 0.61, 0.75, 0.874, 0.9, 0.95, 0.99, 0.999, 1.0]:
+        assert list(model.widths(m)) == fmt.uniform_widths(slim.meta, m), m
+    assert list(model.widths(1.0)) == list(range(1, 68))
 
 
 def test_uniform_widths_follow_the_rule() -> None:

@@ -517,6 +517,18 @@ std::vector<int32_t> Model::full_widths() const {
   return w;
 }
 
+int32_t uniform_width(int32_t size, double m) {
+  // The nearest of {8, 16, ..., size}: below `size` a multiple of 8, at the top
+  // `size` itself, so m = 1 is always the full group (ties round up).
+  const double t = size * m;
+  const int64_t lo = 8 * static_cast<int64_t>(std::floor(t / 8.0));
+  const int64_t hi = lo + 8 < size ? lo + 8 : size;
+  int64_t c = t - static_cast<double>(lo) < static_cast<double>(hi) - t ? lo : hi;
+  const int64_t floor_w = size < 8 ? size : 8;
+  c = c < floor_w ? floor_w : (c > size ? size : c);
+  return static_cast<int32_t>(c);
+}
+
 std::vector<int32_t> Model::uniform_widths(double m) const {
   if (!(m >= static_cast<double>(min_multiplier_) - 1e-6 && m <= 1.0 + 1e-6))
     throw Error(ErrorKind::UnknownProfile, "multiplier " + std::to_string(m) + " is outside this model's range [" +
@@ -527,10 +539,7 @@ std::vector<int32_t> Model::uniform_widths(double m) const {
       w.push_back(g.size);
       continue;
     }
-    int64_t c = 8 * static_cast<int64_t>(std::floor(g.size * m / 8.0 + 0.5));
-    const int64_t lo = g.size < 8 ? g.size : 8;
-    c = c < lo ? lo : (c > g.size ? g.size : c);
-    w.push_back(static_cast<int32_t>(c));
+    w.push_back(uniform_width(g.size, m));
   }
   return w;
 }

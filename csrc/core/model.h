@@ -85,8 +85,13 @@
 // every run, the weight rows [offset, offset + count) of each tap.
 //
 // Uniform multiplier m in [min_multiplier, 1]: a group that is not fixed runs
-// at clamp(8 * floor(size * m / 8 + 0.5), min(8, size), size). If those widths
-// equal a named profile's widths, that profile is used (with its epilogues).
+// at the value nearest to size * m among the multiples of 8 below size and size
+// itself (ties go up), and at least min(8, size):
+//   lo = 8 * floor(size * m / 8), hi = min(lo + 8, size),
+//   width = max(min(8, size), size * m - lo < hi - size * m ? lo : hi).
+// So m = 1 is always the full group (size 57 -> 57, not 56), and below the top
+// the widths are multiples of 8. If those widths equal a named profile's
+// widths, that profile is used (with its epilogues).
 //
 // Per-profile epilogues (per-width BN statistics): optional tensors
 // "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>", of
@@ -129,6 +134,9 @@ constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle };
 
 const char* op_kind_name(OpKind kind);
+
+// Width of a free group of `size` channels at uniform multiplier m (rule above).
+int32_t uniform_width(int32_t size, double m);
 
 struct Group {
   std::string name;

@@ -8,9 +8,10 @@ Asking (``widths=`` of the converters):
   mapping ``{group name: width}`` (fixed groups may be left out) or a sequence over all groups,
   as pruning and search produce them.
 
-Uniform widths follow csrc/core/model.h: a group that is not fixed runs at
-``clamp(8 * floor(size * m / 8 + 0.5), min(8, size), size)``; fixed groups (the network input,
-the classifier output, unsliceable dimensions) stay full.
+Uniform widths follow csrc/core/model.h (:func:`slimrt.format.uniform_width`): a group that is
+not fixed runs at the multiple of 8 nearest to ``size * m``, or at ``size`` itself when that is
+nearer, so ``m = 1`` is the original network exactly; fixed groups (the network input, the
+classifier output, unsliceable dimensions) stay full.
 
 What a profile activates inside a .slim model (channel maps, MACs) is defined once, in
 :mod:`slimrt.format`.
@@ -18,12 +19,12 @@ What a profile activates inside a .slim model (channel maps, MACs) is defined on
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 from ..errors import ProfileError
+from ..format import uniform_width as fmt_uniform_width
 
 GroupWidths = Union[Mapping[str, int], Sequence[int]]
 WidthSpec = Union[Sequence[float], Mapping[str, Union[float, GroupWidths]]]
@@ -69,6 +70,4 @@ def _multiplier(m: Any) -> float:
 
 def uniform_width(size: int, m: float, fixed: bool) -> int:
     """The width of one group at uniform multiplier ``m`` (rule of csrc/core/model.h)."""
-    if fixed:
-        return size
-    return min(max(8 * math.floor(size * m / 8 + 0.5), min(8, size)), size)
+    return size if fixed else fmt_uniform_width(size, m)
