@@ -8,6 +8,7 @@ module of a profile.
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -429,7 +430,20 @@ class TestImportance:
         var = net[1].running_var.numpy()
         np.testing.assert_allclose(stored, gamma.numpy()[order] / np.sqrt(var[order] + 1e-5), rtol=1e-5)
 
-    @pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "random"])
+    def test_none_keeps_the_source_order(self) -> None:
+        net, x, slim = self._convert("none")
+        conv = next(o for o in slim.meta["ops"] if o["op"] == "conv")
+        # file layout [kh, kw, Cin, Cout]; torch [Cout, Cin, kh, kw]: the same, unpermuted
+        np.testing.assert_array_equal(slim.tensors[conv["name"] + ".weight"],
+                                      net[0].weight.detach().numpy().transpose(2, 3, 1, 0))
+        narrow = copy.deepcopy(net)
+        with torch.no_grad():  # the narrow profile is the first 8 channels of the source, as they were
+            narrow[0].weight[8:] = 0
+            narrow[0].bias[8:] = 0
+            want = narrow(torch.from_numpy(x)).numpy()
+        assert rel_err(run_reference(slim, x, "narrow"), want) < RTOL
+
+    @pytest.mark.parametrize("criterion", ["l1", "l2", "bn", "random", "none"])
     def test_full_width_is_unchanged_by_sorting(self, small_net, x16, criterion: str) -> None:
         slim = torch_to_slim(small_net, x16, widths=(1.0,), importance=criterion)
         with torch.no_grad():

@@ -39,7 +39,8 @@ def from_torch(module: torch.nn.Module, example_input: torch.Tensor | np.ndarray
 
     ``example_input`` is one NCHW float batch; its shape becomes the model's default input shape.
     ``widths``: uniform multipliers ``(0.25, 0.5, 0.75, 1.0)`` or ``{name: multiplier | per-group
-    widths}``. ``importance``: ``"l1"`` (default), ``"l2"``, ``"bn"`` or ``"random"`` (seeded by ``seed``).
+    widths}``. ``importance``: ``"l1"`` (default), ``"l2"``, ``"bn"``, ``"random"`` (seeded by ``seed``)
+    or ``"none"`` (keep the source's order, for a net trained slimmable already).
     Raises ConversionError naming the op and node of anything that cannot be converted.
     """
     return _load(torch_to_slim(module, example_input, widths, importance, name=name, seed=seed,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ProfileError
+from .importance import CRITERIA
 
 PROFILE_HELP = "a profile name, an index, or a uniform multiplier such as 0.6"
 
@@ -22,7 +23,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="the .slim file to write")
     p.add_argument("--widths", default="0.25,0.5,0.75,1.0",
                    help="comma-separated uniform width multipliers (default: %(default)s)")
-    p.add_argument("--importance", default="l1", choices=("l1", "l2", "bn", "random"),
+    p.add_argument("--importance", default="l1", choices=CRITERIA,
                    help="channel importance criterion (default: %(default)s)")
     p.add_argument("--input-shape", default=None,
                    help="N,C,H,W; required when the ONNX input has a symbolic height or width")

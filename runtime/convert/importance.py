@@ -10,6 +10,8 @@ first. Criteria:
 ``bn``      |gamma| of the BatchNormalization folded into each member (Network Slimming,
             SP-Net); a group with no BatchNormalization falls back to ``l1``
 ``random``  a seeded random order, for ablations
+``none``    keep the source's order: for a net trained slimmable already, whose prefixes are
+            its sub-networks
 
 Fixed groups keep their order (they always run at full width), so the network input and the
 classifier output are never permuted. :func:`apply_permutations` reorders every member and
@@ -23,7 +25,7 @@ import numpy as np
 from .analysis import Analysis
 from .ir import Graph, Node
 
-CRITERIA = ("l1", "l2", "bn", "random")
+CRITERIA = ("l1", "l2", "bn", "random", "none")
 
 
 def group_permutations(graph: Graph, analysis: Analysis, criterion: str = "l1", seed: int = 0) -> list[np.ndarray]:
@@ -34,7 +36,7 @@ def group_permutations(graph: Graph, analysis: Analysis, criterion: str = "l1", 
     members = _members(graph, analysis)
     perms = []
     for group in analysis.groups:
-        if group.fixed:
+        if group.fixed or criterion == "none":
             perms.append(np.arange(group.size))
             continue
         if criterion == "random":
