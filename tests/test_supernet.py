@@ -1,0 +1,198 @@
+"""The trainable supernet computes what the engine computes, at every profile and multiplier.
+
+The C++ engine is the oracle: a Supernet built from a .slim model, in eval mode, must give the
+engine's output at every named profile (with its per-profile epilogues) and at uniform
+multipliers between them; its forward_parallel must give, per slice, what forward gives at
+that slice's widths; to_slim() must round-trip the function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import slimrt
+from slimrt import format as fmt
+from slimrt.builder import ModelBuilder
+from slimrt.models import concat_net, default_model, tiny_resnet, vgg_like
+from slimrt.train.supernet import Supernet
+
+TOL = 1e-4
+MULTIPLIERS = (0.3, 0.41, 0.6, 0.77, 0.93)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def odd_net(seed: int = 0) -> fmt.SlimFile:
+    """Odd channel counts, a residual add of unequal widths, concat, depthwise, pools,
+    asymmetric padding, a conv with bias only and a linear with BN-like scale."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    def sb(n: int) -> dict:
+        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
+                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+
+    b = ModelBuilder("odd", input_shape=(2, 3, 13, 11), min_multiplier=0.2)
+    a = b.group("a", 13)
+    c = b.group("c", 21)
+    d = b.group("d", 7)
+    t = b.conv(b.input, w(13, 3, 3, 3), out_group=a, padding=1, act="relu", **sb(13))
+    u = b.conv(t, w(13, 1, 3, 3), groups=13, padding=(0, 1, 2, 1), act="hardswish", **sb(13))
+    v = b.conv(u, w(21, 13, 1, 1), out_group=c, stride=1, act="relu6", **sb(21))
+    r = b.conv(t, w(21, 13, 3, 3), out_group=c, padding=(1, 1, 1, 1), bias=rng.standard_normal(21) * 0.1)
+    s = b.add(v, r, act="silu")
+    p = b.maxpool(s, (3, 3), stride=(2, 2), padding=(1, 1), ceil_mode=True)
+    q = b.conv(t, w(7, 13, 1, 1), out_group=d, stride=2, act="sigmoid", **sb(7))
+    q = b.avgpool(q, (2, 2), stride=(1, 1), padding=(1, 0, 0, 1), count_include_pad=False)
+    q = b.maxpool(q, (2, 2), stride=(1, 1), padding=(0, 1, 1, 0))
+    g = b.global_avgpool(s)
+    h = b.global_avgpool(q)
+    cat = b.concat([g, h])
+    f = b.flatten(cat)
+    hidden = b.group("hidden", 19)
+    f = b.linear(f, w(19, 28), out_group=hidden, act="relu", **sb(19))
+    cls = b.group("classes", 5, fixed=True, why="classifier output")
+    b.set_output(b.linear(f, w(5, 19), out_group=cls, bias=rng.standard_normal(5) * 0.1))
+    b.uniform_profiles((0.2, 0.5, 1.0))
+    b.profile("uneven", {"a": 3, "c": 9, "d": 5, "hidden": 11})
+    return b.build()
+
+
+MODELS = {
+    "odd": lambda: odd_net(0),
+    "tiny_resnet": lambda: tiny_resnet(1, input_hw=(16, 16)),  # per-profile epilogues
+    "vgg_like": lambda: vgg_like(2),
+    "concat_net": lambda: concat_net(3),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def case(request):
+    slim = MODELS[request.param]()
+    return slim, slimrt.load(fmt.to_bytes(slim)), Supernet.from_slim(slim).eval()
+
+
+def _input(slim: fmt.SlimFile, n: int = 3, seed: int = 0) -> np.ndarray:
+    shape = list(slim.meta["input"]["shape"])
+    shape[0] = n
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_eval_equals_engine_at_every_profile_and_multiplier(case) -> None:
+    slim, model, net = case
+    x = _input(slim)
+    keys = [p["name"] for p in slim.meta["profiles"]] + [m for m in MULTIPLIERS if m >= model.min_multiplier]
+    with torch.no_grad():
+        for key in keys:
+            got = net(torch.from_numpy(x), key).numpy()
+            assert rel_err(got, model.run(x, profile=key)) < TOL, key
+
+
+def test_parallel_slices_equal_their_own_forward(case) -> None:
+    slim, _, net = case
+    x = torch.from_numpy(_input(slim, n=7, seed=1))
+    names = [p["name"] for p in slim.meta["profiles"]]
+    slices = [names[0], names[-1], 0.6 if net.min_multiplier <= 0.6 else names[-1]]
+    with torch.no_grad():
+        out = net.forward_parallel(x, slices, sizes=[2, 3, 2])
+        for (lo, hi), key in zip([(0, 2), (2, 5), (5, 7)], slices):
+            want = net(x[lo:hi], key)
+            np.testing.assert_allclose(out[lo:hi].numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_parallel_training_mode_normalises_each_slice_by_itself() -> None:
+    slim = odd_net(4)
+    net = Supernet.from_slim(slim).train()
+    x = torch.from_numpy(_input(slim, n=6, seed=2))
+    with torch.no_grad():
+        out = net.forward_parallel(x, ["0.2", "1.0"], sizes=[3, 3], bn_stats="none")
+        np.testing.assert_allclose(out[:3].numpy(), net(x[:3], "0.2", bn_stats="none").numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out[3:].numpy(), net(x[3:], "1.0", bn_stats="none").numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_to_slim_round_trips_the_function(case) -> None:
+    slim, model, net = case
+    again = net.to_slim()
+    engine = slimrt.load(fmt.to_bytes(again))
+    x = _input(slim, seed=3)
+    for p in slim.meta["profiles"]:
+        assert rel_err(engine.run(x, profile=p["name"]), model.run(x, profile=p["name"])) < TOL, p["name"]
+    assert [p["macs"] for p in again.meta["profiles"]] == [p["macs"] for p in slim.meta["profiles"]]
+
+
+def test_trained_bn_statistics_become_per_profile_epilogues() -> None:
+    slim = odd_net(5)
+    net = Supernet.from_slim(slim)
+    x = torch.from_numpy(_input(slim, n=16, seed=4))
+    net.recalibrate([x[:8], x[8:]])
+    net.eval()
+    engine = slimrt.load(fmt.to_bytes(net.to_slim()))
+    assert any("@" in name for name in net.to_slim().tensors)
+    with torch.no_grad():
+        for key in ["0.2", "0.5", "uneven", "1.0", 0.37, 0.81]:
+            assert rel_err(engine.run(x.numpy(), profile=key), net(x, key).numpy()) < TOL, key
+
+
+def test_recalibration_gives_exact_batch_statistics() -> None:
+    """Recalibration on two batches stores the mean and (unbiased, as torch) variance of a
+    layer's raw output over both; eval mode then tracks training mode on that data."""
+    slim = odd_net(6)
+    net = Supernet.from_slim(slim)
+    x = torch.from_numpy(_input(slim, n=32, seed=5))
+    net.recalibrate([x[:16], x[16:]], profiles=["uneven"])
+    row = net.profile_names.index("uneven")
+    first = slim.meta["ops"][0]["name"]
+    weight = next(iter(net.weights.values()))[:3]  # group "a" runs 3 channels at "uneven"
+    with torch.no_grad():
+        raw = torch.nn.functional.conv2d(x, weight, padding=1).transpose(0, 1).reshape(3, -1)
+    bn = net.norms[first.replace(".", "__")]
+    np.testing.assert_allclose(bn.running_mean[row, :3].numpy(), raw.mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    half = raw.shape[1] // 2  # each batch's unbiased variance, averaged
+    halves = [raw[:, :half], raw[:, half:]]
+    want = torch.stack([h.var(1, unbiased=True) for h in halves]).mean(0)
+    np.testing.assert_allclose(bn.running_var[row, :3].numpy(), want.numpy(), rtol=1e-4)
+    assert torch.equal(bn.running_mean[row, 3:], torch.zeros(10))  # inactive channels untouched
+    with torch.no_grad():
+        train_out = net.train()(x, "uneven", bn_stats="none")
+        eval_out = net.eval()(x, "uneven")
+    assert rel_err(eval_out.numpy(), train_out.numpy()) < 0.05
+
+
+def test_init_bn_statistics_keeps_the_function() -> None:
+    slim = default_model()
+    net = Supernet.from_slim(slim).eval()
+    x = torch.from_numpy(_input(slim, n=4, seed=6))
+    with torch.no_grad():
+        before = net(x, 1.0).numpy()
+        net.init_bn_statistics([x])
+        after = net(x, 1.0).numpy()
+    assert rel_err(after, before) < TOL
+    bn = net.bn_layers()[0]
+    assert float(bn.running_var[0].std()) > 0  # real statistics now, not the 0/1 placeholders
+
+
+def test_gradients_reach_only_the_active_prefix() -> None:
+    slim = odd_net(7)
+    net = Supernet.from_slim(slim).train()
+    x = torch.from_numpy(_input(slim, n=4, seed=7))
+    net(x, "uneven").square().sum().backward()
+    first = next(iter(net.weights.values()))  # group "a", width 3 at "uneven"
+    assert first.grad[:3].abs().sum() > 0
+    assert first.grad[3:].abs().sum() == 0
+
+
+def test_unknown_profile_and_bad_widths() -> None:
+    net = Supernet.from_slim(odd_net(8))
+    with pytest.raises(slimrt.ProfileError, match="unknown profile 'huge'"):
+        net.widths("huge")
+    with pytest.raises(slimrt.ProfileError, match="outside"):
+        net.widths(0.05)
+    with pytest.raises(slimrt.ProfileError, match="group 'classes'"):
+        net.widths([3, 9, 5, 11, 4])
