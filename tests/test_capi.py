@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,59 @@ def test_runs_allocate_nothing_after_warm_up(tmp_path, model_path, threads):
     out = subprocess.run([str(exe), model_path, str(threads)], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert out.strip() == "allocations 0", out
+
+
+RANK_PROBE = r"""
+import ctypes, json, mmap, sys
+import cffi
+import numpy as np
+import slimrt
+
+ffi = cffi.FFI()
+ffi.cdef(open(sys.argv[1]).read())
+c = ffi.dlopen(slimrt.c_library_path())
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = mmap.PAGESIZE
+PROT_NONE = 0  # <sys/mman.h>; the mmap module does not export it
+base = libc.mmap(None, 2 * page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+assert base not in (None, ctypes.c_void_p(-1).value) and libc.mprotect(base + page, page, PROT_NONE) == 0
+guard = ffi.cast("int64_t*", base + page)         # reading any value here faults
+shape = ffi.cast("int64_t*", base + page - 32)    # exactly 4 readable values
+model, session = ffi.new("slimrt_model**"), ffi.new("slimrt_session**")
+assert c.slimrt_model_load(sys.argv[2].encode(), model) == c.SLIMRT_OK
+assert c.slimrt_session_create(model[0], 1, session) == c.SLIMRT_OK
+in_shape = ffi.new("int64_t[4]")
+c.slimrt_model_input_shape(model[0], in_shape)
+for i in range(4):
+    shape[i] = in_shape[i]
+x = np.zeros(tuple(in_shape), np.float32)
+out = np.zeros(1 << 16, np.float32)
+out_shape, out_rank = ffi.new("int64_t[4]"), ffi.new("int32_t*")
+results = {}
+for rank, where in [(4, shape), (5, guard), (2_000_000_000, guard), (3, guard), (0, guard), (-1, guard),
+                    (-2_000_000_000, guard)]:
+    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), where, rank, 0, 0.0,
+                                  ffi.from_buffer("float[]", out), out.size, out_shape, out_rank)
+    results[rank] = [status, ffi.string(c.slimrt_last_error()).decode()]
+c.slimrt_session_free(session[0])
+c.slimrt_model_free(model[0])
+print(json.dumps(results))
+"""
+
+
+def test_session_run_reads_no_more_shape_values_than_rank_4(tmp_path, model_path):
+    """The shape array sits against an unreadable page: a run reads its 4 values for rank 4 and
+    none for any other rank (rank 2e9 used to format 2e9 values into the message)."""
+    cdef = tmp_path / "slimrt.cdef"
+    cdef.write_text(cdef_source())
+    run = subprocess.run([sys.executable, "-c", RANK_PROBE, str(cdef), model_path], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    results = json.loads(run.stdout)
+    assert results.pop("4") == [0, ""]
+    for rank, (status, message) in results.items():
+        assert status == 1, rank  # SLIMRT_INVALID_ARGUMENT
+        assert message == f"input must be NCHW (rank 4), got rank {rank}"
