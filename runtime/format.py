@@ -408,6 +408,8 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["dilation"] = _ints_field(entry, "dilation", where, 2, 1)
     if kind in ("conv", "shuffle"):
         fields["groups"] = _int_field(entry, "groups", where, 1)
+    if kind == "conv" and fields["groups"] == 1 and "out_group" not in entry:
+        raise InvalidModelError(f"conv '{name}' has no out_group; only depthwise convs omit it")
     if kind in ("conv", "linear") and (kind == "linear" or "out_group" in entry):
         fields["out_group"] = _int_field(entry, "out_group", where, 0)
         if fields["out_group"] >= n_groups:
@@ -851,7 +853,7 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
             name = f"{op.name}.{which}"
             known.add(name)
             if name in slim.tensors:
-                _check_array(name, slim.tensors[name], shape)
+                _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
             elif which == "weight":
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
@@ -860,19 +862,20 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
                 name = epilogue_tensor_name(op.name, which, p["name"])
                 known.add(name)
                 if name in slim.tensors:
-                    _check_array(name, slim.tensors[name], (infos[op.output].width,))
+                    _check_array(name, slim.tensors[name], (infos[op.output].width,),
+                                 f"op '{op.name}' at profile '{p['name']}'")
     unknown = sorted(set(slim.tensors) - known)
     if unknown:
         raise InvalidModelError(f"tensor '{unknown[0]}' is not used by any op or profile; "
                                 "remove it or fix its name")
 
 
-def _check_array(name: str, array: Any, shape: Shape) -> None:
+def _check_array(name: str, array: Any, shape: Shape, user: str) -> None:
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
         dtype = getattr(array, "dtype", type(array).__name__)
         raise InvalidModelError(f"tensor '{name}' has dtype {dtype}; slimrt tensors are float32")
     if tuple(array.shape) != tuple(shape):
-        raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, the model "
+        raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, {user} "
                                 f"needs {list(shape)}")
 
 

@@ -71,6 +71,10 @@ def _first_weight(data: bytes) -> str:
     return f"{op['name']}.weight"
 
 
+def _last_linear(model: dict[str, Any]) -> dict[str, Any]:
+    return [op for op in model["ops"] if op["op"] == "linear"][-1]
+
+
 # -- container damage ------------------------------------------------------------------------
 
 def truncated(data: bytes, at: int) -> Corruption:
@@ -185,6 +189,35 @@ def used_before_produced(data: bytes) -> Corruption:
     return Corruption("used_before_produced", _edit_model(data, edit), later)
 
 
+def linear_without_out_group(data: bytes) -> Corruption:
+    """The last linear op loses its "out_group"."""
+    name = _last_linear(_model(data))["name"]
+
+    def edit(model: dict[str, Any]) -> None:
+        del _last_linear(model)["out_group"]
+    return Corruption("linear_without_out_group", _edit_model(data, edit),
+                      f"op '{name}' has no \"out_group\"")
+
+
+def huge_group(data: bytes, index: int | None = None, size: int = 1 << 20) -> Corruption:
+    """Channel group `index` (default: the last linear op's) grown to `size` channels, every
+    profile following it if the group is fixed; the tensors keep their shapes. One integer:
+    a loader that sized weights from it before checking the tensors would allocate gigabytes."""
+    model = _model(data)
+    if index is None:
+        index = _last_linear(model)["out_group"]
+    user = next((op["name"] for op in model["ops"] if op.get("out_group") == index), None)
+
+    def edit(model: dict[str, Any]) -> None:
+        group = model["groups"][index]
+        group["size"] = size
+        if group.get("fixed"):
+            for p in model["profiles"]:
+                p["widths"][index] = size
+    return Corruption(f"huge_group_{index}", _edit_model(data, edit),
+                      f"'{user}.weight'" if user else "")
+
+
 def newer_version(data: bytes) -> Corruption:
     def edit(model: dict[str, Any]) -> None:
         model["format_version"] = 2
@@ -196,5 +229,5 @@ def all_corruptions(data: bytes) -> list[Corruption]:
     singles = [header_length_past_end, non_json_header, missing_model_json, missing_tensor,
                wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
                profile_width_count, profile_width_out_of_range, used_before_produced,
-               newer_version]
+               newer_version, linear_without_out_group, huge_group]
     return truncations(data) + [make(data) for make in singles]

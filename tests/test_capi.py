@@ -225,3 +225,20 @@ def test_session_run_reads_no_more_shape_values_than_rank_4(tmp_path, model_path
     for rank, (status, message) in results.items():
         assert status == 1, rank  # SLIMRT_INVALID_ARGUMENT
         assert message == f"input must be NCHW (rank 4), got rank {rank}"
+
+
+def test_hostile_buffers_give_the_exact_error(lib, model_path):
+    """The loader refuses these before it infers shapes or allocates weights (see test_format)."""
+    ffi, c = lib
+    data = Path(model_path).read_bytes()
+    classes = [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
+    cases = [
+        (corrupt.linear_without_out_group(data).data, "op 'classifier' has no \"out_group\" field"),
+        (corrupt.huge_group(data, classes).data,
+         "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"),
+    ]
+    for bad, message in cases:
+        out = ffi.new("slimrt_model**")
+        assert c.slimrt_model_load_buffer(bad, len(bad), out) == c.SLIMRT_INVALID_MODEL, message
+        assert ffi.string(c.slimrt_last_error()).decode() == message
+        assert out[0] == ffi.NULL

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 import corrupt
+import slimrt
 from slimrt import format as fmt
 from slimrt.builder import ModelBuilder
 from slimrt.errors import InvalidModelError, ProfileError
@@ -567,3 +572,97 @@ def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
     data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
     with pytest.raises(InvalidModelError, match="profile 'narrow'.*'s' \\(shuffle\\).*needs all 8 input channels"):
         slimrt.load(data)
+
+
+# -- hostile files: the engine and this reader refuse them alike, before allocating --------
+
+def bundled_bytes() -> bytes:
+    return Path(slimrt.default_model_path()).read_bytes()
+
+
+def engine_error(data: bytes) -> str:
+    with pytest.raises(InvalidModelError) as info:
+        slimrt.load(data)
+    return str(info.value)
+
+
+def reader_error(data: bytes) -> str:
+    with pytest.raises(InvalidModelError) as info:
+        fmt.read(data)
+    return str(info.value)
+
+
+def dense_conv_without_out_group(data: bytes) -> bytes:
+    def edit(model: dict[str, Any]) -> None:
+        del model["ops"][0]["out_group"]
+    return corrupt._edit_model(data, edit)
+
+
+def classes_index(data: bytes) -> int:
+    return [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
+
+
+# name -> (bytes of the bundled model) -> (corrupted bytes, the exact message of both readers)
+SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
+    "linear_without_out_group": lambda d: (corrupt.linear_without_out_group(d).data,
+                                           "op 'classifier' has no \"out_group\" field"),
+    "dense_conv_without_out_group": lambda d: (
+        dense_conv_without_out_group(d), "conv 'stem' has no out_group; only depthwise convs omit it"),
+    "huge_group": lambda d: (corrupt.huge_group(d, classes_index(d)).data,
+                             "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs "
+                             "[320, 1048576]"),
+}
+
+
+@pytest.mark.parametrize("case", SAME_ERROR_CASES)
+def test_engine_and_reader_refuse_with_the_same_message(case: str) -> None:
+    data, message = SAME_ERROR_CASES[case](bundled_bytes())
+    assert engine_error(data) == message
+    assert reader_error(data) == message
+
+
+HUGE_GROUP_PROBE = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import corrupt
+import slimrt
+
+
+def peak_kib():
+    # VmHWM is this process's own peak. ru_maxrss on Linux also counts the RSS the parent had
+    # when it forked this process, which would hide growth below the test runner's size.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+data = open(slimrt.default_model_path(), "rb").read()
+cases = [corrupt.huge_group(data, i) for i in range(len(corrupt._model(data)["groups"]))]
+errors = {}
+before = peak_kib()
+for case in cases:
+    try:
+        slimrt.load(case.data)
+        errors[case.name] = None
+    except slimrt.InvalidModelError as e:
+        errors[case.name] = str(e)
+print(json.dumps({"growth_kib": peak_kib() - before, "errors": errors}))
+"""
+
+
+def test_a_huge_group_size_is_refused_before_allocating() -> None:
+    """Any one group grown to 2^20 channels (the bundled model is 330 KB): the engine refuses the
+    file and its peak memory barely moves (it once zero-filled 1.3 GB before checking)."""
+    data = bundled_bytes()
+    run = subprocess.run([sys.executable, "-c", HUGE_GROUP_PROBE, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(run.stdout)
+    groups = corrupt._model(data)["groups"]
+    assert len(result["errors"]) == len(groups)
+    for name, message in result["errors"].items():
+        assert message is not None, f"{name} was accepted"
+    assert result["errors"][f"huge_group_{classes_index(data)}"] == \
+        "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"
+    assert result["growth_kib"] < 200 * 1024, result

@@ -285,7 +285,9 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     groups_.push_back(std::move(g));
   }
 
-  // ops
+  // ops: every field of every op is checked here, before shapes are inferred
+  // and weights packed, so the code after this loop (and plan_shapes, and the
+  // sessions) may index tensors and groups with an op's fields unchecked.
   std::unordered_map<std::string, int32_t> tensor_id;
   tensor_names_.push_back(input_name);
   tensor_id[input_name] = 0;
@@ -347,6 +349,11 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       auto og = j.find("out_group");
       if (og != j.end() && !og->is_null())
         op.out_group = as_int32(*og, where + " out_group", 0, static_cast<int64_t>(groups_.size()) - 1);
+      // Only a depthwise conv (groups > 1, no out_group) has no output group;
+      // plan_shapes and the packing below index groups with out_group unchecked.
+      if (op.kind == OpKind::Linear && op.out_group < 0) fail_model(where + " has no \"out_group\" field");
+      if (op.kind == OpKind::Conv && op.groups == 1 && op.out_group < 0)
+        fail_model("conv '" + op.name + "' has no out_group; only depthwise convs omit it");
     }
     if (op.kind == OpKind::Shuffle)
       op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
@@ -359,58 +366,8 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     return t->second;
   }();
 
-  // Weights: full-width shapes come from the plan at full widths.
+  // full-width shapes (the plan at full widths)
   const FullShapes shapes = infer_full_shapes(*this);
-  for (size_t i = 0; i < ops_.size(); ++i) {
-    Op& op = ops_[i];
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
-    const std::string user = "op '" + op.name + "'";
-    op.cin = shapes.in_channels[i];
-    const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
-    if (op.kind == OpKind::Linear) {
-      if (op.out_group < 0) fail_model(user + " (linear) needs \"out_group\"");
-      op.cout = groups_[op.out_group].size;
-      op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
-      use_tensor(table, op.name + ".weight", {op.cin, op.cout}, user,
-                 [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
-    } else if (op.groups == 1) {
-      if (op.out_group < 0) fail_model(user + " (dense conv) needs \"out_group\"");
-      op.conv_type = ConvType::Dense;
-      op.cout = groups_[op.out_group].size;
-      op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
-      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin, op.cout}, user, [&](const float* w) {
-        kernels::pack_conv(w, static_cast<int>(taps), op.cin, op.cout, op.weights.data());
-      });
-    } else if (op.groups == op.cin && op.out_group < 0) {
-      op.conv_type = ConvType::Depthwise;
-      op.cout = op.cin;
-      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
-      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
-      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin}, user, [&](const float* w) {
-        for (int64_t t = 0; t < taps; ++t)
-          std::memcpy(op.weights.data() + t * stride, w + t * op.cin, sizeof(float) * op.cin);
-      });
-    } else {
-      op.conv_type = ConvType::Grouped;
-      if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
-      op.cout = groups_[op.out_group].size;
-      if (op.cin % op.groups || op.cout % op.groups)
-        fail_model(user + " has " + std::to_string(op.groups) + " groups, which divide neither " +
-                   std::to_string(op.cin) + " input nor " + std::to_string(op.cout) + " output channels");
-      if (!groups_[op.out_group].fixed)
-        fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
-      op.weights = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
-    }
-    op.has_scale = table.count(op.name + ".scale") > 0;
-    op.has_bias = table.count(op.name + ".bias") > 0;
-    op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
-                                     : std::vector<float>(op.cout, 1.0f);
-    op.epilogue.bias = op.has_bias ? read_tensor(table, op.name + ".bias", {op.cout}, user)
-                                   : std::vector<float>(op.cout, 0.0f);
-    op.epilogue.scale = padded(std::move(op.epilogue.scale));
-    op.epilogue.bias = padded(std::move(op.epilogue.bias));
-    weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
-  }
 
   // profiles
   const Json& profiles = member(doc, "profiles", "model");
@@ -438,6 +395,79 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     p.macs = as_int(member(j, "macs", where), where + " macs");
     p.params = as_int(member(j, "params", where), where + " params");
     profiles_.push_back(std::move(p));
+  }
+
+  // Weights. First every tensor an op needs is checked (presence, dtype,
+  // shape) against `shapes`, for all ops, before anything is allocated; so
+  // what is allocated next is bounded by tensors the file holds: packed
+  // weights are at most round_up(cout, kPanel) / cout <= 16 times the file
+  // tensor, and epilogues are cout floats, cout being a dimension of the
+  // op's weight.
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    Op& op = ops_[i];
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    const std::string user = "op '" + op.name + "'";
+    op.cin = shapes.in_channels[i];
+    std::vector<int64_t> weight_shape;
+    if (op.kind == OpKind::Linear) {
+      op.cout = groups_[op.out_group].size;
+      weight_shape = {op.cin, op.cout};
+    } else if (op.groups == 1) {
+      op.conv_type = ConvType::Dense;
+      op.cout = groups_[op.out_group].size;
+      weight_shape = {op.kh, op.kw, op.cin, op.cout};
+    } else if (op.groups == op.cin && op.out_group < 0) {
+      op.conv_type = ConvType::Depthwise;
+      op.cout = op.cin;
+      weight_shape = {op.kh, op.kw, op.cin};
+    } else {
+      op.conv_type = ConvType::Grouped;
+      if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
+      op.cout = groups_[op.out_group].size;
+      if (op.cin % op.groups || op.cout % op.groups)
+        fail_model(user + " has " + std::to_string(op.groups) + " groups, which divide neither " +
+                   std::to_string(op.cin) + " input nor " + std::to_string(op.cout) + " output channels");
+      if (!groups_[op.out_group].fixed)
+        fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
+      weight_shape = {op.kh, op.kw, op.cin / op.groups, op.cout};
+    }
+    checked_entry(table, op.name + ".weight", weight_shape, user);
+    op.has_scale = table.count(op.name + ".scale") > 0;
+    op.has_bias = table.count(op.name + ".bias") > 0;
+    if (op.has_scale) checked_entry(table, op.name + ".scale", {op.cout}, user);
+    if (op.has_bias) checked_entry(table, op.name + ".bias", {op.cout}, user);
+  }
+  for (Op& op : ops_) {
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    const std::string user = "op '" + op.name + "'";
+    const std::string wname = op.name + ".weight";
+    const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
+    if (op.kind == OpKind::Linear) {
+      op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
+      use_tensor(table, wname, {op.cin, op.cout}, user,
+                 [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
+    } else if (op.conv_type == ConvType::Dense) {
+      op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
+      use_tensor(table, wname, {op.kh, op.kw, op.cin, op.cout}, user, [&](const float* w) {
+        kernels::pack_conv(w, static_cast<int>(taps), op.cin, op.cout, op.weights.data());
+      });
+    } else if (op.conv_type == ConvType::Depthwise) {
+      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
+      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
+      use_tensor(table, wname, {op.kh, op.kw, op.cin}, user, [&](const float* w) {
+        for (int64_t t = 0; t < taps; ++t)
+          std::memcpy(op.weights.data() + t * stride, w + t * op.cin, sizeof(float) * op.cin);
+      });
+    } else {
+      op.weights = read_tensor(table, wname, {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
+    }
+    op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
+                                     : std::vector<float>(op.cout, 1.0f);
+    op.epilogue.bias = op.has_bias ? read_tensor(table, op.name + ".bias", {op.cout}, user)
+                                   : std::vector<float>(op.cout, 0.0f);
+    op.epilogue.scale = padded(std::move(op.epilogue.scale));
+    op.epilogue.bias = padded(std::move(op.epilogue.bias));
+    weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
   }
 
   // per-profile epilogues, and a check that every profile plans

@@ -36,12 +36,15 @@
 //
 // Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
 // each the model input or an earlier op's output) and "output" (a new tensor
-// name). Activations are "none" | "relu" | "relu6" | "hardswish" | "silu" |
-// "sigmoid". Kinds and their own fields:
+// name). Every field of every op is checked (kinds, names, index ranges,
+// required fields) before shapes are inferred or weights read. Activations
+// are "none" | "relu" | "relu6" | "hardswish" | "silu" | "sigmoid". Kinds and
+// their own fields:
 //
 //   conv            "kernel": [kh, kw], "stride": [sh, sw], "pads": [top, left,
 //                   bottom, right], "dilation": [dh, dw], "groups": g, "act",
-//                   "out_group": index into "groups" (omitted for depthwise).
+//                   "out_group": index into "groups" (omitted for depthwise,
+//                   required when g == 1).
 //                   Tensors: "<name>.weight"
 //                     dense (g == 1)   [kh, kw, Cin, Cout]
 //                     depthwise        [kh, kw, C]   (g == Cin == Cout)
@@ -50,7 +53,7 @@
 //                   optional "<name>.scale", "<name>.bias": [Cout]
 //                   y[c] = act(scale[c] * sum(x * w) + bias[c]); missing scale
 //                   is 1, missing bias is 0.
-//   linear          "out_group", "act". Input is rank 2 [N, In].
+//   linear          "out_group" (required), "act". Input is rank 2 [N, In].
 //                   Tensors: "<name>.weight" [In, Out], optional "<name>.scale",
 //                   "<name>.bias" [Out].
 //   add             two inputs, "act". Zero padding match: the operands may have
@@ -106,7 +109,10 @@
 // dtype, unknown op or activation, a tensor used before it is produced, a
 // profile naming a group that does not exist, widths out of range) is
 // reported as slimrt::Error with a message that names the offending item,
-// e.g. "profile '0.5' has 7 widths, the model has 9 channel groups".
+// e.g. "profile '0.5' has 7 widths, the model has 9 channel groups". Every
+// tensor an op needs is checked before memory is allocated for any weights, so
+// a loader never allocates more than the file's tensors justify (packed
+// weights are at most 16 times a tensor's bytes).
 // ============================================================================
 #pragma once
 
