@@ -145,6 +145,52 @@ def wrong_dtype(data: bytes) -> Corruption:
     return Corruption("wrong_dtype", _pack(metadata, entries), name)
 
 
+def overlapping_tensors(data: bytes) -> Corruption:
+    """The second tensor (in data order) made to start inside the first, keeping its size."""
+    header, body = _split(data)
+    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"])
+    first, second = header[names[0]], header[names[1]]
+    begin = first["data_offsets"][0] + 4
+    size = second["data_offsets"][1] - second["data_offsets"][0]
+    second["data_offsets"] = [begin, begin + size]
+    return Corruption("overlapping_tensors", _join(header, body), "overlap")
+
+
+def shape_overflow(data: bytes, dtype: str = "F32") -> Corruption:
+    """The first weight given dtype `dtype`, a shape whose byte count is 2^64 or more (it wraps
+    to 0 in 64-bit arithmetic) and no bytes."""
+    header, body = _split(data)
+    name = _first_weight(data)
+    shape = {"F32": [1 << 32, 1 << 32], "I8": [1 << 32, 1 << 32], "F64": [1 << 31, 1 << 30, 4]}[dtype]
+    header[name].update(dtype=dtype, shape=shape,
+                        data_offsets=[header[name]["data_offsets"][0]] * 2)
+    return Corruption(f"shape_overflow_{dtype}", _join(header, body), "overflows 64 bits")
+
+
+def _edit_model_text(data: bytes, edit: Callable[[str], str]) -> bytes:
+    header, body = _split(data)
+    header["__metadata__"]["slimrt"] = edit(header["__metadata__"]["slimrt"])
+    return _join(header, body)
+
+
+def deep_model_json(data: bytes, depth: int = 1000) -> Corruption:
+    """An extra field in the model JSON holding lists nested so that the JSON is `depth` deep
+    (written as text: Python's json module cannot write it)."""
+    nested = "[" * (depth - 1) + "]" * (depth - 1)
+    text = _edit_model_text(data, lambda t: '{"extra":' + nested + "," + t[1:])
+    return Corruption(f"deep_model_json_{depth}", text, "nests deeper than 64 levels")
+
+
+def deep_header_json(data: bytes, depth: int = 1000) -> Corruption:
+    """An extra header entry nested so that the header JSON is `depth` deep."""
+    header, body = _split(data)
+    nested = "[" * (depth - 1) + "]" * (depth - 1)
+    text = ('{"extra":' + nested + "," + json.dumps(header, separators=(",", ":"))[1:]).encode()
+    text += b" " * (-len(text) % 8)
+    return Corruption(f"deep_header_json_{depth}", struct.pack("<Q", len(text)) + text + body,
+                      "nests deeper than 64 levels")
+
+
 # -- model JSON ------------------------------------------------------------------------------
 
 def unknown_op(data: bytes) -> Corruption:
@@ -229,5 +275,7 @@ def all_corruptions(data: bytes) -> list[Corruption]:
     singles = [header_length_past_end, non_json_header, missing_model_json, missing_tensor,
                wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
                profile_width_count, profile_width_out_of_range, used_before_produced,
-               newer_version, linear_without_out_group, huge_group]
-    return truncations(data) + [make(data) for make in singles]
+               newer_version, linear_without_out_group, huge_group, overlapping_tensors,
+               shape_overflow, deep_model_json, deep_header_json]
+    return (truncations(data) + [make(data) for make in singles]
+            + [shape_overflow(data, dtype) for dtype in ("I8", "F64")])

@@ -236,6 +236,9 @@ def test_hostile_buffers_give_the_exact_error(lib, model_path):
         (corrupt.linear_without_out_group(data).data, "op 'classifier' has no \"out_group\" field"),
         (corrupt.huge_group(data, classes).data,
          "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"),
+        (corrupt.shape_overflow(data, "I8").data, "tensor 'stem.weight' has shape [4294967296, 4294967296] of I8, "
+                                                  "whose size overflows 64 bits (it holds 0 bytes)"),
+        (corrupt.deep_model_json(data).data, "the model JSON (__metadata__.slimrt) nests deeper than 64 levels"),
     ]
     for bad, message in cases:
         out = ffi.new("slimrt_model**")

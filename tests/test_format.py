@@ -602,6 +602,19 @@ def classes_index(data: bytes) -> int:
     return [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
 
 
+def overlap_case(data: bytes) -> tuple[bytes, str]:
+    bad = corrupt.overlapping_tensors(data).data
+    header, _ = corrupt._split(bad)
+    spans = sorted((e["data_offsets"][0], e["data_offsets"][1], n) for n, e in header.items()
+                   if n != "__metadata__")
+    (b0, e0, n0), (b1, e1, n1) = spans[:2]
+    return bad, (f"tensors '{n0}' [{b0}, {e0}) and '{n1}' [{b1}, {e1}) overlap: the tensors of a "
+                 "file may not share bytes")
+
+
+DEEP_MODEL = "the model JSON (__metadata__.slimrt) nests deeper than 64 levels"
+DEEP_HEADER = "the file header JSON nests deeper than 64 levels"
+
 # name -> (bytes of the bundled model) -> (corrupted bytes, the exact message of both readers)
 SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
     "linear_without_out_group": lambda d: (corrupt.linear_without_out_group(d).data,
@@ -611,6 +624,20 @@ SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
     "huge_group": lambda d: (corrupt.huge_group(d, classes_index(d)).data,
                              "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs "
                              "[320, 1048576]"),
+    "shape_overflow_F32": lambda d: (corrupt.shape_overflow(d, "F32").data,
+                                     "tensor 'stem.weight' has shape [4294967296, 4294967296] of F32, "
+                                     "whose size overflows 64 bits (it holds 0 bytes)"),
+    "shape_overflow_I8": lambda d: (corrupt.shape_overflow(d, "I8").data,
+                                    "tensor 'stem.weight' has shape [4294967296, 4294967296] of I8, "
+                                    "whose size overflows 64 bits (it holds 0 bytes)"),
+    "shape_overflow_F64": lambda d: (corrupt.shape_overflow(d, "F64").data,
+                                     "tensor 'stem.weight' has shape [2147483648, 1073741824, 4] of "
+                                     "F64, whose size overflows 64 bits (it holds 0 bytes)"),
+    "overlapping_tensors": overlap_case,
+    "deep_model_json_1000": lambda d: (corrupt.deep_model_json(d, 1000).data, DEEP_MODEL),
+    "deep_model_json_65": lambda d: (corrupt.deep_model_json(d, 65).data, DEEP_MODEL),
+    "deep_header_json_1000": lambda d: (corrupt.deep_header_json(d, 1000).data, DEEP_HEADER),
+    "deep_header_json_65": lambda d: (corrupt.deep_header_json(d, 65).data, DEEP_HEADER),
 }
 
 
@@ -666,3 +693,16 @@ def test_a_huge_group_size_is_refused_before_allocating() -> None:
     assert result["errors"][f"huge_group_{classes_index(data)}"] == \
         "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"
     assert result["growth_kib"] < 200 * 1024, result
+
+
+def test_json_nested_64_deep_is_accepted_by_both() -> None:
+    data = corrupt.deep_model_json(bundled_bytes(), 64).data
+    slimrt.load(data)
+    fmt.read(data)
+
+
+def test_brackets_inside_json_strings_do_not_count() -> None:
+    name = '\\"' + "[" * 100 + "{" * 100 + "\\\\"
+    data = corrupt._edit_model(bundled_bytes(), lambda m: m.update(name=name))
+    assert slimrt.load(data).name == name
+    assert fmt.read(data).meta["name"] == name

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -41,11 +42,12 @@ const char* op_kind_name(OpKind kind) {
 namespace {
 
 constexpr uint64_t kMaxHeader = uint64_t{100} << 20;
+constexpr int kMaxJsonDepth = 64;  // nesting of arrays and objects, in both JSON documents
 
 struct TensorEntry {
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
-  size_t bytes = 0;
+  size_t begin = 0, bytes = 0;  // byte range [begin, begin + bytes) of the data section
   bool f32 = false;
   bool mapped = false;  // data lies in a private file mapping
 };
@@ -134,6 +136,123 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 // --- safetensors container ---------------------------------------------------
 
+// Refuses JSON whose arrays and objects nest deeper than kMaxJsonDepth, before
+// it is parsed. Brackets inside strings do not count; a string runs to its
+// closing quote (a backslash escapes the next byte) or to the end of the text.
+// runtime/format.py scans the same way.
+void check_json_depth(const char* text, size_t n, const std::string& what) {
+  int depth = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      for (++i; i < n && text[i] != '"'; ++i)
+        if (text[i] == '\\') ++i;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        fail_model(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+// Bytes per element of the safetensors dtypes that have whole-byte elements; 0 otherwise.
+size_t dtype_size(const std::string& dtype) {
+  static const std::pair<const char*, size_t> sizes[] = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+      {"F32", 4},  {"I64", 8}, {"U64", 8}, {"F64", 8},     {"C64", 8}};
+  for (const auto& s : sizes)
+    if (dtype == s.first) return s.second;
+  return 0;
+}
+
+// A JSON list of integers as Python prints one: "[1, 2]" (for messages).
+std::string list_str(const Json& list) {
+  std::string out = "[";
+  for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + list[i].dump();
+  return out + "]";
+}
+
+// One header entry, checked in the order runtime/format.py checks it: shape,
+// data_offsets, dtype, size (without overflow, for every dtype), bounds.
+TensorEntry parse_entry(const std::string& name, const Json& e, size_t data_size) {
+  const std::string where = "tensor '" + name + "'";
+  if (!e.is_object()) fail_model(where + ": its header entry is not an object");
+  TensorEntry t;
+  const Json& shape = member(e, "shape", where);
+  // Non-negative JSON integers are number_unsigned in nlohmann; dimensions must also fit int64.
+  bool valid = shape.is_array();
+  for (size_t i = 0; valid && i < shape.size(); ++i)
+    valid = shape[i].is_number_unsigned() && shape[i].get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX);
+  if (!valid) fail_model(where + " has an invalid shape " + (shape.is_array() ? list_str(shape) : shape.dump()));
+  const Json& off = member(e, "data_offsets", where);
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned() ||
+      off[1].get<uint64_t>() < off[0].get<uint64_t>())
+    fail_model(where + " has invalid data_offsets " + (off.is_array() ? list_str(off) : off.dump()));
+  const uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
+  const std::string dtype = as_string(member(e, "dtype", where), where + " dtype");
+  const size_t item = dtype_size(dtype);
+  if (item == 0) fail_model(where + " has unknown dtype '" + dtype + "'");
+  // Bytes = item size times every dimension, exactly: a zero dimension makes
+  // it 0; a product that does not fit 64 bits is refused, whatever the dtype.
+  bool zero = false, overflow = false;
+  uint64_t needed = item;
+  for (const auto& d : shape) {
+    const uint64_t v = d.get<uint64_t>();
+    t.shape.push_back(static_cast<int64_t>(v));
+    if (v == 0) zero = true;
+    else if (!overflow) overflow = __builtin_mul_overflow(needed, v, &needed);
+  }
+  if (zero) {
+    needed = 0;
+    overflow = false;
+  }
+  const uint64_t held = en - b;
+  const std::string of = " of " + dtype;
+  if (overflow)
+    fail_model(where + " has shape " + list_str(shape) + of + ", whose size overflows 64 bits (it holds " +
+               std::to_string(held) + " bytes)");
+  if (held != needed)
+    fail_model(where + " holds " + std::to_string(held) + " bytes, its shape " + list_str(shape) + of + " needs " +
+               std::to_string(needed));
+  if (en > data_size)
+    fail_model("file truncated: " + where + " ends at byte " + std::to_string(en) +
+               " of the data section, which has " + std::to_string(data_size) + " bytes");
+  t.f32 = dtype == "F32";
+  t.begin = static_cast<size_t>(b);
+  t.bytes = static_cast<size_t>(held);
+  return t;
+}
+
+// Tensors may not share bytes (model.h); empty tensors occupy none. The pair
+// reported is the first found in (begin, end, name) order, as in the Python reader.
+void check_no_overlap(const TensorTable& table) {
+  struct Range {
+    size_t begin, end;
+    const std::string* name;
+    bool operator<(const Range& o) const {
+      return begin != o.begin ? begin < o.begin : end != o.end ? end < o.end : *name < *o.name;
+    }
+    std::string str() const {
+      std::string s = "'" + *name + "' [";
+      s += std::to_string(begin);
+      s += ", ";
+      s += std::to_string(end);
+      return s + ")";
+    }
+  };
+  std::vector<Range> ranges;
+  for (const auto& [name, t] : table)
+    if (t.bytes) ranges.push_back({t.begin, t.begin + t.bytes, &name});
+  std::sort(ranges.begin(), ranges.end());
+  // Sorted by begin, the ranges are disjoint iff each ends before the next begins.
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].begin < ranges[i - 1].end)
+      fail_model("tensors " + ranges[i - 1].str() + " and " + ranges[i].str() +
+                 " overlap: the tensors of a file may not share bytes");
+}
+
 TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::string* model_json) {
   if (size < 8) fail_model("file is " + std::to_string(size) + " bytes, too short for a .slim header");
   uint64_t n = 0;
@@ -142,6 +261,7 @@ TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::
   if (n > size - 8)
     fail_model("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
                " bytes): the file is truncated or not a .slim model");
+  check_json_depth(reinterpret_cast<const char*>(data + 8), n, "the file header JSON");
   Json header = Json::parse(data + 8, data + 8 + n, nullptr, false);
   if (header.is_discarded() || !header.is_object()) fail_model("header is not a valid JSON object");
   const uint8_t* base = data + 8 + n;
@@ -150,35 +270,12 @@ TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::
   TensorTable table;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
-    const std::string where = "tensor '" + it.key() + "'";
-    const Json& e = it.value();
-    TensorEntry t;
-    const std::string dtype = as_string(member(e, "dtype", where), where + " dtype");
-    t.f32 = dtype == "F32";
-    const Json& shape = member(e, "shape", where);
-    if (!shape.is_array()) fail_model(where + " shape must be a list");
-    uint64_t count = 1;
-    for (const auto& d : shape) {
-      const int64_t v = as_int(d, where + " shape");
-      if (v < 0 || v > (int64_t{1} << 40)) fail_model(where + " has a bad dimension " + std::to_string(v));
-      t.shape.push_back(v);
-      count *= static_cast<uint64_t>(v);
-      if (count > (uint64_t{1} << 40)) fail_model(where + " is implausibly large");
-    }
-    const Json& off = member(e, "data_offsets", where);
-    if (!off.is_array() || off.size() != 2) fail_model(where + " data_offsets must be [begin, end]");
-    const int64_t b = as_int(off[0], where + " data_offsets"), en = as_int(off[1], where + " data_offsets");
-    if (b < 0 || en < b || static_cast<uint64_t>(en) > data_size)
-      fail_model(where + " data [" + std::to_string(b) + ", " + std::to_string(en) + ") lies outside the " +
-                 std::to_string(data_size) + " data bytes of the file (truncated?)");
-    t.bytes = static_cast<size_t>(en - b);
-    if (t.f32 && t.bytes != count * 4)
-      fail_model(where + " has shape " + shape_str(t.shape) + " (" + std::to_string(count * 4) + " bytes) but " +
-                 std::to_string(t.bytes) + " bytes of data");
-    t.data = base + b;
+    TensorEntry t = parse_entry(it.key(), it.value(), data_size);
+    t.data = base + t.begin;
     t.mapped = mapped;
     table.emplace(it.key(), std::move(t));
   }
+  check_no_overlap(table);
   auto meta = header.find("__metadata__");
   if (meta == header.end() || !meta->is_object() || !meta->contains("slimrt") || !(*meta)["slimrt"].is_string())
     fail_model("header has no __metadata__.slimrt: this is a safetensors file but not a .slim model");
@@ -246,6 +343,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   std::string text;
   TensorTable table = parse_container(data, size, mapped, &text);
   json_ = text;
+  check_json_depth(text.data(), text.size(), "the model JSON (__metadata__.slimrt)");
   Json doc = Json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) fail_model("__metadata__.slimrt is not a valid JSON object");
   if (!doc.contains("format") || doc["format"] != "slimrt") fail_model("model JSON lacks \"format\": \"slimrt\"");

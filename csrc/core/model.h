@@ -14,6 +14,16 @@
 //                       not overlap and lie inside the file. Only F32 tensors
 //                       are read (little-endian, C order).
 //
+// Container rules, checked before anything else is read:
+//   - a tensor's byte count is exactly its element count times its dtype's
+//     size, computed without overflow for every dtype (a product that does not
+//     fit 64 bits is refused); dtypes are the whole-byte safetensors ones (BOOL,
+//     U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32,
+//     I64, U64, F64, C64), others are refused;
+//   - no two tensors share a byte (empty tensors occupy none);
+//   - neither the header JSON nor the model JSON nests arrays and objects more
+//     than 64 deep (the top-level object is depth 1).
+//
 // The model JSON (the string under __metadata__.slimrt):
 //
 //   {
