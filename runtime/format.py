@@ -812,13 +812,22 @@ def validate(slim: SlimFile) -> None:
     meta = slim.meta
     _check_header_fields(meta)
     groups, ops = parse_groups(meta), parse_ops(meta)
+    _check_output(meta, ops)
     shapes = _shapes(meta, groups, ops, None, None)
-    if meta["output"] not in shapes:
-        raise InvalidModelError(f"the model output '{meta['output']}' is not produced by any op")
     _check_static_widths(meta, groups, ops, shapes)
     profiles = _check_profiles(meta, groups)
     _check_tensors(slim, groups, ops, shapes, profiles)
     _check_costs(slim, groups, ops, shapes, profiles)
+
+
+def _check_output(meta: Mapping[str, Any], ops: Sequence[Op]) -> None:
+    output = meta["output"]
+    if output == meta["input"]["name"]:
+        # The engine never writes the input's buffer: it would return scratch memory.
+        raise InvalidModelError(f"the model's output is its input '{output}': the output must be "
+                                "produced by an op")
+    if output not in {op.output for op in ops}:
+        raise InvalidModelError(f"the model output '{output}' is not produced by any op")
 
 
 def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],

@@ -245,6 +245,12 @@ def linear_without_out_group(data: bytes) -> Corruption:
                       f"op '{name}' has no \"out_group\"")
 
 
+def output_is_input(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        model["output"] = model["input"]["name"]
+    return Corruption("output_is_input", _edit_model(data, edit), "output is its input")
+
+
 def huge_group(data: bytes, index: int | None = None, size: int = 1 << 20) -> Corruption:
     """Channel group `index` (default: the last linear op's) grown to `size` channels, every
     profile following it if the group is fixed; the tensors keep their shapes. One integer:
@@ -276,6 +282,6 @@ def all_corruptions(data: bytes) -> list[Corruption]:
                wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
                profile_width_count, profile_width_out_of_range, used_before_produced,
                newer_version, linear_without_out_group, huge_group, overlapping_tensors,
-               shape_overflow, deep_model_json, deep_header_json]
+               shape_overflow, deep_model_json, deep_header_json, output_is_input]
     return (truncations(data) + [make(data) for make in singles]
             + [shape_overflow(data, dtype) for dtype in ("I8", "F64")])

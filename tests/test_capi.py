@@ -238,6 +238,8 @@ def test_hostile_buffers_give_the_exact_error(lib, model_path):
          "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"),
         (corrupt.shape_overflow(data, "I8").data, "tensor 'stem.weight' has shape [4294967296, 4294967296] of I8, "
                                                   "whose size overflows 64 bits (it holds 0 bytes)"),
+        (corrupt.output_is_input(data).data,
+         "the model's output is its input 'input': the output must be produced by an op"),
         (corrupt.deep_model_json(data).data, "the model JSON (__metadata__.slimrt) nests deeper than 64 levels"),
     ]
     for bad, message in cases:

@@ -638,6 +638,9 @@ SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
     "deep_model_json_65": lambda d: (corrupt.deep_model_json(d, 65).data, DEEP_MODEL),
     "deep_header_json_1000": lambda d: (corrupt.deep_header_json(d, 1000).data, DEEP_HEADER),
     "deep_header_json_65": lambda d: (corrupt.deep_header_json(d, 65).data, DEEP_HEADER),
+    "output_is_input": lambda d: (corrupt.output_is_input(d).data,
+                                  "the model's output is its input 'input': the output must be "
+                                  "produced by an op"),
 }
 
 

@@ -461,6 +461,9 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     const std::string out = as_string(member(doc, "output", "model"), "output");
     auto t = tensor_id.find(out);
     if (t == tensor_id.end()) fail_model("model output '" + out + "' is not produced by any op");
+    // A session never writes the input's buffer: it would return scratch memory.
+    if (t->second == 0)
+      fail_model("the model's output is its input '" + out + "': the output must be produced by an op");
     return t->second;
   }();
 

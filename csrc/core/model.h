@@ -33,7 +33,7 @@
 //     "input":  {"name": "input", "shape": [N, C, H, W]},  // NCHW float32. C is
 //                        // fixed; N, H, W are the default shape: any N >= 1 runs,
 //                        // other H, W run when every op accepts them.
-//     "output": "logits",                                   // one tensor name
+//     "output": "logits",    // one tensor name, an op's output (not the model input)
 //     "min_multiplier": 0.25,     // smallest uniform multiplier accepted (0 < m <= 1)
 //     "groups": [                 // channel groups: dimensions sharing one order
 //       {"name": "stem", "size": 32, "fixed": false, "why": ""}, ...
