@@ -20,10 +20,11 @@ import math
 import numbers
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Callable, Collection, Mapping, Sequence, Union
 
 import numpy as np
 import safetensors.numpy
@@ -36,7 +37,7 @@ __all__ = [
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
-    "epilogue_tensor_name", "MAX_JSON_DEPTH", "DTYPE_SIZES",
+    "epilogue_tensor_name", "read_regular_file", "MAX_JSON_DEPTH", "DTYPE_SIZES",
 ]
 
 FORMAT_VERSION = 1
@@ -130,8 +131,9 @@ class TensorInfo:
 def read(source: Source) -> SlimFile:
     """Read and validate a .slim model from a path or from its bytes.
 
-    Raises FileNotFoundError for a missing path and InvalidModelError for anything wrong in the
-    bytes, with a message naming the offending item.
+    Raises FileNotFoundError for a missing path, OSError for a path that is not a regular file
+    (a directory, FIFO or device: refused without waiting on a FIFO) and InvalidModelError for
+    anything wrong in the bytes, with a message naming the offending item.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -139,8 +141,8 @@ def read(source: Source) -> SlimFile:
         tensors = _load_tensors(lambda: safetensors.numpy.load(data))
     else:
         path = Path(source)
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             head = prefix + f.read(_header_length(prefix, size))
         meta = _parse_container(head, size)
@@ -159,6 +161,28 @@ def to_bytes(slim: SlimFile) -> bytes:
 def write(slim: SlimFile, path: str | os.PathLike[str]) -> None:
     """Write a model to `path` after validating it (InvalidModelError)."""
     Path(path).write_bytes(to_bytes(slim))
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the file at `path`; OSError unless it is a regular file (never blocks on a FIFO)."""
+    with _open_regular(Path(path)) as f:
+        return f.read()
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading, after checking that it is a regular file.
+
+    O_NONBLOCK keeps the open of a FIFO from waiting for a writer; the check then refuses it,
+    as it refuses directories and devices, with the engine's message (OSError).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"'{path}' is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _metadata(meta: Mapping[str, Any]) -> dict[str, str]:

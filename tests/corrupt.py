@@ -5,13 +5,20 @@ Each function takes the bytes of a valid model and returns a Corruption (name, d
 contain (compare case-insensitively). Messages name the offending item (model.h), so `expect`
 is that item (a tensor, op kind, activation or profile name) or, for container damage, one of
 "too short", "truncated", "header", "JSON". all_corruptions() lists every variant.
+
+unblocking_fifo() makes a FIFO where a model file is expected, for the loaders' refusal of
+files that are not regular.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
-from typing import Any, Callable, NamedTuple
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -285,3 +292,33 @@ def all_corruptions(data: bytes) -> list[Corruption]:
                shape_overflow, deep_model_json, deep_header_json, output_is_input]
     return (truncations(data) + [make(data) for make in singles]
             + [shape_overflow(data, dtype) for dtype in ("I8", "F64")])
+
+
+# -- files that are not regular --------------------------------------------------------------
+
+@contextlib.contextmanager
+def unblocking_fifo(path: Path, every: float = 3.0) -> Iterator[Path]:
+    """A FIFO at `path` for the duration of the block.
+
+    A loader that opens it blocking waits for a writer: every `every` seconds a thread opens it
+    for writing (only succeeding while a reader waits) and closes it, so such a loader returns
+    (late, with some error) instead of hanging the tests. Callers assert on time and message.
+    """
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def release_readers() -> None:
+        while not stop.wait(every):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # no reader is waiting
+
+    thread = threading.Thread(target=release_readers, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +249,15 @@ def test_hostile_buffers_give_the_exact_error(lib, model_path):
         assert c.slimrt_model_load_buffer(bad, len(bad), out) == c.SLIMRT_INVALID_MODEL, message
         assert ffi.string(c.slimrt_last_error()).decode() == message
         assert out[0] == ffi.NULL
+
+
+def test_load_refuses_non_regular_files_without_blocking(lib, tmp_path):
+    ffi, c = lib
+    with corrupt.unblocking_fifo(tmp_path / "model.slim") as fifo:
+        for path in (fifo, tmp_path, Path(os.devnull)):
+            start = time.monotonic()
+            status, model = load(ffi, c, str(path))
+            assert status == c.SLIMRT_IO_ERROR, path
+            assert ffi.string(c.slimrt_last_error()).decode() == f"'{path}' is not a regular file"
+            assert model == ffi.NULL
+            assert time.monotonic() - start < 2.0, path

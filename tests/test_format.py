@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -709,3 +712,15 @@ def test_brackets_inside_json_strings_do_not_count() -> None:
     data = corrupt._edit_model(bundled_bytes(), lambda m: m.update(name=name))
     assert slimrt.load(data).name == name
     assert fmt.read(data).meta["name"] == name
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_non_regular_files_are_refused_without_blocking(tmp_path, kind: str) -> None:
+    path = {"fifo": tmp_path / "model.slim", "directory": tmp_path, "device": Path(os.devnull)}[kind]
+    with corrupt.unblocking_fifo(path) if kind == "fifo" else contextlib.nullcontext():
+        for load in (fmt.read, slimrt.load):
+            start = time.monotonic()
+            with pytest.raises(OSError) as info:
+                load(path)
+            assert str(info.value) == f"'{path}' is not a regular file", load
+            assert time.monotonic() - start < 2.0, load

@@ -22,7 +22,9 @@
 //     I64, U64, F64, C64), others are refused;
 //   - no two tensors share a byte (empty tensors occupy none);
 //   - neither the header JSON nor the model JSON nests arrays and objects more
-//     than 64 deep (the top-level object is depth 1).
+//     than 64 deep (the top-level object is depth 1);
+//   - a file is read only if it is a regular file: directories, FIFOs and
+//     devices are refused (opening never waits on a FIFO).
 //
 // The model JSON (the string under __metadata__.slimrt):
 //

@@ -70,7 +70,9 @@ SLIMRT_API const char* slimrt_version(void);
 /* The last error message of the calling thread ("" if none). */
 SLIMRT_API const char* slimrt_last_error(void);
 
-/* Load a model from a .slim file (memory-mapped). */
+/* Load a model from a .slim file (memory-mapped). Only a regular file is
+ * read: a directory, FIFO or device gives SLIMRT_IO_ERROR at once (opening
+ * never waits for a FIFO's writer). */
 SLIMRT_API slimrt_status slimrt_model_load(const char* path, slimrt_model** out_model);
 
 /* Load a model from a buffer holding a .slim file; the bytes are copied. */
