@@ -177,7 +177,9 @@ class Model:
         """The .slim file this model was loaded from."""
         if isinstance(self._source, bytes):
             return self._source
-        return Path(self._source).read_bytes()
+        from .format import read_regular_file
+
+        return read_regular_file(self._source)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the model as a .slim file."""
@@ -203,7 +205,8 @@ class Model:
 def load(source: Union[str, os.PathLike, bytes]) -> Model:
     """Load a .slim model from a path or from the bytes of a .slim file.
 
-    Raises FileNotFoundError / OSError if the file cannot be read and
+    Raises FileNotFoundError / OSError if the file cannot be read or is not a
+    regular file (a FIFO is refused at once, not waited on) and
     :class:`slimrt.InvalidModelError` if it is not a valid model.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -19,10 +19,12 @@ import json
 import math
 import numbers
 import os
+import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Callable, Collection, Mapping, Sequence, Union
 
 import numpy as np
 import safetensors.numpy
@@ -35,10 +37,15 @@ __all__ = [
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
-    "epilogue_tensor_name",
+    "epilogue_tensor_name", "read_regular_file", "MAX_JSON_DEPTH", "DTYPE_SIZES",
 ]
 
 FORMAT_VERSION = 1
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects in the header JSON and in the model JSON
+# Bytes per element of the safetensors dtypes with whole-byte elements (model.h).
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+               "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+               "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid")
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
             "flatten", "softmax", "act", "shuffle")
@@ -124,8 +131,9 @@ class TensorInfo:
 def read(source: Source) -> SlimFile:
     """Read and validate a .slim model from a path or from its bytes.
 
-    Raises FileNotFoundError for a missing path and InvalidModelError for anything wrong in the
-    bytes, with a message naming the offending item.
+    Raises FileNotFoundError for a missing path, OSError for a path that is not a regular file
+    (a directory, FIFO or device: refused without waiting on a FIFO) and InvalidModelError for
+    anything wrong in the bytes, with a message naming the offending item.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
@@ -133,8 +141,8 @@ def read(source: Source) -> SlimFile:
         tensors = _load_tensors(lambda: safetensors.numpy.load(data))
     else:
         path = Path(source)
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             head = prefix + f.read(_header_length(prefix, size))
         meta = _parse_container(head, size)
@@ -153,6 +161,28 @@ def to_bytes(slim: SlimFile) -> bytes:
 def write(slim: SlimFile, path: str | os.PathLike[str]) -> None:
     """Write a model to `path` after validating it (InvalidModelError)."""
     Path(path).write_bytes(to_bytes(slim))
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the file at `path`; OSError unless it is a regular file (never blocks on a FIFO)."""
+    with _open_regular(Path(path)) as f:
+        return f.read()
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading, after checking that it is a regular file.
+
+    O_NONBLOCK keeps the open of a FIFO from waiting for a writer; the check then refuses it,
+    as it refuses directories and devices, with the engine's message (OSError).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"'{path}' is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _metadata(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -189,9 +219,35 @@ def _header_length(prefix: bytes, file_size: int) -> int:
     return length
 
 
+_JSON_TOKEN = r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[\]{}]'
+_JSON_TOKENS = re.compile(_JSON_TOKEN, re.S)
+_JSON_TOKENS_BYTES = re.compile(_JSON_TOKEN.encode(), re.S)
+
+
+def _check_depth(text: str | bytes, what: str) -> None:
+    """Refuse JSON nesting arrays and objects deeper than MAX_JSON_DEPTH, before parsing it.
+
+    Brackets inside strings do not count; a string runs to its closing quote (a backslash escapes
+    the next character) or to the end of the text. The engine scans the same way (model.cc).
+    """
+    tokens = _JSON_TOKENS_BYTES if isinstance(text, bytes) else _JSON_TOKENS
+    opening = (b"[", b"{") if isinstance(text, bytes) else ("[", "{")
+    closing = (b"]", b"}") if isinstance(text, bytes) else ("]", "}")
+    depth = 0
+    for match in tokens.finditer(text):
+        token = match.group()
+        if token in opening:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise InvalidModelError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+        elif token in closing:
+            depth -= 1
+
+
 def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
     """Check the safetensors header (`head` = length + JSON) and return the model JSON."""
     data_size = file_size - len(head)
+    _check_depth(head[8:], "the file header JSON")
     try:
         header = json.loads(head[8:].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -203,8 +259,9 @@ def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
         raise InvalidModelError(
             "the file has no __metadata__.slimrt model JSON: it is not a slimrt model "
             "(convert it with `slimrt convert`)")
-    for name, entry in header.items():
-        _check_header_entry(name, entry, data_size)
+    spans = {name: _check_header_entry(name, entry, data_size) for name, entry in header.items()}
+    _check_no_overlap(spans)
+    _check_depth(metadata["slimrt"], "the model JSON (__metadata__.slimrt)")
     try:
         meta = json.loads(metadata["slimrt"])
     except json.JSONDecodeError as exc:
@@ -214,26 +271,47 @@ def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
     return meta
 
 
-def _check_header_entry(name: str, entry: Any, data_size: int) -> None:
+def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int]:
+    """Check one tensor's header entry and return its byte range [begin, end) in the data.
+
+    The order of the checks and their messages are the engine's (model.cc parse_entry); the
+    F32-only rule is this reader's own.
+    """
     if not isinstance(entry, dict):
         raise InvalidModelError(f"tensor '{name}': its header entry is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype != "F32":
-        raise InvalidModelError(
-            f"tensor '{name}' has dtype {dtype}; slimrt reads F32 tensors only")
-    if not _is_int_list(shape) or any(d < 0 for d in shape):
+    if not _is_int_list(shape) or any(not 0 <= d < 2**63 for d in shape):
         raise InvalidModelError(f"tensor '{name}' has an invalid shape {shape!r}")
     if not _is_int_list(offsets) or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
         raise InvalidModelError(f"tensor '{name}' has invalid data_offsets {offsets!r}")
-    needed = 4 * math.prod(shape)
-    if offsets[1] - offsets[0] != needed:
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        raise InvalidModelError(f"tensor '{name}' has unknown dtype {dtype!r}")
+    held = offsets[1] - offsets[0]
+    needed = DTYPE_SIZES[dtype] * math.prod(shape)
+    if needed >= 2**64:
         raise InvalidModelError(
-            f"tensor '{name}' holds {offsets[1] - offsets[0]} bytes, its shape {shape} of F32 "
-            f"needs {needed}")
+            f"tensor '{name}' has shape {shape} of {dtype}, whose size overflows 64 bits (it holds "
+            f"{held} bytes)")
+    if held != needed:
+        raise InvalidModelError(
+            f"tensor '{name}' holds {held} bytes, its shape {shape} of {dtype} needs {needed}")
+    if dtype != "F32":
+        raise InvalidModelError(
+            f"tensor '{name}' has dtype {dtype}; slimrt reads F32 tensors only")
     if offsets[1] > data_size:
         raise InvalidModelError(
             f"file truncated: tensor '{name}' ends at byte {offsets[1]} of the data section, "
             f"which has {data_size} bytes")
+    return offsets[0], offsets[1]
+
+
+def _check_no_overlap(spans: Mapping[str, tuple[int, int]]) -> None:
+    """Tensors may not share bytes; empty ones occupy none. Reports pairs as the engine does."""
+    ranges = sorted((begin, end, name) for name, (begin, end) in spans.items() if end > begin)
+    for (b0, e0, n0), (b1, e1, n1) in zip(ranges, ranges[1:]):
+        if b1 < e0:
+            raise InvalidModelError(f"tensors '{n0}' [{b0}, {e0}) and '{n1}' [{b1}, {e1}) overlap: "
+                                    "the tensors of a file may not share bytes")
 
 
 def _is_int_list(value: Any) -> bool:
@@ -408,6 +486,8 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["dilation"] = _ints_field(entry, "dilation", where, 2, 1)
     if kind in ("conv", "shuffle"):
         fields["groups"] = _int_field(entry, "groups", where, 1)
+    if kind == "conv" and fields["groups"] == 1 and "out_group" not in entry:
+        raise InvalidModelError(f"conv '{name}' has no out_group; only depthwise convs omit it")
     if kind in ("conv", "linear") and (kind == "linear" or "out_group" in entry):
         fields["out_group"] = _int_field(entry, "out_group", where, 0)
         if fields["out_group"] >= n_groups:
@@ -767,13 +847,22 @@ def validate(slim: SlimFile) -> None:
     meta = slim.meta
     _check_header_fields(meta)
     groups, ops = parse_groups(meta), parse_ops(meta)
+    _check_output(meta, ops)
     shapes = _shapes(meta, groups, ops, None, None)
-    if meta["output"] not in shapes:
-        raise InvalidModelError(f"the model output '{meta['output']}' is not produced by any op")
     _check_static_widths(meta, groups, ops, shapes)
     profiles = _check_profiles(meta, groups)
     _check_tensors(slim, groups, ops, shapes, profiles)
     _check_costs(slim, groups, ops, shapes, profiles)
+
+
+def _check_output(meta: Mapping[str, Any], ops: Sequence[Op]) -> None:
+    output = meta["output"]
+    if output == meta["input"]["name"]:
+        # The engine never writes the input's buffer: it would return scratch memory.
+        raise InvalidModelError(f"the model's output is its input '{output}': the output must be "
+                                "produced by an op")
+    if output not in {op.output for op in ops}:
+        raise InvalidModelError(f"the model output '{output}' is not produced by any op")
 
 
 def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
@@ -862,7 +951,7 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
             name = f"{op.name}.{which}"
             known.add(name)
             if name in slim.tensors:
-                _check_array(name, slim.tensors[name], shape)
+                _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
             elif which == "weight":
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
@@ -871,19 +960,20 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
                 name = epilogue_tensor_name(op.name, which, p["name"])
                 known.add(name)
                 if name in slim.tensors:
-                    _check_array(name, slim.tensors[name], (infos[op.output].width,))
+                    _check_array(name, slim.tensors[name], (infos[op.output].width,),
+                                 f"op '{op.name}' at profile '{p['name']}'")
     unknown = sorted(set(slim.tensors) - known)
     if unknown:
         raise InvalidModelError(f"tensor '{unknown[0]}' is not used by any op or profile; "
                                 "remove it or fix its name")
 
 
-def _check_array(name: str, array: Any, shape: Shape) -> None:
+def _check_array(name: str, array: Any, shape: Shape, user: str) -> None:
     if not isinstance(array, np.ndarray) or array.dtype != np.float32:
         dtype = getattr(array, "dtype", type(array).__name__)
         raise InvalidModelError(f"tensor '{name}' has dtype {dtype}; slimrt tensors are float32")
     if tuple(array.shape) != tuple(shape):
-        raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, the model "
+        raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, {user} "
                                 f"needs {list(shape)}")
 
 

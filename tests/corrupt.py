@@ -5,13 +5,20 @@ Each function takes the bytes of a valid model and returns a Corruption (name, d
 contain (compare case-insensitively). Messages name the offending item (model.h), so `expect`
 is that item (a tensor, op kind, activation or profile name) or, for container damage, one of
 "too short", "truncated", "header", "JSON". all_corruptions() lists every variant.
+
+unblocking_fifo() makes a FIFO where a model file is expected, for the loaders' refusal of
+files that are not regular.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import struct
-from typing import Any, Callable, NamedTuple
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -69,6 +76,10 @@ def _edit_model(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
 def _first_weight(data: bytes) -> str:
     op = next(op for op in _model(data)["ops"] if op["op"] in ("conv", "linear"))
     return f"{op['name']}.weight"
+
+
+def _last_linear(model: dict[str, Any]) -> dict[str, Any]:
+    return [op for op in model["ops"] if op["op"] == "linear"][-1]
 
 
 # -- container damage ------------------------------------------------------------------------
@@ -141,6 +152,52 @@ def wrong_dtype(data: bytes) -> Corruption:
     return Corruption("wrong_dtype", _pack(metadata, entries), name)
 
 
+def overlapping_tensors(data: bytes) -> Corruption:
+    """The second tensor (in data order) made to start inside the first, keeping its size."""
+    header, body = _split(data)
+    names = sorted((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"])
+    first, second = header[names[0]], header[names[1]]
+    begin = first["data_offsets"][0] + 4
+    size = second["data_offsets"][1] - second["data_offsets"][0]
+    second["data_offsets"] = [begin, begin + size]
+    return Corruption("overlapping_tensors", _join(header, body), "overlap")
+
+
+def shape_overflow(data: bytes, dtype: str = "F32") -> Corruption:
+    """The first weight given dtype `dtype`, a shape whose byte count is 2^64 or more (it wraps
+    to 0 in 64-bit arithmetic) and no bytes."""
+    header, body = _split(data)
+    name = _first_weight(data)
+    shape = {"F32": [1 << 32, 1 << 32], "I8": [1 << 32, 1 << 32], "F64": [1 << 31, 1 << 30, 4]}[dtype]
+    header[name].update(dtype=dtype, shape=shape,
+                        data_offsets=[header[name]["data_offsets"][0]] * 2)
+    return Corruption(f"shape_overflow_{dtype}", _join(header, body), "overflows 64 bits")
+
+
+def _edit_model_text(data: bytes, edit: Callable[[str], str]) -> bytes:
+    header, body = _split(data)
+    header["__metadata__"]["slimrt"] = edit(header["__metadata__"]["slimrt"])
+    return _join(header, body)
+
+
+def deep_model_json(data: bytes, depth: int = 1000) -> Corruption:
+    """An extra field in the model JSON holding lists nested so that the JSON is `depth` deep
+    (written as text: Python's json module cannot write it)."""
+    nested = "[" * (depth - 1) + "]" * (depth - 1)
+    text = _edit_model_text(data, lambda t: '{"extra":' + nested + "," + t[1:])
+    return Corruption(f"deep_model_json_{depth}", text, "nests deeper than 64 levels")
+
+
+def deep_header_json(data: bytes, depth: int = 1000) -> Corruption:
+    """An extra header entry nested so that the header JSON is `depth` deep."""
+    header, body = _split(data)
+    nested = "[" * (depth - 1) + "]" * (depth - 1)
+    text = ('{"extra":' + nested + "," + json.dumps(header, separators=(",", ":"))[1:]).encode()
+    text += b" " * (-len(text) % 8)
+    return Corruption(f"deep_header_json_{depth}", struct.pack("<Q", len(text)) + text + body,
+                      "nests deeper than 64 levels")
+
+
 # -- model JSON ------------------------------------------------------------------------------
 
 def unknown_op(data: bytes) -> Corruption:
@@ -185,6 +242,41 @@ def used_before_produced(data: bytes) -> Corruption:
     return Corruption("used_before_produced", _edit_model(data, edit), later)
 
 
+def linear_without_out_group(data: bytes) -> Corruption:
+    """The last linear op loses its "out_group"."""
+    name = _last_linear(_model(data))["name"]
+
+    def edit(model: dict[str, Any]) -> None:
+        del _last_linear(model)["out_group"]
+    return Corruption("linear_without_out_group", _edit_model(data, edit),
+                      f"op '{name}' has no \"out_group\"")
+
+
+def output_is_input(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        model["output"] = model["input"]["name"]
+    return Corruption("output_is_input", _edit_model(data, edit), "output is its input")
+
+
+def huge_group(data: bytes, index: int | None = None, size: int = 1 << 20) -> Corruption:
+    """Channel group `index` (default: the last linear op's) grown to `size` channels, every
+    profile following it if the group is fixed; the tensors keep their shapes. One integer:
+    a loader that sized weights from it before checking the tensors would allocate gigabytes."""
+    model = _model(data)
+    if index is None:
+        index = _last_linear(model)["out_group"]
+    user = next((op["name"] for op in model["ops"] if op.get("out_group") == index), None)
+
+    def edit(model: dict[str, Any]) -> None:
+        group = model["groups"][index]
+        group["size"] = size
+        if group.get("fixed"):
+            for p in model["profiles"]:
+                p["widths"][index] = size
+    return Corruption(f"huge_group_{index}", _edit_model(data, edit),
+                      f"'{user}.weight'" if user else "")
+
+
 def newer_version(data: bytes) -> Corruption:
     def edit(model: dict[str, Any]) -> None:
         model["format_version"] = 2
@@ -196,5 +288,37 @@ def all_corruptions(data: bytes) -> list[Corruption]:
     singles = [header_length_past_end, non_json_header, missing_model_json, missing_tensor,
                wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
                profile_width_count, profile_width_out_of_range, used_before_produced,
-               newer_version]
-    return truncations(data) + [make(data) for make in singles]
+               newer_version, linear_without_out_group, huge_group, overlapping_tensors,
+               shape_overflow, deep_model_json, deep_header_json, output_is_input]
+    return (truncations(data) + [make(data) for make in singles]
+            + [shape_overflow(data, dtype) for dtype in ("I8", "F64")])
+
+
+# -- files that are not regular --------------------------------------------------------------
+
+@contextlib.contextmanager
+def unblocking_fifo(path: Path, every: float = 3.0) -> Iterator[Path]:
+    """A FIFO at `path` for the duration of the block.
+
+    A loader that opens it blocking waits for a writer: every `every` seconds a thread opens it
+    for writing (only succeeding while a reader waits) and closes it, so such a loader returns
+    (late, with some error) instead of hanging the tests. Callers assert on time and message.
+    """
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def release_readers() -> None:
+        while not stop.wait(every):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # no reader is waiting
+
+    thread = threading.Thread(target=release_readers, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join()
+        path.unlink()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +171,93 @@ def test_runs_allocate_nothing_after_warm_up(tmp_path, model_path, threads):
     out = subprocess.run([str(exe), model_path, str(threads)], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert out.strip() == "allocations 0", out
+
+
+RANK_PROBE = r"""
+import ctypes, json, mmap, sys
+import cffi
+import numpy as np
+import slimrt
+
+ffi = cffi.FFI()
+ffi.cdef(open(sys.argv[1]).read())
+c = ffi.dlopen(slimrt.c_library_path())
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = mmap.PAGESIZE
+PROT_NONE = 0  # <sys/mman.h>; the mmap module does not export it
+base = libc.mmap(None, 2 * page, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+assert base not in (None, ctypes.c_void_p(-1).value) and libc.mprotect(base + page, page, PROT_NONE) == 0
+guard = ffi.cast("int64_t*", base + page)         # reading any value here faults
+shape = ffi.cast("int64_t*", base + page - 32)    # exactly 4 readable values
+model, session = ffi.new("slimrt_model**"), ffi.new("slimrt_session**")
+assert c.slimrt_model_load(sys.argv[2].encode(), model) == c.SLIMRT_OK
+assert c.slimrt_session_create(model[0], 1, session) == c.SLIMRT_OK
+in_shape = ffi.new("int64_t[4]")
+c.slimrt_model_input_shape(model[0], in_shape)
+for i in range(4):
+    shape[i] = in_shape[i]
+x = np.zeros(tuple(in_shape), np.float32)
+out = np.zeros(1 << 16, np.float32)
+out_shape, out_rank = ffi.new("int64_t[4]"), ffi.new("int32_t*")
+results = {}
+for rank, where in [(4, shape), (5, guard), (2_000_000_000, guard), (3, guard), (0, guard), (-1, guard),
+                    (-2_000_000_000, guard)]:
+    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), where, rank, 0, 0.0,
+                                  ffi.from_buffer("float[]", out), out.size, out_shape, out_rank)
+    results[rank] = [status, ffi.string(c.slimrt_last_error()).decode()]
+c.slimrt_session_free(session[0])
+c.slimrt_model_free(model[0])
+print(json.dumps(results))
+"""
+
+
+def test_session_run_reads_no_more_shape_values_than_rank_4(tmp_path, model_path):
+    """The shape array sits against an unreadable page: a run reads its 4 values for rank 4 and
+    none for any other rank (rank 2e9 used to format 2e9 values into the message)."""
+    cdef = tmp_path / "slimrt.cdef"
+    cdef.write_text(cdef_source())
+    run = subprocess.run([sys.executable, "-c", RANK_PROBE, str(cdef), model_path], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    results = json.loads(run.stdout)
+    assert results.pop("4") == [0, ""]
+    for rank, (status, message) in results.items():
+        assert status == 1, rank  # SLIMRT_INVALID_ARGUMENT
+        assert message == f"input must be NCHW (rank 4), got rank {rank}"
+
+
+def test_hostile_buffers_give_the_exact_error(lib, model_path):
+    """The loader refuses these before it infers shapes or allocates weights (see test_format)."""
+    ffi, c = lib
+    data = Path(model_path).read_bytes()
+    classes = [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
+    cases = [
+        (corrupt.linear_without_out_group(data).data, "op 'classifier' has no \"out_group\" field"),
+        (corrupt.huge_group(data, classes).data,
+         "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"),
+        (corrupt.shape_overflow(data, "I8").data, "tensor 'stem.weight' has shape [4294967296, 4294967296] of I8, "
+                                                  "whose size overflows 64 bits (it holds 0 bytes)"),
+        (corrupt.output_is_input(data).data,
+         "the model's output is its input 'input': the output must be produced by an op"),
+        (corrupt.deep_model_json(data).data, "the model JSON (__metadata__.slimrt) nests deeper than 64 levels"),
+    ]
+    for bad, message in cases:
+        out = ffi.new("slimrt_model**")
+        assert c.slimrt_model_load_buffer(bad, len(bad), out) == c.SLIMRT_INVALID_MODEL, message
+        assert ffi.string(c.slimrt_last_error()).decode() == message
+        assert out[0] == ffi.NULL
+
+
+def test_load_refuses_non_regular_files_without_blocking(lib, tmp_path):
+    ffi, c = lib
+    with corrupt.unblocking_fifo(tmp_path / "model.slim") as fifo:
+        for path in (fifo, tmp_path, Path(os.devnull)):
+            start = time.monotonic()
+            status, model = load(ffi, c, str(path))
+            assert status == c.SLIMRT_IO_ERROR, path
+            assert ffi.string(c.slimrt_last_error()).decode() == f"'{path}' is not a regular file"
+            assert model == ffi.NULL
+            assert time.monotonic() - start < 2.0, path

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -593,3 +600,152 @@ def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
     data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
     with pytest.raises(InvalidModelError, match="profile 'narrow'.*'s' \\(shuffle\\).*needs all 8 input channels"):
         slimrt.load(data)
+
+
+# -- hostile files: the engine and this reader refuse them alike, before allocating --------
+
+def bundled_bytes() -> bytes:
+    return Path(slimrt.default_model_path()).read_bytes()
+
+
+def engine_error(data: bytes) -> str:
+    with pytest.raises(InvalidModelError) as info:
+        slimrt.load(data)
+    return str(info.value)
+
+
+def reader_error(data: bytes) -> str:
+    with pytest.raises(InvalidModelError) as info:
+        fmt.read(data)
+    return str(info.value)
+
+
+def dense_conv_without_out_group(data: bytes) -> bytes:
+    def edit(model: dict[str, Any]) -> None:
+        del model["ops"][0]["out_group"]
+    return corrupt._edit_model(data, edit)
+
+
+def classes_index(data: bytes) -> int:
+    return [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
+
+
+def overlap_case(data: bytes) -> tuple[bytes, str]:
+    bad = corrupt.overlapping_tensors(data).data
+    header, _ = corrupt._split(bad)
+    spans = sorted((e["data_offsets"][0], e["data_offsets"][1], n) for n, e in header.items()
+                   if n != "__metadata__")
+    (b0, e0, n0), (b1, e1, n1) = spans[:2]
+    return bad, (f"tensors '{n0}' [{b0}, {e0}) and '{n1}' [{b1}, {e1}) overlap: the tensors of a "
+                 "file may not share bytes")
+
+
+DEEP_MODEL = "the model JSON (__metadata__.slimrt) nests deeper than 64 levels"
+DEEP_HEADER = "the file header JSON nests deeper than 64 levels"
+
+# name -> (bytes of the bundled model) -> (corrupted bytes, the exact message of both readers)
+SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
+    "linear_without_out_group": lambda d: (corrupt.linear_without_out_group(d).data,
+                                           "op 'classifier' has no \"out_group\" field"),
+    "dense_conv_without_out_group": lambda d: (
+        dense_conv_without_out_group(d), "conv 'stem' has no out_group; only depthwise convs omit it"),
+    "huge_group": lambda d: (corrupt.huge_group(d, classes_index(d)).data,
+                             "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs "
+                             "[320, 1048576]"),
+    "shape_overflow_F32": lambda d: (corrupt.shape_overflow(d, "F32").data,
+                                     "tensor 'stem.weight' has shape [4294967296, 4294967296] of F32, "
+                                     "whose size overflows 64 bits (it holds 0 bytes)"),
+    "shape_overflow_I8": lambda d: (corrupt.shape_overflow(d, "I8").data,
+                                    "tensor 'stem.weight' has shape [4294967296, 4294967296] of I8, "
+                                    "whose size overflows 64 bits (it holds 0 bytes)"),
+    "shape_overflow_F64": lambda d: (corrupt.shape_overflow(d, "F64").data,
+                                     "tensor 'stem.weight' has shape [2147483648, 1073741824, 4] of "
+                                     "F64, whose size overflows 64 bits (it holds 0 bytes)"),
+    "overlapping_tensors": overlap_case,
+    "deep_model_json_1000": lambda d: (corrupt.deep_model_json(d, 1000).data, DEEP_MODEL),
+    "deep_model_json_65": lambda d: (corrupt.deep_model_json(d, 65).data, DEEP_MODEL),
+    "deep_header_json_1000": lambda d: (corrupt.deep_header_json(d, 1000).data, DEEP_HEADER),
+    "deep_header_json_65": lambda d: (corrupt.deep_header_json(d, 65).data, DEEP_HEADER),
+    "output_is_input": lambda d: (corrupt.output_is_input(d).data,
+                                  "the model's output is its input 'input': the output must be "
+                                  "produced by an op"),
+}
+
+
+@pytest.mark.parametrize("case", SAME_ERROR_CASES)
+def test_engine_and_reader_refuse_with_the_same_message(case: str) -> None:
+    data, message = SAME_ERROR_CASES[case](bundled_bytes())
+    assert engine_error(data) == message
+    assert reader_error(data) == message
+
+
+HUGE_GROUP_PROBE = r"""
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import corrupt
+import slimrt
+
+
+def peak_kib():
+    # VmHWM is this process's own peak. ru_maxrss on Linux also counts the RSS the parent had
+    # when it forked this process, which would hide growth below the test runner's size.
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+data = open(slimrt.default_model_path(), "rb").read()
+cases = [corrupt.huge_group(data, i) for i in range(len(corrupt._model(data)["groups"]))]
+errors = {}
+before = peak_kib()
+for case in cases:
+    try:
+        slimrt.load(case.data)
+        errors[case.name] = None
+    except slimrt.InvalidModelError as e:
+        errors[case.name] = str(e)
+print(json.dumps({"growth_kib": peak_kib() - before, "errors": errors}))
+"""
+
+
+def test_a_huge_group_size_is_refused_before_allocating() -> None:
+    """Any one group grown to 2^20 channels (the bundled model is 330 KB): the engine refuses the
+    file and its peak memory barely moves (it once zero-filled 1.3 GB before checking)."""
+    data = bundled_bytes()
+    run = subprocess.run([sys.executable, "-c", HUGE_GROUP_PROBE, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(run.stdout)
+    groups = corrupt._model(data)["groups"]
+    assert len(result["errors"]) == len(groups)
+    for name, message in result["errors"].items():
+        assert message is not None, f"{name} was accepted"
+    assert result["errors"][f"huge_group_{classes_index(data)}"] == \
+        "tensor 'classifier.weight' has shape [320, 10], op 'classifier' needs [320, 1048576]"
+    assert result["growth_kib"] < 200 * 1024, result
+
+
+def test_json_nested_64_deep_is_accepted_by_both() -> None:
+    data = corrupt.deep_model_json(bundled_bytes(), 64).data
+    slimrt.load(data)
+    fmt.read(data)
+
+
+def test_brackets_inside_json_strings_do_not_count() -> None:
+    name = '\\"' + "[" * 100 + "{" * 100 + "\\\\"
+    data = corrupt._edit_model(bundled_bytes(), lambda m: m.update(name=name))
+    assert slimrt.load(data).name == name
+    assert fmt.read(data).meta["name"] == name
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_non_regular_files_are_refused_without_blocking(tmp_path, kind: str) -> None:
+    path = {"fifo": tmp_path / "model.slim", "directory": tmp_path, "device": Path(os.devnull)}[kind]
+    with corrupt.unblocking_fifo(path) if kind == "fifo" else contextlib.nullcontext():
+        for load in (fmt.read, slimrt.load):
+            start = time.monotonic()
+            with pytest.raises(OSError) as info:
+                load(path)
+            assert str(info.value) == f"'{path}' is not a regular file", load
+            assert time.monotonic() - start < 2.0, load

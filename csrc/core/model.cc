@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -41,11 +42,12 @@ const char* op_kind_name(OpKind kind) {
 namespace {
 
 constexpr uint64_t kMaxHeader = uint64_t{100} << 20;
+constexpr int kMaxJsonDepth = 64;  // nesting of arrays and objects, in both JSON documents
 
 struct TensorEntry {
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;
-  size_t bytes = 0;
+  size_t begin = 0, bytes = 0;  // byte range [begin, begin + bytes) of the data section
   bool f32 = false;
   bool mapped = false;  // data lies in a private file mapping
 };
@@ -134,6 +136,123 @@ std::string shape_str(const std::vector<int64_t>& s) {
 
 // --- safetensors container ---------------------------------------------------
 
+// Refuses JSON whose arrays and objects nest deeper than kMaxJsonDepth, before
+// it is parsed. Brackets inside strings do not count; a string runs to its
+// closing quote (a backslash escapes the next byte) or to the end of the text.
+// runtime/format.py scans the same way.
+void check_json_depth(const char* text, size_t n, const std::string& what) {
+  int depth = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const char c = text[i];
+    if (c == '"') {
+      for (++i; i < n && text[i] != '"'; ++i)
+        if (text[i] == '\\') ++i;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        fail_model(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+}
+
+// Bytes per element of the safetensors dtypes that have whole-byte elements; 0 otherwise.
+size_t dtype_size(const std::string& dtype) {
+  static const std::pair<const char*, size_t> sizes[] = {
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},     {"U32", 4},
+      {"F32", 4},  {"I64", 8}, {"U64", 8}, {"F64", 8},     {"C64", 8}};
+  for (const auto& s : sizes)
+    if (dtype == s.first) return s.second;
+  return 0;
+}
+
+// A JSON list of integers as Python prints one: "[1, 2]" (for messages).
+std::string list_str(const Json& list) {
+  std::string out = "[";
+  for (size_t i = 0; i < list.size(); ++i) out += (i ? ", " : "") + list[i].dump();
+  return out + "]";
+}
+
+// One header entry, checked in the order runtime/format.py checks it: shape,
+// data_offsets, dtype, size (without overflow, for every dtype), bounds.
+TensorEntry parse_entry(const std::string& name, const Json& e, size_t data_size) {
+  const std::string where = "tensor '" + name + "'";
+  if (!e.is_object()) fail_model(where + ": its header entry is not an object");
+  TensorEntry t;
+  const Json& shape = member(e, "shape", where);
+  // Non-negative JSON integers are number_unsigned in nlohmann; dimensions must also fit int64.
+  bool valid = shape.is_array();
+  for (size_t i = 0; valid && i < shape.size(); ++i)
+    valid = shape[i].is_number_unsigned() && shape[i].get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX);
+  if (!valid) fail_model(where + " has an invalid shape " + (shape.is_array() ? list_str(shape) : shape.dump()));
+  const Json& off = member(e, "data_offsets", where);
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned() ||
+      off[1].get<uint64_t>() < off[0].get<uint64_t>())
+    fail_model(where + " has invalid data_offsets " + (off.is_array() ? list_str(off) : off.dump()));
+  const uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
+  const std::string dtype = as_string(member(e, "dtype", where), where + " dtype");
+  const size_t item = dtype_size(dtype);
+  if (item == 0) fail_model(where + " has unknown dtype '" + dtype + "'");
+  // Bytes = item size times every dimension, exactly: a zero dimension makes
+  // it 0; a product that does not fit 64 bits is refused, whatever the dtype.
+  bool zero = false, overflow = false;
+  uint64_t needed = item;
+  for (const auto& d : shape) {
+    const uint64_t v = d.get<uint64_t>();
+    t.shape.push_back(static_cast<int64_t>(v));
+    if (v == 0) zero = true;
+    else if (!overflow) overflow = __builtin_mul_overflow(needed, v, &needed);
+  }
+  if (zero) {
+    needed = 0;
+    overflow = false;
+  }
+  const uint64_t held = en - b;
+  const std::string of = " of " + dtype;
+  if (overflow)
+    fail_model(where + " has shape " + list_str(shape) + of + ", whose size overflows 64 bits (it holds " +
+               std::to_string(held) + " bytes)");
+  if (held != needed)
+    fail_model(where + " holds " + std::to_string(held) + " bytes, its shape " + list_str(shape) + of + " needs " +
+               std::to_string(needed));
+  if (en > data_size)
+    fail_model("file truncated: " + where + " ends at byte " + std::to_string(en) +
+               " of the data section, which has " + std::to_string(data_size) + " bytes");
+  t.f32 = dtype == "F32";
+  t.begin = static_cast<size_t>(b);
+  t.bytes = static_cast<size_t>(held);
+  return t;
+}
+
+// Tensors may not share bytes (model.h); empty tensors occupy none. The pair
+// reported is the first found in (begin, end, name) order, as in the Python reader.
+void check_no_overlap(const TensorTable& table) {
+  struct Range {
+    size_t begin, end;
+    const std::string* name;
+    bool operator<(const Range& o) const {
+      return begin != o.begin ? begin < o.begin : end != o.end ? end < o.end : *name < *o.name;
+    }
+    std::string str() const {
+      std::string s = "'" + *name + "' [";
+      s += std::to_string(begin);
+      s += ", ";
+      s += std::to_string(end);
+      return s + ")";
+    }
+  };
+  std::vector<Range> ranges;
+  for (const auto& [name, t] : table)
+    if (t.bytes) ranges.push_back({t.begin, t.begin + t.bytes, &name});
+  std::sort(ranges.begin(), ranges.end());
+  // Sorted by begin, the ranges are disjoint iff each ends before the next begins.
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].begin < ranges[i - 1].end)
+      fail_model("tensors " + ranges[i - 1].str() + " and " + ranges[i].str() +
+                 " overlap: the tensors of a file may not share bytes");
+}
+
 TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::string* model_json) {
   if (size < 8) fail_model("file is " + std::to_string(size) + " bytes, too short for a .slim header");
   uint64_t n = 0;
@@ -142,6 +261,7 @@ TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::
   if (n > size - 8)
     fail_model("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
                " bytes): the file is truncated or not a .slim model");
+  check_json_depth(reinterpret_cast<const char*>(data + 8), n, "the file header JSON");
   Json header = Json::parse(data + 8, data + 8 + n, nullptr, false);
   if (header.is_discarded() || !header.is_object()) fail_model("header is not a valid JSON object");
   const uint8_t* base = data + 8 + n;
@@ -150,35 +270,12 @@ TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::
   TensorTable table;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") continue;
-    const std::string where = "tensor '" + it.key() + "'";
-    const Json& e = it.value();
-    TensorEntry t;
-    const std::string dtype = as_string(member(e, "dtype", where), where + " dtype");
-    t.f32 = dtype == "F32";
-    const Json& shape = member(e, "shape", where);
-    if (!shape.is_array()) fail_model(where + " shape must be a list");
-    uint64_t count = 1;
-    for (const auto& d : shape) {
-      const int64_t v = as_int(d, where + " shape");
-      if (v < 0 || v > (int64_t{1} << 40)) fail_model(where + " has a bad dimension " + std::to_string(v));
-      t.shape.push_back(v);
-      count *= static_cast<uint64_t>(v);
-      if (count > (uint64_t{1} << 40)) fail_model(where + " is implausibly large");
-    }
-    const Json& off = member(e, "data_offsets", where);
-    if (!off.is_array() || off.size() != 2) fail_model(where + " data_offsets must be [begin, end]");
-    const int64_t b = as_int(off[0], where + " data_offsets"), en = as_int(off[1], where + " data_offsets");
-    if (b < 0 || en < b || static_cast<uint64_t>(en) > data_size)
-      fail_model(where + " data [" + std::to_string(b) + ", " + std::to_string(en) + ") lies outside the " +
-                 std::to_string(data_size) + " data bytes of the file (truncated?)");
-    t.bytes = static_cast<size_t>(en - b);
-    if (t.f32 && t.bytes != count * 4)
-      fail_model(where + " has shape " + shape_str(t.shape) + " (" + std::to_string(count * 4) + " bytes) but " +
-                 std::to_string(t.bytes) + " bytes of data");
-    t.data = base + b;
+    TensorEntry t = parse_entry(it.key(), it.value(), data_size);
+    t.data = base + t.begin;
     t.mapped = mapped;
     table.emplace(it.key(), std::move(t));
   }
+  check_no_overlap(table);
   auto meta = header.find("__metadata__");
   if (meta == header.end() || !meta->is_object() || !meta->contains("slimrt") || !(*meta)["slimrt"].is_string())
     fail_model("header has no __metadata__.slimrt: this is a safetensors file but not a .slim model");
@@ -246,6 +343,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   std::string text;
   TensorTable table = parse_container(data, size, mapped, &text);
   json_ = text;
+  check_json_depth(text.data(), text.size(), "the model JSON (__metadata__.slimrt)");
   Json doc = Json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) fail_model("__metadata__.slimrt is not a valid JSON object");
   if (!doc.contains("format") || doc["format"] != "slimrt") fail_model("model JSON lacks \"format\": \"slimrt\"");
@@ -285,7 +383,9 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     groups_.push_back(std::move(g));
   }
 
-  // ops
+  // ops: every field of every op is checked here, before shapes are inferred
+  // and weights packed, so the code after this loop (and plan_shapes, and the
+  // sessions) may index tensors and groups with an op's fields unchecked.
   std::unordered_map<std::string, int32_t> tensor_id;
   tensor_names_.push_back(input_name);
   tensor_id[input_name] = 0;
@@ -347,6 +447,11 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       auto og = j.find("out_group");
       if (og != j.end() && !og->is_null())
         op.out_group = as_int32(*og, where + " out_group", 0, static_cast<int64_t>(groups_.size()) - 1);
+      // Only a depthwise conv (groups > 1, no out_group) has no output group;
+      // plan_shapes and the packing below index groups with out_group unchecked.
+      if (op.kind == OpKind::Linear && op.out_group < 0) fail_model(where + " has no \"out_group\" field");
+      if (op.kind == OpKind::Conv && op.groups == 1 && op.out_group < 0)
+        fail_model("conv '" + op.name + "' has no out_group; only depthwise convs omit it");
     }
     if (op.kind == OpKind::Shuffle)
       op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
@@ -356,61 +461,14 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     const std::string out = as_string(member(doc, "output", "model"), "output");
     auto t = tensor_id.find(out);
     if (t == tensor_id.end()) fail_model("model output '" + out + "' is not produced by any op");
+    // A session never writes the input's buffer: it would return scratch memory.
+    if (t->second == 0)
+      fail_model("the model's output is its input '" + out + "': the output must be produced by an op");
     return t->second;
   }();
 
-  // Weights: full-width shapes come from the plan at full widths.
+  // full-width shapes (the plan at full widths)
   const FullShapes shapes = infer_full_shapes(*this);
-  for (size_t i = 0; i < ops_.size(); ++i) {
-    Op& op = ops_[i];
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
-    const std::string user = "op '" + op.name + "'";
-    op.cin = shapes.in_channels[i];
-    const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
-    if (op.kind == OpKind::Linear) {
-      if (op.out_group < 0) fail_model(user + " (linear) needs \"out_group\"");
-      op.cout = groups_[op.out_group].size;
-      op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
-      use_tensor(table, op.name + ".weight", {op.cin, op.cout}, user,
-                 [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
-    } else if (op.groups == 1) {
-      if (op.out_group < 0) fail_model(user + " (dense conv) needs \"out_group\"");
-      op.conv_type = ConvType::Dense;
-      op.cout = groups_[op.out_group].size;
-      op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
-      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin, op.cout}, user, [&](const float* w) {
-        kernels::pack_conv(w, static_cast<int>(taps), op.cin, op.cout, op.weights.data());
-      });
-    } else if (op.groups == op.cin && op.out_group < 0) {
-      op.conv_type = ConvType::Depthwise;
-      op.cout = op.cin;
-      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
-      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
-      use_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin}, user, [&](const float* w) {
-        for (int64_t t = 0; t < taps; ++t)
-          std::memcpy(op.weights.data() + t * stride, w + t * op.cin, sizeof(float) * op.cin);
-      });
-    } else {
-      op.conv_type = ConvType::Grouped;
-      if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
-      op.cout = groups_[op.out_group].size;
-      if (op.cin % op.groups || op.cout % op.groups)
-        fail_model(user + " has " + std::to_string(op.groups) + " groups, which divide neither " +
-                   std::to_string(op.cin) + " input nor " + std::to_string(op.cout) + " output channels");
-      if (!groups_[op.out_group].fixed)
-        fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
-      op.weights = read_tensor(table, op.name + ".weight", {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
-    }
-    op.has_scale = table.count(op.name + ".scale") > 0;
-    op.has_bias = table.count(op.name + ".bias") > 0;
-    op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
-                                     : std::vector<float>(op.cout, 1.0f);
-    op.epilogue.bias = op.has_bias ? read_tensor(table, op.name + ".bias", {op.cout}, user)
-                                   : std::vector<float>(op.cout, 0.0f);
-    op.epilogue.scale = padded(std::move(op.epilogue.scale));
-    op.epilogue.bias = padded(std::move(op.epilogue.bias));
-    weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
-  }
 
   // profiles
   const Json& profiles = member(doc, "profiles", "model");
@@ -438,6 +496,79 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     p.macs = as_int(member(j, "macs", where), where + " macs");
     p.params = as_int(member(j, "params", where), where + " params");
     profiles_.push_back(std::move(p));
+  }
+
+  // Weights. First every tensor an op needs is checked (presence, dtype,
+  // shape) against `shapes`, for all ops, before anything is allocated; so
+  // what is allocated next is bounded by tensors the file holds: packed
+  // weights are at most round_up(cout, kPanel) / cout <= 16 times the file
+  // tensor, and epilogues are cout floats, cout being a dimension of the
+  // op's weight.
+  for (size_t i = 0; i < ops_.size(); ++i) {
+    Op& op = ops_[i];
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    const std::string user = "op '" + op.name + "'";
+    op.cin = shapes.in_channels[i];
+    std::vector<int64_t> weight_shape;
+    if (op.kind == OpKind::Linear) {
+      op.cout = groups_[op.out_group].size;
+      weight_shape = {op.cin, op.cout};
+    } else if (op.groups == 1) {
+      op.conv_type = ConvType::Dense;
+      op.cout = groups_[op.out_group].size;
+      weight_shape = {op.kh, op.kw, op.cin, op.cout};
+    } else if (op.groups == op.cin && op.out_group < 0) {
+      op.conv_type = ConvType::Depthwise;
+      op.cout = op.cin;
+      weight_shape = {op.kh, op.kw, op.cin};
+    } else {
+      op.conv_type = ConvType::Grouped;
+      if (op.out_group < 0) fail_model(user + " (grouped conv) needs \"out_group\"");
+      op.cout = groups_[op.out_group].size;
+      if (op.cin % op.groups || op.cout % op.groups)
+        fail_model(user + " has " + std::to_string(op.groups) + " groups, which divide neither " +
+                   std::to_string(op.cin) + " input nor " + std::to_string(op.cout) + " output channels");
+      if (!groups_[op.out_group].fixed)
+        fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
+      weight_shape = {op.kh, op.kw, op.cin / op.groups, op.cout};
+    }
+    checked_entry(table, op.name + ".weight", weight_shape, user);
+    op.has_scale = table.count(op.name + ".scale") > 0;
+    op.has_bias = table.count(op.name + ".bias") > 0;
+    if (op.has_scale) checked_entry(table, op.name + ".scale", {op.cout}, user);
+    if (op.has_bias) checked_entry(table, op.name + ".bias", {op.cout}, user);
+  }
+  for (Op& op : ops_) {
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    const std::string user = "op '" + op.name + "'";
+    const std::string wname = op.name + ".weight";
+    const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
+    if (op.kind == OpKind::Linear) {
+      op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
+      use_tensor(table, wname, {op.cin, op.cout}, user,
+                 [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
+    } else if (op.conv_type == ConvType::Dense) {
+      op.weights.resize(kernels::packed_conv_size(static_cast<int>(taps), op.cin, op.cout));
+      use_tensor(table, wname, {op.kh, op.kw, op.cin, op.cout}, user, [&](const float* w) {
+        kernels::pack_conv(w, static_cast<int>(taps), op.cin, op.cout, op.weights.data());
+      });
+    } else if (op.conv_type == ConvType::Depthwise) {
+      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
+      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
+      use_tensor(table, wname, {op.kh, op.kw, op.cin}, user, [&](const float* w) {
+        for (int64_t t = 0; t < taps; ++t)
+          std::memcpy(op.weights.data() + t * stride, w + t * op.cin, sizeof(float) * op.cin);
+      });
+    } else {
+      op.weights = read_tensor(table, wname, {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
+    }
+    op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
+                                     : std::vector<float>(op.cout, 1.0f);
+    op.epilogue.bias = op.has_bias ? read_tensor(table, op.name + ".bias", {op.cout}, user)
+                                   : std::vector<float>(op.cout, 0.0f);
+    op.epilogue.scale = padded(std::move(op.epilogue.scale));
+    op.epilogue.bias = padded(std::move(op.epilogue.bias));
+    weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
   }
 
   // per-profile epilogues, and a check that every profile plans
@@ -479,7 +610,9 @@ std::shared_ptr<const Model> Model::load_buffer(const void* data, size_t size) {
 }
 
 std::shared_ptr<const Model> Model::load_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+  // Only regular files are read; the flag changes nothing for them.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(ErrorKind::Io, "cannot open '" + path + "': " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -14,6 +14,18 @@
 //                       not overlap and lie inside the file. Only F32 tensors
 //                       are read (little-endian, C order).
 //
+// Container rules, checked before anything else is read:
+//   - a tensor's byte count is exactly its element count times its dtype's
+//     size, computed without overflow for every dtype (a product that does not
+//     fit 64 bits is refused); dtypes are the whole-byte safetensors ones (BOOL,
+//     U8, I8, F8_E5M2, F8_E4M3, F8_E8M0, I16, U16, F16, BF16, I32, U32, F32,
+//     I64, U64, F64, C64), others are refused;
+//   - no two tensors share a byte (empty tensors occupy none);
+//   - neither the header JSON nor the model JSON nests arrays and objects more
+//     than 64 deep (the top-level object is depth 1);
+//   - a file is read only if it is a regular file: directories, FIFOs and
+//     devices are refused (opening never waits on a FIFO).
+//
 // The model JSON (the string under __metadata__.slimrt):
 //
 //   {
@@ -23,7 +35,7 @@
 //     "input":  {"name": "input", "shape": [N, C, H, W]},  // NCHW float32. C is
 //                        // fixed; N, H, W are the default shape: any N >= 1 runs,
 //                        // other H, W run when every op accepts them.
-//     "output": "logits",                                   // one tensor name
+//     "output": "logits",    // one tensor name, an op's output (not the model input)
 //     "min_multiplier": 0.25,     // smallest uniform multiplier accepted (0 < m <= 1)
 //     "groups": [                 // channel groups: dimensions sharing one order
 //       {"name": "stem", "size": 32, "fixed": false, "why": ""}, ...
@@ -36,12 +48,15 @@
 //
 // Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
 // each the model input or an earlier op's output) and "output" (a new tensor
-// name). Activations are "none" | "relu" | "relu6" | "hardswish" | "silu" |
-// "sigmoid". Kinds and their own fields:
+// name). Every field of every op is checked (kinds, names, index ranges,
+// required fields) before shapes are inferred or weights read. Activations
+// are "none" | "relu" | "relu6" | "hardswish" | "silu" | "sigmoid". Kinds and
+// their own fields:
 //
 //   conv            "kernel": [kh, kw], "stride": [sh, sw], "pads": [top, left,
 //                   bottom, right], "dilation": [dh, dw], "groups": g, "act",
-//                   "out_group": index into "groups" (omitted for depthwise).
+//                   "out_group": index into "groups" (omitted for depthwise,
+//                   required when g == 1).
 //                   Tensors: "<name>.weight"
 //                     dense (g == 1)   [kh, kw, Cin, Cout]
 //                     depthwise        [kh, kw, C]   (g == Cin == Cout)
@@ -50,7 +65,7 @@
 //                   optional "<name>.scale", "<name>.bias": [Cout]
 //                   y[c] = act(scale[c] * sum(x * w) + bias[c]); missing scale
 //                   is 1, missing bias is 0.
-//   linear          "out_group", "act". Input is rank 2 [N, In].
+//   linear          "out_group" (required), "act". Input is rank 2 [N, In].
 //                   Tensors: "<name>.weight" [In, Out], optional "<name>.scale",
 //                   "<name>.bias" [Out].
 //   add             two inputs, "act". Zero padding match: the operands may have
@@ -111,7 +126,10 @@
 // dtype, unknown op or activation, a tensor used before it is produced, a
 // profile naming a group that does not exist, widths out of range) is
 // reported as slimrt::Error with a message that names the offending item,
-// e.g. "profile '0.5' has 7 widths, the model has 9 channel groups".
+// e.g. "profile '0.5' has 7 widths, the model has 9 channel groups". Every
+// tensor an op needs is checked before memory is allocated for any weights, so
+// a loader never allocates more than the file's tensors justify (packed
+// weights are at most 16 times a tensor's bytes).
 // ============================================================================
 #pragma once
 

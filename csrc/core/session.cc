@@ -126,13 +126,15 @@ Session::~Session() { std::free(arena_); }
 
 void Session::prepare_shape(const int64_t* shape, int rank) {
   if (!shape) fail_argument("input shape is null");
+  // The caller's array is only known to hold `rank` values: read none of them
+  // unless rank is 4.
+  if (rank != 4) fail_argument("input must be NCHW (rank 4), got rank " + std::to_string(rank));
   const int64_t channels = model_->input_shape()[1];
   auto shape_text = [&] {
     std::string s = "[";
-    for (int i = 0; i < rank; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    for (int i = 0; i < 4; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
   };
-  if (rank != 4) fail_argument("input must be NCHW (rank 4), got rank " + std::to_string(rank) + " " + shape_text());
   if (shape[1] != channels)
     fail_argument("input " + shape_text() + " has " + std::to_string(shape[1]) + " channels, the model takes " +
                   std::to_string(channels));

@@ -12,6 +12,9 @@
  *                   sessions on any threads. Free it after its sessions.
  *   slimrt_session  owns a scratch arena and a thread pool; use one session
  *                   from one thread at a time.
+ *   Handles are freed with their _free function, once. As with free(),
+ *   freeing a handle twice or using it after it was freed is undefined
+ *   behaviour: the library cannot detect it and does not try.
  *
  * Errors
  *   Every fallible call returns a slimrt_status. On failure,
@@ -67,7 +70,9 @@ SLIMRT_API const char* slimrt_version(void);
 /* The last error message of the calling thread ("" if none). */
 SLIMRT_API const char* slimrt_last_error(void);
 
-/* Load a model from a .slim file (memory-mapped). */
+/* Load a model from a .slim file (memory-mapped). Only a regular file is
+ * read: a directory, FIFO or device gives SLIMRT_IO_ERROR at once (opening
+ * never waits for a FIFO's writer). */
 SLIMRT_API slimrt_status slimrt_model_load(const char* path, slimrt_model** out_model);
 
 /* Load a model from a buffer holding a .slim file; the bytes are copied. */
@@ -107,11 +112,13 @@ SLIMRT_API void slimrt_session_free(slimrt_session* session);
  * [min_multiplier, 1]). */
 #define SLIMRT_PROFILE_MULTIPLIER (-1)
 
-/* Run the model on float32 NCHW input `input` of shape input_shape[0..rank)
- * (rank 4). The output (float32, NCHW or [N, F]) is written to `output`, which
- * holds `output_capacity` floats; its shape goes to out_shape (room for 4) and
- * its rank to out_rank. On SLIMRT_BUFFER_TOO_SMALL, out_shape and out_rank are
- * still set so the caller can size the buffer. */
+/* Run the model on float32 NCHW input `input` of shape input_shape[0..rank).
+ * rank must be 4; for any other rank the call fails with
+ * SLIMRT_INVALID_ARGUMENT without reading input_shape (no call reads more than
+ * 4 of its values). The output (float32, NCHW or [N, F]) is written to
+ * `output`, which holds `output_capacity` floats; its shape goes to out_shape
+ * (room for 4) and its rank to out_rank. On SLIMRT_BUFFER_TOO_SMALL, out_shape
+ * and out_rank are still set so the caller can size the buffer. */
 SLIMRT_API slimrt_status slimrt_session_run(slimrt_session* session, const float* input,
                                             const int64_t* input_shape, int32_t rank,
                                             int32_t profile_index, float multiplier, float* output,
