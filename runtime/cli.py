@@ -14,7 +14,7 @@ from .engine import Model, load
 
 # Feature modules that add subcommands through add_commands(subparsers); a module
 # whose optional dependencies are missing adds nothing.
-_COMMAND_MODULES = ("slimrt.convert.cli", "slimrt.serve.cli")
+_COMMAND_MODULES = ("slimrt.convert.cli", "slimrt.serve.cli", "slimrt.train.cli")
 
 
 def measure_profiles(model: Model, x: np.ndarray, threads: int, rounds: int) -> list[float]:

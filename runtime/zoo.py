@@ -7,7 +7,9 @@ models, so they are the zoo that conversion, training and benchmarks are checked
 * :func:`resnet18`, :func:`resnet50` (He et al., 2016): basic / bottleneck blocks, projection
   shortcuts where the shape changes; downsampling in the first conv of a block, as in the
   original release (torchvision's "v1.5" moves a bottleneck's stride to the 3x3 conv);
-* :func:`vgg16_bn` (Simonyan & Zisserman, 2015, configuration D, with BatchNormalization).
+* :func:`vgg16_bn` (Simonyan & Zisserman, 2015, configuration D, with BatchNormalization);
+* :func:`resnet_small`, :func:`mobilenet_v2_small`: the same blocks sized for 16-32 px inputs
+  (the training benchmarks' data sets), with ``in_channels`` for grey images.
 
 All take ``num_classes``. This module needs torch (``pip install slimrt[convert]``); ``import
 slimrt`` does not import it.
@@ -20,7 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "VGG", "MobileNetV2", "ResNet", "create", "mobilenet_v2", "resnet18", "resnet50", "vgg16_bn"]
+__all__ = ["MODELS", "VGG", "MobileNetV2", "ResNet", "create", "mobilenet_v2", "mobilenet_v2_small", "resnet18",
+           "resnet50", "resnet_small", "vgg16_bn"]
 
 
 def _init(module: nn.Module) -> None:
@@ -81,12 +84,14 @@ class MobileNetV2(nn.Module):
     SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                 (6, 160, 3, 2), (6, 320, 1, 1))
 
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
+                 in_channels: int = 3, settings: tuple[tuple[int, int, int, int], ...] | None = None,
+                 stem: int = 32, last: int = 1280, stem_stride: int = 2) -> None:
         super().__init__()
-        cin = _divisible(32 * width_mult)
-        last = _divisible(1280 * max(1.0, width_mult))
-        layers: list[nn.Module] = [_conv_bn(3, cin, 3, 2, act=nn.ReLU6)]
-        for t, c, n, s in self.SETTINGS:
+        cin = _divisible(stem * width_mult)
+        last = _divisible(last * max(1.0, width_mult))
+        layers: list[nn.Module] = [_conv_bn(in_channels, cin, 3, stem_stride, act=nn.ReLU6)]
+        for t, c, n, s in settings or self.SETTINGS:
             cout = _divisible(c * width_mult)
             for i in range(n):
                 layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
@@ -142,25 +147,33 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet for 224x224 ImageNet (Table 1 of the paper)."""
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, int, int, int],
-                 num_classes: int = 1000) -> None:
+    def __init__(self, block: type[BasicBlock | Bottleneck], depths: tuple[int, ...],
+                 num_classes: int = 1000, in_channels: int = 3,
+                 widths: tuple[int, ...] = (64, 128, 256, 512), small_input: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(_conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1))
+        if small_input:  # CIFAR-style: a 3x3 stem at stride 1, no max pooling
+            self.stem = _conv_bn(in_channels, widths[0], 3, 1)
+        else:
+            self.stem = nn.Sequential(_conv_bn(in_channels, widths[0], 7, 2), nn.MaxPool2d(3, 2, 1))
         stages: list[nn.Module] = []
-        cin = 64
-        for i, (width, depth) in enumerate(zip((64, 128, 256, 512), depths)):
+        cin = widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths)):
             blocks = []
             for j in range(depth):
                 blocks.append(block(cin, width, 2 if i > 0 and j == 0 else 1))
                 cin = width * block.expansion
             stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.stages = len(stages)
+        for i, stage in enumerate(stages):  # torchvision's names: layer1, layer2, ...
+            self.add_module(f"layer{i + 1}", stage)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        x = self.stem(x)
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -205,19 +218,33 @@ class VGG(nn.Module):
 # ---- constructors ---------------------------------------------------------------------
 
 
-def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV2:
+def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0, in_channels: int = 3) -> MobileNetV2:
     """MobileNetV2 (3.4M parameters and 300M MACs at 224x224, width 1.0)."""
-    return MobileNetV2(num_classes, width_mult)
+    return MobileNetV2(num_classes, width_mult, in_channels=in_channels)
 
 
-def resnet18(num_classes: int = 1000) -> ResNet:
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-18 (11.7M parameters, 1.8G MACs at 224x224)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes)
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
 
 
-def resnet50(num_classes: int = 1000) -> ResNet:
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """ResNet-50 (25.6M parameters, about 4G MACs at 224x224)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes)
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+def resnet_small(num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int, int] = (16, 32, 64),
+                 depths: tuple[int, int, int] = (1, 1, 1)) -> ResNet:
+    """A CIFAR-style ResNet for 16-32 px inputs (ResNet-8 by default: 3 stages of basic blocks,
+    a 3x3 stem at stride 1, 78k parameters)."""
+    return ResNet(BasicBlock, depths, num_classes, in_channels, widths, small_input=True)
+
+
+def mobilenet_v2_small(num_classes: int = 10, in_channels: int = 1) -> MobileNetV2:
+    """MobileNetV2 for 16-32 px inputs: inverted residuals (expansion 4), a 3x3 stem at
+    stride 1, three downsampling stages, a 128-channel last conv."""
+    settings = ((1, 16, 1, 1), (4, 24, 2, 2), (4, 32, 2, 2), (4, 64, 1, 2))
+    return MobileNetV2(num_classes, 1.0, 0.0, in_channels, settings, stem=16, last=128, stem_stride=1)
 
 
 def vgg16_bn(num_classes: int = 1000, image_size: int = 224) -> VGG:
@@ -227,6 +254,7 @@ def vgg16_bn(num_classes: int = 1000, image_size: int = 224) -> VGG:
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet50": resnet50, "vgg16_bn": vgg16_bn,
+    "resnet_small": resnet_small, "mobilenet_v2_small": mobilenet_v2_small,
 }
 
 

@@ -317,8 +317,12 @@ class Supernet(nn.Module):
 
     # -- forward --------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, profile: ProfileKey = 1.0, *, bn_stats: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, profile: ProfileKey = 1.0, *, slices: Sequence[ProfileKey] | None = None,
+                sizes: Sequence[int] | None = None, bn_stats: str = "auto") -> torch.Tensor:
         """Run at ``profile``; returns the output's active channels (as the engine does).
+
+        With ``slices``, runs :meth:`forward_parallel` instead (so DistributedDataParallel,
+        which hooks ``forward``, wraps both modes).
 
         Batch norm uses batch statistics in training mode and running statistics in eval mode
         (the profile's own row for a named profile, the shared row for any other widths).
@@ -327,6 +331,8 @@ class Supernet(nn.Module):
         """
         if bn_stats not in ("auto", "none"):
             raise ValueError(f"bn_stats must be 'auto' or 'none', got {bn_stats!r}")
+        if slices is not None:
+            return self.forward_parallel(x, slices, sizes, bn_stats=bn_stats)
         plan = self.plan(profile)
         if not self.training:
             row = plan.profile if plan.profile is not None else self.shared_row
@@ -530,7 +536,8 @@ class Supernet(nn.Module):
     def init_bn_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """Turn folded epilogues into batch norm with real statistics, without changing the function.
 
-        For every op with batch norm, the mean and variance of its raw output at full width are
+        For every op with batch norm that was trained (a fresh one, gamma 1, beta 0, mean 0,
+        var 1, is left as it is), the mean and variance of its raw output at full width are
         measured on ``batches`` (eval mode, so the network computes what the file does); gamma
         and beta are rescaled so that the eval output is unchanged, and every row gets those
         statistics. Training then starts from batch statistics close to the running ones.
@@ -560,9 +567,11 @@ class Supernet(nn.Module):
         used = plan.profile if plan.profile is not None else self.shared_row
         for name, (s1, s2, count) in sums.items():
             bn = self.norms[_key(name)]
+            scale, bias = (torch.from_numpy(v) for v in bn.fold(used))
+            if _untrained(scale, bias, bn.eps):
+                continue  # a fresh batch norm (gamma 1, beta 0, mean 0, var 1): nothing to recover
             mean = s1 / count
             var = torch.clamp(s2 / count - mean * mean, min=0.0)
-            scale, bias = (torch.from_numpy(v) for v in bn.fold(used))
             bn.weight.copy_(scale * torch.sqrt(var + bn.eps))
             bn.bias.copy_(bias + scale * mean)
             bn.running_mean.copy_(mean.float().expand_as(bn.running_mean))
@@ -622,6 +631,12 @@ class Supernet(nn.Module):
         slim = fmt.SlimFile(meta, tensors)
         fmt.validate(slim)
         return slim
+
+
+def _untrained(scale: torch.Tensor, bias: torch.Tensor, eps: float) -> bool:
+    """Is this the epilogue of a batch norm that never saw data (gamma 1, beta 0, mean 0, var 1)?"""
+    return bool(torch.all(torch.abs(scale * math.sqrt(1.0 + eps) - 1.0) < 1e-6)) and \
+        bool(torch.all(torch.abs(bias) < 1e-7))
 
 
 def _key(name: str) -> str:

@@ -1,0 +1,178 @@
+"""`slimrt train`, `slimrt eval` and `slimrt calibrate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DATA_HELP = "digits, cluttered-digits, or a .npz file with x, y (and optionally x_test, y_test)"
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register train, eval and calibrate on an argparse subparsers object."""
+    p = subparsers.add_parser("train", help="train a slimmable model: every width accurate",
+                              description="Slimmable training (sandwich rule or PSE-Net parallel sub-networks) "
+                                          "of an ONNX model, a .slim model or a zoo model, written as one .slim file "
+                                          "with per-profile batch norm.")
+    p.add_argument("source", help="an .onnx file, a .slim file, or zoo:NAME (e.g. zoo:resnet_small)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .slim file to write")
+    p.add_argument("--widths", default=None,
+                   help="comma-separated uniform multipliers (default 0.25,0.5,0.75,1.0; a .slim source keeps "
+                        "its own profiles unless given)")
+    p.add_argument("--method", default="sandwich", choices=("sandwich", "parallel", "fixed"))
+    p.add_argument("--distill", default="inplace", choices=("inplace", "ema", "none"))
+    p.add_argument("--sampling", default="uniform", choices=("uniform", "profiles"),
+                   help="random widths: uniform multipliers (US-Nets) or the named profiles (S-Net)")
+    p.add_argument("--num-random", type=int, default=2, help="random widths per step (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("eval", help="test accuracy and MACs of every profile, through the engine")
+    p.add_argument("model", help="the .slim file")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--seed", type=int, default=0, help="split seed of the data (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true", help='print {"profiles": [{"name", "macs", "accuracy"}, ...]}')
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("calibrate", help="recompute every profile's batch-norm statistics from data")
+    p.add_argument("model", help="the .slim file")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .slim file to write")
+    p.add_argument("--samples", type=int, default=2048, help="training images used (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_calibrate)
+
+
+def _widths(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--widths must be comma-separated numbers such as 0.25,0.5,1.0, got '{text}'") from None
+
+
+def build_supernet(source: str, data: Any, widths: tuple[float, ...] | None) -> Any:
+    """A Supernet for ``source`` (.onnx, .slim or zoo:NAME) at the data's input size."""
+    import torch
+
+    from .supernet import Supernet
+
+    c, h, w = data.input_shape
+    grid = widths or (0.25, 0.5, 0.75, 1.0)
+    if source.startswith("zoo:"):
+        from .. import zoo
+
+        name = source[4:]
+        if name not in zoo.MODELS:
+            raise ValueError(f"unknown zoo model '{name}'; choose one of {', '.join(zoo.MODELS)}")
+        module = zoo.create(name, num_classes=data.num_classes, in_channels=c)
+        return Supernet.from_torch(module, torch.zeros(1, c, h, w), grid, name=name)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file: {path}")
+    if path.suffix == ".onnx":
+        return Supernet.from_onnx(path, grid, input_shape=(1, c, h, w), name=path.stem)
+    net = Supernet.from_slim(str(path))
+    if widths is not None:
+        raise ValueError("a .slim source keeps its own profiles; leave out --widths "
+                         "(or convert the source network again with other widths)")
+    if net.input_shape[1] != c:
+        raise ValueError(f"{path} takes {net.input_shape[1]} input channels, the data has {c}")
+    return net
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .. import load
+    from .. import format as fmt
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+    from .slimmable import TrainConfig, batches, fit
+
+    _init_distributed()
+    data = load_dataset(args.data, seed=args.seed)
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    net = build_supernet(args.source, data, _widths(args.widths))
+    say(f"{args.source}: {len(net.groups)} channel groups, profiles {', '.join(net.profile_names)}; "
+        f"{data.name}: {len(data.x_train)} training and {len(data.x_test)} test images {data.input_shape}")
+    if not args.source.startswith("zoo:"):  # a trained source: recover its batch norm from data
+        net.init_bn_statistics([xb for xb, _ in batches(data.x_train[:1024], None, 256)])
+    cfg = TrainConfig(method=args.method, distill=args.distill, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, num_random=args.num_random, sampling=args.sampling,
+                      label_smoothing=args.label_smoothing, seed=args.seed, threads=args.threads)
+    from .slimmable import _distributed
+
+    rank, _ = _distributed()
+    fit(net, (data.x_train, data.y_train), (data.x_test, data.y_test), cfg, progress=not args.quiet, log=say)
+    if rank != 0:
+        return 0
+    slim = net.to_slim()
+    fmt.write(slim, args.output)
+    model = load(args.output)
+    print(f"wrote {args.output}; test accuracy through the engine:")
+    _print_rows(engine_accuracy(model, data.x_test, data.y_test))
+    return 0
+
+
+def _init_distributed() -> None:
+    """Under torchrun (WORLD_SIZE > 1), join the process group (gloo: CPU) before training."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .. import load
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+
+    model = load(args.model)
+    data = load_dataset(args.data, seed=args.seed)
+    rows = engine_accuracy(model, data.x_test, data.y_test, threads=args.threads)
+    if args.json:
+        print(json.dumps({"model": model.name, "data": data.name, "test_images": len(data.x_test),
+                          "profiles": rows}))
+    else:
+        print(f"{model.name} on {data.name} ({len(data.x_test)} test images), through the engine:")
+        _print_rows(rows)
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from .. import load
+    from .calibration import calibrate_slim
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+
+    data = load_dataset(args.data, seed=args.seed)
+    before = engine_accuracy(load(args.model), data.x_test, data.y_test)
+    fmt.write(calibrate_slim(args.model, data, samples=args.samples, seed=args.seed), args.output)
+    after = engine_accuracy(load(args.output), data.x_test, data.y_test)
+    print(f"wrote {args.output}; test accuracy before -> after calibration:")
+    for b, a in zip(before, after):
+        print(f"  {a['name']:>12} {a['macs'] / 1e6:9.3f} MMACs  {b['accuracy']:6.2f}% -> {a['accuracy']:6.2f}%")
+    return 0
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    full = max(r["macs"] for r in rows) or 1
+    print(f"  {'profile':>12} {'MMACs':>9} {'MACs/full':>10} {'accuracy':>9}")
+    for r in rows:
+        print(f"  {r['name']:>12} {r['macs'] / 1e6:9.3f} {r['macs'] / full:10.3f} {r['accuracy']:8.2f}%")
