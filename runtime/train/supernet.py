@@ -377,13 +377,7 @@ class Supernet(nn.Module):
             weight, groups = w, op.groups
         else:
             weight, groups = _take(_take(w, p.out_rows), p.in_rows, 1), 1
-        top, left, bottom, right = op.pads
-        if top == bottom and left == right:
-            padding = (top, left)
-        else:
-            x = F.pad(x, (left, right, top, bottom))
-            padding = (0, 0)
-        return F.conv2d(x, weight, bias, op.stride, padding, op.dilation, groups)
+        return _conv2d(op, x, weight, bias, groups)
 
     def _epilogue(self, op: fmt.Op, rows: Any, z: torch.Tensor, train: bool, row: int | None,
                   momentum: float | None) -> torch.Tensor:
@@ -487,13 +481,7 @@ class Supernet(nn.Module):
         if kind == "linear":
             return F.linear(x, w, bias)
         groups = w.shape[0] if kind == "depthwise" else (op.groups if kind == "grouped" else 1)
-        top, left, bottom, right = op.pads
-        if top == bottom and left == right:
-            padding = (top, left)
-        else:
-            x = F.pad(x, (left, right, top, bottom))
-            padding = (0, 0)
-        return F.conv2d(x, w, bias, op.stride, padding, op.dilation, groups)
+        return _conv2d(op, x, w, bias, groups)
 
     # -- batch-norm statistics ------------------------------------------------------------
 
@@ -642,6 +630,18 @@ def _untrained(scale: torch.Tensor, bias: torch.Tensor, eps: float) -> bool:
 def _key(name: str) -> str:
     """Module dict keys may not contain dots."""
     return name.replace(".", "__")
+
+
+def _conv2d(op: fmt.Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            groups: int) -> torch.Tensor:
+    """conv2d with the op's geometry; asymmetric padding is applied explicitly."""
+    top, left, bottom, right = op.pads
+    if top == bottom and left == right:
+        padding = (top, left)
+    else:
+        x = F.pad(x, (left, right, top, bottom))
+        padding = (0, 0)
+    return F.conv2d(x, weight, bias, op.stride, padding, op.dilation, groups)
 
 
 def _pool(op: fmt.Op, x: torch.Tensor, out_hw: tuple[int, int], how: str) -> torch.Tensor:
