@@ -1,0 +1,172 @@
+"""Accuracy of every width after each training recipe, measured through the engine.
+
+Rows (same nets, epochs, seeds and data for all):
+
+* ``plain``       trained at full width only, then converted (what ``from_torch`` gives today);
+* ``plain+calib`` the same model after per-profile BN calibration (``slimrt calibrate``);
+* ``sandwich``    slimmable training, sandwich rule + in-place distillation;
+* ``ema``         sandwich rule with the EMA teacher (DS-Net's in-place ensemble bootstrapping);
+* ``parallel``    PSE-Net parallel sub-networks (one pass per step, batch slices per width);
+* ``individual``  every width trained on its own (the reference each width is judged against).
+
+Accuracy is the mean over seeds of each profile's test accuracy run by the C++ engine; training
+wall time per epoch is the median epoch. Table on stdout, ``accuracy.json`` and ``accuracy.png``
+(accuracy against MACs) in ``bench/results/``.
+
+    python bench/accuracy.py                        # cluttered-digits and digits, both nets, 3 seeds
+    python bench/accuracy.py --data cluttered-digits --nets resnet_small --seeds 1 --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+RECIPES = ("plain", "plain+calib", "sandwich", "ema", "parallel", "individual")
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+
+
+def train_recipe(recipe: str, net_name: str, data: Any, epochs: int, seed: int, batch_size: int,
+                 lr: float) -> tuple[dict[str, float], dict[str, int], float]:
+    """(accuracy per profile through the engine, MACs per profile, seconds per epoch)."""
+    import torch
+
+    import slimrt
+    from slimrt import format as fmt
+    from slimrt import zoo
+    from slimrt.train import Supernet, TrainConfig, fit
+    from slimrt.train.calibration import calibrate_slim
+    from slimrt.train.evaluation import engine_accuracy
+
+    c, h, w = data.input_shape
+
+    def fresh() -> Supernet:
+        torch.manual_seed(seed)
+        module = zoo.create(net_name, num_classes=data.num_classes, in_channels=c)
+        return Supernet.from_torch(module, torch.zeros(1, c, h, w), WIDTHS, name=net_name)
+
+    train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
+    base = dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
+    accuracy: dict[str, float] = {}
+    seconds = []
+    if recipe == "individual":
+        for key in (str(m) for m in WIDTHS):
+            net = fresh()
+            hist = fit(net, train, None, TrainConfig(method="fixed", profile=key, **base), progress=False)
+            seconds.append(hist.seconds_per_epoch)
+            model = slimrt.load(fmt.to_bytes(net.to_slim()))
+            accuracy[key] = engine_accuracy(model, *test, profiles=[key])[0]["accuracy"]
+        return accuracy, {p.name: p.macs for p in model.profiles}, float(np.sum(seconds))
+    net = fresh()
+    cfg = {"plain": TrainConfig(method="fixed", **base), "plain+calib": TrainConfig(method="fixed", **base),
+           "sandwich": TrainConfig(method="sandwich", distill="inplace", **base),
+           "ema": TrainConfig(method="sandwich", distill="ema", **base),
+           "parallel": TrainConfig(method="parallel", distill="inplace", **base)}[recipe]
+    hist = fit(net, train, None, cfg, progress=False)
+    slim = net.to_slim()
+    if recipe.startswith("plain"):  # one set of statistics, as a converter writes it
+        slim = fmt.SlimFile(slim.meta, {k: v for k, v in slim.tensors.items() if "@" not in k})
+        for p in slim.meta["profiles"]:
+            p["macs"], p["params"] = fmt.profile_cost(slim.meta, p["widths"], profile=p["name"],
+                                                      tensor_names=slim.tensors)
+        if recipe == "plain+calib":
+            slim = calibrate_slim(slim, data, seed=seed)
+    model = slimrt.load(fmt.to_bytes(slim))
+    rows = engine_accuracy(model, *test)
+    return {r["name"]: r["accuracy"] for r in rows}, {r["name"]: r["macs"] for r in rows}, hist.seconds_per_epoch
+
+
+def run(args: argparse.Namespace) -> common.Result:
+    import torch
+
+    from slimrt.train.datasets import load_dataset
+
+    torch.set_num_threads(args.threads)
+    result = common.Result("accuracy", common.machine_info(args.threads), vars(args).copy())
+    for data_name in args.data:
+        for net_name in args.nets:
+            for recipe in args.recipes:
+                per_seed, times, macs = [], [], {}
+                for seed in range(args.seeds):
+                    data = load_dataset(data_name, seed=seed)
+                    t0 = time.perf_counter()
+                    acc, macs, sec = train_recipe(recipe, net_name, data, args.epochs, seed, args.batch_size,
+                                                  args.lr)
+                    common.log(f"{data_name} {net_name} {recipe} seed {seed}: "
+                               + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
+                               + f" ({time.perf_counter() - t0:.0f} s)")
+                    per_seed.append(acc)
+                    times.append(sec)
+                for key in per_seed[0]:
+                    values = [a[key] for a in per_seed]
+                    result.rows.append({"data": data_name, "net": net_name, "recipe": recipe, "profile": key,
+                                        "macs": macs[key], "accuracy": float(np.mean(values)),
+                                        "accuracy_std": float(np.std(values)), "seeds": len(values),
+                                        "seconds_per_epoch": float(np.mean(times))})
+    return result
+
+
+def table(result: common.Result) -> str:
+    out = []
+    for data_name in dict.fromkeys(r["data"] for r in result.rows):
+        for net_name in dict.fromkeys(r["net"] for r in result.rows if r["data"] == data_name):
+            rows = [r for r in result.rows if r["data"] == data_name and r["net"] == net_name]
+            profiles = list(dict.fromkeys(r["profile"] for r in rows))
+            lines = [f"{data_name}, {net_name} (accuracy %, mean of {rows[0]['seeds']} seed(s); s/epoch)",
+                     f"{'recipe':>12} " + " ".join(f"{p:>7}" for p in profiles) + f" {'s/epoch':>8}"]
+            for recipe in dict.fromkeys(r["recipe"] for r in rows):
+                acc = {r["profile"]: r["accuracy"] for r in rows if r["recipe"] == recipe}
+                sec = next(r["seconds_per_epoch"] for r in rows if r["recipe"] == recipe)
+                lines.append(f"{recipe:>12} " + " ".join(f"{acc[p]:7.2f}" for p in profiles) + f" {sec:8.2f}")
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n\n" + common.machine_line(result.machine)
+
+
+def plot(result: common.Result, path: Path) -> Path:
+    groups = list(dict.fromkeys((r["data"], r["net"]) for r in result.rows))
+    fig, axes = common.figure(ncols=len(groups), size=(5.0 * len(groups), 4.0))
+    axes = np.atleast_1d(axes)
+    for ax, (data_name, net_name) in zip(axes, groups):
+        rows = [r for r in result.rows if r["data"] == data_name and r["net"] == net_name]
+        for recipe in dict.fromkeys(r["recipe"] for r in rows):
+            mine = sorted((r for r in rows if r["recipe"] == recipe), key=lambda r: r["macs"])
+            ax.plot([r["macs"] / 1e6 for r in mine], [r["accuracy"] for r in mine], marker="o", label=recipe)
+        ax.set_title(f"{data_name}, {net_name}")
+        ax.set_xlabel("MMACs per image")
+        ax.set_ylabel("test accuracy (%), engine")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return common.save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=common.name_list, default=["cluttered-digits", "digits"])
+    parser.add_argument("--nets", type=common.name_list, default=["resnet_small", "mobilenet_v2_small"])
+    parser.add_argument("--recipes", type=common.name_list, default=list(RECIPES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    unknown = set(args.recipes) - set(RECIPES)
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}; choose from {', '.join(RECIPES)}")
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return common.publish(table(result), common.write_result("accuracy", result, plot, args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
