@@ -133,9 +133,8 @@ def table(result: common.Result) -> str:
 
 def plot(result: common.Result, path: Path) -> Path:
     groups = list(dict.fromkeys((r["data"], r["net"]) for r in result.rows))
-    fig, axes = common.figure(ncols=len(groups), size=(5.0 * len(groups), 4.0))
-    axes = np.atleast_1d(axes)
-    for ax, (data_name, net_name) in zip(axes, groups):
+    fig, axes = common.figure(ncols=len(groups), size=(5.0, 4.0))
+    for ax, (data_name, net_name) in zip(axes.ravel(), groups):
         rows = [r for r in result.rows if r["data"] == data_name and r["net"] == net_name]
         for recipe in dict.fromkeys(r["recipe"] for r in rows):
             mine = sorted((r for r in rows if r["recipe"] == recipe), key=lambda r: r["macs"])
