@@ -158,7 +158,7 @@ def test_data_parallel_ranks_hold_identical_weights(tmp_path: Path) -> None:
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script)], env=env, capture_output=True, text=True,
+                          "--standalone", str(script)], env=env, capture_output=True, text=True,
                          timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
