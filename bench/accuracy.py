@@ -85,6 +85,31 @@ def train_recipe(recipe: str, net_name: str, data: Any, epochs: int, seed: int, 
     return {r["name"]: r["accuracy"] for r in rows}, {r["name"]: r["macs"] for r in rows}, hist.seconds_per_epoch
 
 
+def epoch_times(net_name: str, data: Any, rounds: int, batch_size: int, lr: float) -> dict[str, float]:
+    """Median seconds per epoch of sandwich and parallel training, epochs alternating (side by side)."""
+    import torch
+
+    from slimrt import zoo
+    from slimrt.train import Supernet, TrainConfig
+    from slimrt.train.slimmable import train_one_epoch
+
+    c, h, w = data.input_shape
+    runs = {}
+    for method in ("sandwich", "parallel"):
+        torch.manual_seed(0)
+        net = Supernet.from_torch(zoo.create(net_name, num_classes=data.num_classes, in_channels=c),
+                                  torch.zeros(1, c, h, w), WIDTHS)
+        cfg = TrainConfig(method=method, batch_size=batch_size, lr=lr)
+        runs[method] = (net, cfg, torch.optim.AdamW(net.parameters(), lr=lr), torch.Generator().manual_seed(0))
+    samples: dict[str, list[float]] = {m: [] for m in runs}
+    for _ in range(rounds):
+        for method, (net, cfg, opt, gen) in runs.items():
+            t0 = time.perf_counter()
+            train_one_epoch(net, net, (data.x_train, data.y_train), opt, None, cfg, gen)
+            samples[method].append(time.perf_counter() - t0)
+    return {m: float(np.median(v)) for m, v in samples.items()}
+
+
 def run(args: argparse.Namespace) -> common.Result:
     import torch
 
@@ -92,8 +117,15 @@ def run(args: argparse.Namespace) -> common.Result:
 
     torch.set_num_threads(args.threads)
     result = common.Result("accuracy", common.machine_info(args.threads), vars(args).copy())
+    timing = result.extra.setdefault("epoch_seconds", [])
     for data_name in args.data:
         for net_name in args.nets:
+            if args.timing_rounds > 0:
+                times = epoch_times(net_name, load_dataset(data_name), args.timing_rounds, args.batch_size, args.lr)
+                timing.append({"data": data_name, "net": net_name, **times,
+                               "parallel_over_sandwich": times["parallel"] / times["sandwich"]})
+                common.log(f"{data_name} {net_name}: s/epoch sandwich {times['sandwich']:.2f}, parallel "
+                           f"{times['parallel']:.2f} (ratio {times['parallel'] / times['sandwich']:.2f}, side by side)")
             for recipe in args.recipes:
                 per_seed, times, macs = [], [], {}
                 for seed in range(args.seeds):
@@ -128,6 +160,9 @@ def table(result: common.Result) -> str:
                 sec = next(r["seconds_per_epoch"] for r in rows if r["recipe"] == recipe)
                 lines.append(f"{recipe:>12} " + " ".join(f"{acc[p]:7.2f}" for p in profiles) + f" {sec:8.2f}")
             out.append("\n".join(lines))
+    for t in result.extra.get("epoch_seconds", []):
+        out.append(f"{t['data']}, {t['net']}: seconds per epoch side by side: sandwich {t['sandwich']:.2f}, "
+                   f"parallel {t['parallel']:.2f}, ratio {t['parallel_over_sandwich']:.2f}")
     return "\n\n".join(out) + "\n\n" + common.machine_line(result.machine)
 
 
@@ -154,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", type=common.name_list, default=list(RECIPES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--timing-rounds", type=int, default=3,
+                        help="epochs of sandwich and parallel training timed alternately, per data set and net")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

@@ -29,9 +29,11 @@ def add_commands(subparsers: Any) -> None:
                    help="random widths: uniform multipliers (US-Nets) or the named profiles (S-Net)")
     p.add_argument("--num-random", type=int, default=2, help="random widths per step (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-weight", type=float, default=0.5,
+                   help="share of the label loss for the distilled (narrower) widths (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -110,7 +112,8 @@ def run_train(args: argparse.Namespace) -> int:
         net.init_bn_statistics([xb for xb, _ in batches(data.x_train[:1024], None, 256)])
     cfg = TrainConfig(method=args.method, distill=args.distill, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, num_random=args.num_random, sampling=args.sampling,
-                      label_smoothing=args.label_smoothing, seed=args.seed, threads=args.threads)
+                      label_smoothing=args.label_smoothing, label_weight=args.label_weight, seed=args.seed,
+                      threads=args.threads)
     from .slimmable import _distributed
 
     rank, _ = _distributed()

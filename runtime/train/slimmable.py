@@ -54,7 +54,7 @@ class TrainConfig:
     method: str = "sandwich"
     distill: str = "inplace"
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 5e-4
     optimizer: str = "adamw"          # "adamw" | "sgd" (momentum 0.9, nesterov)
@@ -64,6 +64,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.998
     temperature: float = 1.0
+    label_weight: float = 0.5         # share of the label loss for distilled widths (0: teacher only)
+    largest_share: float | None = None  # parallel: share of the batch for the largest width (None: equal)
     augment: int = 1                  # random shifts of up to this many pixels (0: none)
     calibration_samples: int = 2048   # training samples for the final BN recalibration
     seed: int = 0
@@ -215,12 +217,33 @@ def _sandwich_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, wid
             if i == 0 or cfg.distill == "none" or teacher is None:
                 loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
             else:
-                loss = _soft_ce(out, teacher, cfg.temperature)
+                loss = _distilled(out, teacher, y, cfg)
             if i == 0 and cfg.distill == "inplace":
                 teacher = out.detach()
             loss.backward()
         total += float(loss.detach())
     return total
+
+
+def slice_sizes(n: int, slices: int, largest_share: float | None = None) -> list[int]:
+    """Samples per slice of a batch of ``n``: equal, or ``largest_share`` of it for the first
+    (largest) width and equal parts of the rest; every slice gets at least one sample."""
+    if n < slices:
+        raise ValueError(f"a batch of {n} cannot be cut into {slices} slices; raise the batch size")
+    if largest_share is None or slices == 1:
+        base, extra = divmod(n, slices)
+        return [base + (i < extra) for i in range(slices)]
+    first = min(max(int(round(n * largest_share)), 1), n - (slices - 1))
+    return [first] + slice_sizes(n - first, slices - 1)
+
+
+def _distilled(out: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """A narrower width's loss: the teacher's soft output, plus ``label_weight`` of the labels."""
+    loss = _soft_ce(out, teacher, cfg.temperature)
+    if cfg.label_weight > 0:
+        loss = (1 - cfg.label_weight) * loss + cfg.label_weight * F.cross_entropy(
+            out, y, label_smoothing=cfg.label_smoothing)
+    return loss
 
 
 def _parallel_step(model: torch.nn.Module, net: Supernet, x: torch.Tensor, y: torch.Tensor,
@@ -232,20 +255,18 @@ def _parallel_step(model: torch.nn.Module, net: Supernet, x: torch.Tensor, y: to
     elif cfg.distill == "inplace":
         with torch.no_grad():
             teacher = net(x, widths[0], bn_stats="none")
-    out = model(x, slices=widths)
-    n = len(x)
-    base, extra = divmod(n, len(widths))
-    sizes = [base + (i < extra) for i in range(len(widths))]
+    sizes = slice_sizes(len(x), len(widths), cfg.largest_share)
+    out = model(x, slices=widths, sizes=sizes)
     losses = []
     start = 0
     for i, size in enumerate(sizes):
         part, target = out[start:start + size], y[start:start + size]
         if i == 0 or teacher is None:
-            losses.append(F.cross_entropy(part, target, label_smoothing=cfg.label_smoothing) * size)
+            losses.append(F.cross_entropy(part, target, label_smoothing=cfg.label_smoothing))
         else:
-            losses.append(_soft_ce(part, teacher[start:start + size], cfg.temperature) * size)
+            losses.append(_distilled(part, teacher[start:start + size], target, cfg))
         start += size
-    loss = torch.stack(losses).sum() / n * len(widths)  # same scale as the sandwich's summed losses
+    loss = torch.stack(losses).sum()  # one mean loss per width, as the sandwich sums them
     loss.backward()
     return float(loss.detach())
 
