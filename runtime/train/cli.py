@@ -1,4 +1,4 @@
-"""`slimrt train`, `slimrt eval` and `slimrt calibrate`."""
+"""`slimrt train`, `eval`, `calibrate`, `prune` and `profiles export|import`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ DATA_HELP = "digits, cluttered-digits, or a .npz file with x, y (and optionally 
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register train, eval and calibrate on an argparse subparsers object."""
+    """Register train, eval, calibrate, prune and profiles on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train a slimmable model: every width accurate",
                               description="Slimmable training (sandwich rule or PSE-Net parallel sub-networks) "
                                           "of an ONNX model, a .slim model or a zoo model, written as one .slim file "
@@ -54,6 +54,48 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--samples", type=int, default=2048, help="training images used (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_calibrate)
+    add_profile_commands(subparsers)
+
+
+def add_profile_commands(subparsers: Any) -> None:
+    """Register prune and profiles (export / import)."""
+    p = subparsers.add_parser("prune", help="find per-group widths by pruning (SP-Net BN scales, Taylor importance)",
+                              description="Sort every channel group by importance and find, for each MACs target, "
+                                          "the per-group widths kept by one global threshold; then train the "
+                                          "pruned profiles slimmable.")
+    p.add_argument("model", help="the .slim file (a trained model)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .slim file to write")
+    p.add_argument("--method", default="bn", choices=("bn", "taylor", "l1"))
+    p.add_argument("--targets", default="0.25,0.5,0.75", help="MACs fractions (default: %(default)s)")
+    p.add_argument("--single-base", action="store_true", help="prune every target from full width (default: "
+                                                               "multi-base, each from the next larger result)")
+    p.add_argument("--sparsity-epochs", type=int, default=0,
+                   help="full-width training with an L1 penalty on BN scales first (network slimming)")
+    p.add_argument("--bn-l1", type=float, default=1e-4, help="that penalty (default: %(default)s)")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="slimmable training of the pruned profiles afterwards (default: %(default)s; 0: only "
+                        "recalibrate their batch norm)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=run_prune)
+
+    p = subparsers.add_parser("profiles", help="export or import profiles as per-group ratios (JSON)")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    e = sub.add_parser("export", help="write a model's profiles as per-group ratios")
+    e.add_argument("model")
+    e.add_argument("-o", "--output", required=True, help="the .json file to write")
+    e.add_argument("--profiles", default=None, help="comma-separated names (default: all)")
+    e.set_defaults(func=run_profiles_export)
+    i = sub.add_parser("import", help="apply exported profiles to another model of the same architecture")
+    i.add_argument("model")
+    i.add_argument("profiles_file", metavar="PROFILES.json")
+    i.add_argument("-o", "--output", required=True, help="the .slim file to write")
+    i.add_argument("--replace", action="store_true", help="drop the model's own profiles")
+    i.add_argument("--data", default=None, help="calibrate the imported profiles' batch norm on this data")
+    i.set_defaults(func=run_profiles_import)
 
 
 def _widths(text: str | None) -> tuple[float, ...] | None:
@@ -171,6 +213,70 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}; test accuracy before -> after calibration:")
     for b, a in zip(before, after):
         print(f"  {a['name']:>12} {a['macs'] / 1e6:9.3f} MMACs  {b['accuracy']:6.2f}% -> {a['accuracy']:6.2f}%")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from .. import load
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+    from .pruning import prune_profiles
+    from .slimmable import TrainConfig, batches, calibrate_supernet, fit
+    from .supernet import Supernet
+
+    targets = _widths(args.targets) or ()
+    data = load_dataset(args.data, seed=args.seed)
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    net = Supernet.from_slim(args.model)
+    net.init_bn_statistics([xb for xb, _ in batches(data.x_train[:1024], None, 256)])
+    train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
+    if args.sparsity_epochs > 0:
+        say(f"sparsity training: {args.sparsity_epochs} epochs at full width, L1 {args.bn_l1} on BN scales")
+        fit(net, train, None, TrainConfig(method="fixed", profile=net.full_widths, epochs=args.sparsity_epochs,
+                                          bn_l1=args.bn_l1, batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+            progress=not args.quiet, log=say)
+    probe = list(batches(data.x_train[:1024], data.y_train[:1024], 64))
+    results = prune_profiles(net, targets, args.method, probe, multi_base=not args.single_base)
+    for r in results:
+        say(f"target {r.target:g}: MACs {r.macs_ratio:.3f} of full, threshold {r.threshold:.3g}")
+    if args.finetune_epochs > 0:
+        fit(net, train, test, TrainConfig(sampling="profiles", epochs=args.finetune_epochs,
+                                          batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+            progress=not args.quiet, log=say)
+    else:
+        calibrate_supernet(net, data.x_train, seed=args.seed)
+    fmt.write(net.to_slim(), args.output)
+    print(f"wrote {args.output}; pruned profiles ({args.method}), test accuracy through the engine:")
+    _print_rows(engine_accuracy(load(args.output), data.x_test, data.y_test))
+    return 0
+
+
+def run_profiles_export(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from .profiles import export_profiles, write_profiles
+
+    names = [n.strip() for n in args.profiles.split(",")] if args.profiles else None
+    data = export_profiles(fmt.read(args.model), names)
+    write_profiles(data, args.output)
+    print(f"wrote {len(data['profiles'])} profiles of {data['model']} to {args.output}")
+    return 0
+
+
+def run_profiles_import(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from .profiles import import_profiles
+
+    slim = import_profiles(fmt.read(args.model), args.profiles_file, replace=args.replace)
+    if args.data is not None:
+        from .calibration import calibrate_slim
+        from .datasets import load_dataset
+
+        slim = calibrate_slim(slim, load_dataset(args.data))
+    fmt.write(slim, args.output)
+    names = ", ".join(p["name"] for p in slim.meta["profiles"])
+    print(f"wrote {args.output} with profiles {names}"
+          + ("" if args.data else " (calibrate the imported ones: slimrt calibrate)"))
     return 0
 
 

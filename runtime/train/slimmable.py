@@ -66,6 +66,7 @@ class TrainConfig:
     temperature: float = 1.0
     label_weight: float = 0.5         # share of the label loss for distilled widths (0: teacher only)
     largest_share: float | None = None  # parallel: share of the batch for the largest width (None: equal)
+    bn_l1: float = 0.0                # L1 penalty on batch-norm scales (network slimming, SP-Net)
     augment: int = 1                  # random shifts of up to this many pixels (0: none)
     calibration_samples: int = 2048   # training samples for the final BN recalibration
     seed: int = 0
@@ -190,6 +191,10 @@ def train_one_epoch(model: torch.nn.Module, net: Supernet, data: tuple[np.ndarra
         optimizer.zero_grad(set_to_none=True)
         loss = _parallel_step(model, net, x, y, widths, cfg, ema) if cfg.method == "parallel" \
             else _sandwich_step(model, x, y, widths, cfg, ema)
+        if cfg.bn_l1 > 0:  # subgradient of bn_l1 * sum |gamma|
+            for bn in net.bn_layers():
+                if bn.weight.grad is not None:
+                    bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=cfg.bn_l1)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()

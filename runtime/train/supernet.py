@@ -572,6 +572,122 @@ class Supernet(nn.Module):
                                f"(named: {', '.join(self.profile_names)})")
         return plan.profile
 
+    # -- profiles and channel order (pruning, search) -------------------------------------
+
+    def set_profiles(self, profiles: Sequence[tuple[str, Sequence[int]]]) -> None:
+        """Replace the named profiles by ``(name, widths)`` pairs (stored ordered by MACs).
+
+        A profile kept by name keeps its batch-norm statistics; a new one starts from the shared
+        row's, to be recalibrated (:meth:`recalibrate`) or trained.
+        """
+        entries = []
+        for name, widths in profiles:
+            w = self.widths(list(widths))
+            macs, params = fmt.profile_cost(self.meta, list(w))
+            entries.append({"name": str(name), "widths": list(w), "macs": macs, "params": params})
+        names = [e["name"] for e in entries]
+        if len(set(names)) != len(names) or not entries:
+            raise ProfileError(f"profile names must be unique and non-empty, got {names}")
+        entries.sort(key=lambda e: (e["macs"], e["params"]))
+        old = {name: row for row, name in enumerate(self.profile_names)}
+        for bn in self.bn_layers():
+            rows = [old.get(e["name"], self.shared_row) for e in entries] + [self.shared_row]
+            index = torch.tensor(rows)
+            bn.running_mean = bn.running_mean.index_select(0, index).clone()
+            bn.running_var = bn.running_var.index_select(0, index).clone()
+        self.profiles = entries
+        self.meta["profiles"] = [dict(e) for e in entries]
+        self.profile_names = names
+        self.shared_row = len(entries)
+        self._plans.clear()
+
+    def group_layouts(self) -> dict[str, list[tuple[int | None, int, int]]]:
+        """Per tensor, its full channel (or feature) axis as segments ``(group, channels, pixels)``:
+        ``channels`` of channel group ``group`` (None: the network input, or after a shuffle),
+        each channel spanning ``pixels`` consecutive positions (more than 1 after a flatten)."""
+        layouts: dict[str, list[tuple[int | None, int, int]]] = {
+            self.input_name: [(None, self.input_shape[1], 1)]}
+        for op in self.ops:
+            src = layouts[op.inputs[0]]
+            if op.kind in ("conv", "linear") and self._kinds[op.name] != "depthwise":
+                layouts[op.output] = [(op.out_group, self.groups[op.out_group].size, 1)]
+            elif op.kind == "concat":
+                layouts[op.output] = [seg for t in op.inputs for seg in layouts[t]]
+            elif op.kind == "flatten":
+                hw = self._shapes[op.inputs[0]][2] * self._shapes[op.inputs[0]][3]
+                layouts[op.output] = [(g, c, px * hw) for g, c, px in src]
+            elif op.kind == "shuffle":
+                layouts[op.output] = [(None, self._shapes[op.output][1], 1)]
+            elif op.kind == "add":
+                a, b = layouts[op.inputs[0]], layouts[op.inputs[1]]
+                layouts[op.output] = a if sum(c for _, c, _ in a) >= sum(c for _, c, _ in b) else b
+            else:
+                layouts[op.output] = src
+        return layouts
+
+    def sortable_groups(self) -> list[int]:
+        """Groups whose channels may be reordered: free, and not added to a different group."""
+        layouts = self.group_layouts()
+        blocked = {i for i, g in enumerate(self.groups) if g.fixed}
+        for op in self.ops:
+            if op.kind == "add":
+                a, b = layouts[op.inputs[0]], layouts[op.inputs[1]]
+                if [g for g, _, _ in a] != [g for g, _, _ in b]:
+                    blocked.update(g for g, _, _ in a + b if g is not None)
+        return [i for i in range(len(self.groups)) if i not in blocked]
+
+    @torch.no_grad()
+    def permute_groups(self, perms: dict[int, np.ndarray]) -> None:
+        """Reorder channel groups in place: ``perms[g][new_position] = old_channel``.
+
+        Every producer, depthwise conv and reader of each group is reordered (weights, biases,
+        batch-norm affine and statistics), so the network's function at full width
+        stays the same and a narrower width of group ``g`` keeps the channels put first.
+        """
+        sortable = set(self.sortable_groups())
+        for g, perm in perms.items():
+            if g not in sortable:
+                raise ValueError(f"channel group '{self.groups[g].name}' cannot be reordered (fixed, or "
+                                 "added to a different group)")
+            if sorted(np.asarray(perm).tolist()) != list(range(self.groups[g].size)):
+                raise ValueError(f"not a permutation of the {self.groups[g].size} channels of "
+                                 f"group '{self.groups[g].name}'")
+        layouts = self.group_layouts()
+
+        def index(layout: list[tuple[int | None, int, int]]) -> torch.Tensor | None:
+            parts, offset, moved = [], 0, False
+            for g, c, px in layout:
+                if g in perms:
+                    order = np.asarray(perms[g], dtype=np.int64)
+                    moved = True
+                else:
+                    order = np.arange(c)
+                parts.append(offset + (order[:, None] * px + np.arange(px)[None, :]).reshape(-1))
+                offset += c * px
+            return torch.from_numpy(np.concatenate(parts)) if moved else None
+
+        for op in self.ops:
+            if op.kind not in ("conv", "linear"):
+                continue
+            key, kind = _key(op.name), self._kinds[op.name]
+            out = index(layouts[op.output])
+            if out is not None:  # its output channels move (producer or depthwise)
+                w = self.weights[key]
+                w.copy_(w.index_select(0, out))
+                if key in self.biases:
+                    self.biases[key].copy_(self.biases[key].index_select(0, out))
+                if key in self.norms:
+                    bn = self.norms[key]
+                    for t in (bn.weight, bn.bias):
+                        t.copy_(t.index_select(0, out))
+                    for t in (bn.running_mean, bn.running_var):
+                        t.copy_(t.index_select(1, out))
+            if kind in ("dense", "linear"):
+                rows = index(layouts[op.inputs[0]])
+                if rows is not None:
+                    w = self.weights[key]
+                    w.copy_(w.index_select(1, rows))
+
     # -- back to the engine ---------------------------------------------------------------
 
     def to_slim(self, name: str | None = None) -> fmt.SlimFile:
