@@ -82,6 +82,28 @@ def add_profile_commands(subparsers: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run_prune)
 
+    p = subparsers.add_parser("search", help="search per-group widths under MACs or measured-latency budgets",
+                              description="Search the best per-group widths under each budget (PSE-Net's "
+                                          "prior-guided evolution, random search or REINFORCE), scored on a "
+                                          "validation split with per-candidate BN calibration, and add them to "
+                                          "the model as profiles.")
+    p.add_argument("model", help="the .slim file (a slimmable-trained model)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .slim file to write")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency-ms", help="comma-separated latency budgets (ms, batch 1, this machine)")
+    budget.add_argument("--macs", help="comma-separated MACs budgets per sample (absolute, e.g. 2.5e6,5e6)")
+    p.add_argument("--method", default="evolution", choices=("evolution", "random", "rl"))
+    p.add_argument("--population", type=int, default=24)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--prior", default=None, help="the training record with sampled widths and losses "
+                                                 "(default: MODEL.train.json when it exists)")
+    p.add_argument("--pareto", action="store_true", help="also add the Pareto front of the scored candidates")
+    p.add_argument("--threads", type=int, default=1, help="engine threads the latency budgets refer to")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=run_search)
+
     p = subparsers.add_parser("profiles", help="export or import profiles as per-group ratios (JSON)")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     e = sub.add_parser("export", help="write a model's profiles as per-group ratios")
@@ -105,6 +127,11 @@ def _widths(text: str | None) -> tuple[float, ...] | None:
         return tuple(float(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise ValueError(f"--widths must be comma-separated numbers such as 0.25,0.5,1.0, got '{text}'") from None
+
+
+def training_record_path(model_path: str) -> str:
+    """Where `slimrt train` writes its record (config, epochs, sampled widths and losses)."""
+    return str(Path(model_path).with_suffix("")) + ".train.json"
 
 
 def build_supernet(source: str, data: Any, widths: tuple[float, ...] | None) -> Any:
@@ -159,11 +186,15 @@ def run_train(args: argparse.Namespace) -> int:
     from .slimmable import _distributed
 
     rank, _ = _distributed()
-    fit(net, (data.x_train, data.y_train), (data.x_test, data.y_test), cfg, progress=not args.quiet, log=say)
+    history = fit(net, (data.x_train, data.y_train), (data.x_test, data.y_test), cfg, progress=not args.quiet,
+                  log=say)
     if rank != 0:
         return 0
     slim = net.to_slim()
     fmt.write(slim, args.output)
+    record = {"command": ["slimrt", *sys.argv[1:]], "source": args.source, "data": data.name,
+              "profiles": net.profile_names, **history.to_json()}
+    Path(training_record_path(args.output)).write_text(json.dumps(record) + "\n")
     model = load(args.output)
     print(f"wrote {args.output}; test accuracy through the engine:")
     _print_rows(engine_accuracy(model, data.x_test, data.y_test))
@@ -250,6 +281,88 @@ def run_prune(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}; pruned profiles ({args.method}), test accuracy through the engine:")
     _print_rows(engine_accuracy(load(args.output), data.x_test, data.y_test))
     return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from .. import format as fmt
+    from .. import load
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+    from .search import (Constraint, OpLatencyTable, candidate_json, evolutionary_search, pareto_front,
+                         random_search, reinforce_search)
+    from .slimmable import batches, calibrate_supernet
+    from .supernet import Supernet
+
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    data = load_dataset(args.data, seed=args.seed)
+    fit_part, val_part = data.split(0.2, seed=args.seed)
+    val = (val_part.x_test, val_part.y_test)
+    calib = [xb for xb, _ in batches(fit_part.x_train[:1024], None, 256)]
+    slim = fmt.read(args.model)
+    net = Supernet.from_slim(slim).eval()
+    table = None
+    if args.latency_ms:
+        limits, kind = _widths(args.latency_ms) or (), "latency_ms"
+        say(f"measuring the per-op latency table ({args.threads} thread(s))")
+        table = OpLatencyTable.measure(slim, threads=args.threads, seed=args.seed)
+        say(f"latency table: median fit error {100 * table.fit_error:.1f}% on the measured settings")
+        cost = table.predict
+    else:
+        limits, kind = _widths(args.macs) or (), "macs"
+        cost = lambda w: float(net.macs(w))  # noqa: E731
+    prior_path = Path(args.prior) if args.prior else Path(training_record_path(args.model))
+    prior = []
+    if prior_path.exists():
+        record = json.loads(prior_path.read_text())
+        prior = [(tuple(s["widths"]), float(s["loss"])) for s in record.get("samples", [])]
+        say(f"prior: {len(prior)} sampled sub-networks from {prior_path}")
+    found, everything = [], []
+    for limit in limits:
+        constraint = Constraint(kind, float(limit), cost)
+        if args.method == "evolution":
+            ranked = evolutionary_search(net, constraint, val, calib, prior=prior, population=args.population,
+                                         generations=args.generations, seed=args.seed, log=say)
+        elif args.method == "random":
+            ranked = random_search(net, constraint, val, calib, samples=args.population * args.generations,
+                                   seed=args.seed)
+        else:
+            full = net.macs(net.full_widths)
+            target = (float(limit) / full) if kind == "macs" else _macs_ratio_for(net, table, float(limit))
+            ranked = [c for c in reinforce_search([(net, val, calib)], target, seed=args.seed, log=say)
+                      if constraint.ok(c.widths)]
+        if not ranked:
+            raise ValueError(f"no candidate met {kind} <= {limit:g}")
+        name = f"{float(limit):g}ms" if kind == "latency_ms" else f"macs{float(limit):g}"
+        found.append((name, ranked[0]))
+        everything.extend(ranked)
+        say(f"{name}: validation {ranked[0].accuracy:.2f}%, {kind} {ranked[0].cost:.4g}")
+    if args.pareto:
+        found += [(f"pareto{i}", c) for i, c in enumerate(pareto_front(everything))]
+    existing = [(p["name"], tuple(p["widths"])) for p in net.profiles]
+    taken = {w for _, w in existing}
+    new = [(n, c.widths) for n, c in found if c.widths not in taken and not taken.add(c.widths)]
+    net.set_profiles(existing + new)
+    if new:
+        calibrate_supernet(net, fit_part.x_train, seed=args.seed, profiles=[n for n, _ in new], shared=False)
+    fmt.write(net.to_slim(), args.output)
+    record = {"command": ["slimrt", *sys.argv[1:]], "constraint": kind, "limits": list(limits),
+              "found": [{"name": n, **candidate_json(c)} for n, c in found],
+              "latency_table": table.to_json() if table else None}
+    Path(str(Path(args.output).with_suffix("")) + ".search.json").write_text(json.dumps(record) + "\n")
+    model = load(args.output)
+    print(f"wrote {args.output}; test accuracy through the engine:")
+    _print_rows(engine_accuracy(model, data.x_test, data.y_test))
+    return 0
+
+
+def _macs_ratio_for(net: Any, table: Any, limit_ms: float) -> float:
+    """The MACs ratio of the uniform width whose predicted latency is the budget (for the RL reward)."""
+    full = net.macs(net.full_widths)
+    best = net.min_multiplier
+    for m in [net.min_multiplier + i * (1 - net.min_multiplier) / 40 for i in range(41)]:
+        if table.predict(net.widths(m)) <= limit_ms:
+            best = m
+    return net.macs(net.widths(best)) / full
 
 
 def run_profiles_export(args: argparse.Namespace) -> int:

@@ -97,8 +97,23 @@ class EpochResult:
 
 @dataclass
 class History:
+    """What a run did: its config, every epoch, and the widths it sampled with their losses
+    (the prior of PSE-Net's search: which sub-networks trained well)."""
+
     config: dict[str, Any]
     epochs: list[EpochResult] = field(default_factory=list)
+    samples: list[tuple[Widths, float]] = field(default_factory=list)
+
+    MAX_SAMPLES = 20000
+
+    def record(self, widths: Sequence[Widths], losses: Sequence[float]) -> None:
+        if len(self.samples) < self.MAX_SAMPLES:
+            self.samples.extend((tuple(w), float(v)) for w, v in zip(widths, losses))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
+                "epochs": [asdict(e) for e in self.epochs],
+                "samples": [{"widths": list(w), "loss": v} for w, v in self.samples]}
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -181,16 +196,20 @@ def _step_widths(net: Supernet, cfg: TrainConfig, gen: torch.Generator) -> list[
 def train_one_epoch(model: torch.nn.Module, net: Supernet, data: tuple[np.ndarray, np.ndarray],
                     optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig,
                     gen: torch.Generator, ema: Ema | None = None, shard: tuple[int, int] = (0, 1),
-                    bar: Any = None) -> tuple[float, int]:
-    """One pass over ``data``; ``model`` is ``net`` or its DDP wrapper. Returns (mean loss, images)."""
+                    bar: Any = None, history: History | None = None) -> tuple[float, int]:
+    """One pass over ``data``; ``model`` is ``net`` or its DDP wrapper. Returns (mean loss, images).
+    With ``history``, every sampled width and its loss are recorded there."""
     model.train()
     total, count, images = 0.0, 0, 0
     for x, y in batches(*data, cfg.batch_size, shuffle=True, generator=gen, drop_last=True, shard=shard):
         x = _shift(x, cfg.augment, gen)
         widths = _step_widths(net, cfg, gen)
         optimizer.zero_grad(set_to_none=True)
-        loss = _parallel_step(model, net, x, y, widths, cfg, ema) if cfg.method == "parallel" \
+        losses = _parallel_step(model, net, x, y, widths, cfg, ema) if cfg.method == "parallel" \
             else _sandwich_step(model, x, y, widths, cfg, ema)
+        loss = float(sum(losses))
+        if history is not None:
+            history.record(widths, losses)
         if cfg.bn_l1 > 0:  # subgradient of bn_l1 * sum |gamma|
             for bn in net.bn_layers():
                 if bn.weight.grad is not None:
@@ -208,12 +227,12 @@ def train_one_epoch(model: torch.nn.Module, net: Supernet, data: tuple[np.ndarra
 
 
 def _sandwich_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, widths: list[Widths],
-                   cfg: TrainConfig, ema: Ema | None) -> float:
+                   cfg: TrainConfig, ema: Ema | None) -> list[float]:
     teacher = None
     if cfg.distill == "ema" and ema is not None and len(widths) > 1:
         with torch.no_grad():
             teacher = ema.module(x, widths[0])
-    total = 0.0
+    losses = []
     for i, w in enumerate(widths):
         sync = getattr(model, "no_sync", None)
         context = sync() if sync is not None and i < len(widths) - 1 else _null()
@@ -226,8 +245,8 @@ def _sandwich_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, wid
             if i == 0 and cfg.distill == "inplace":
                 teacher = out.detach()
             loss.backward()
-        total += float(loss.detach())
-    return total
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def slice_sizes(n: int, slices: int, largest_share: float | None = None) -> list[int]:
@@ -252,7 +271,7 @@ def _distilled(out: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, cfg: T
 
 
 def _parallel_step(model: torch.nn.Module, net: Supernet, x: torch.Tensor, y: torch.Tensor,
-                   widths: list[Widths], cfg: TrainConfig, ema: Ema | None) -> float:
+                   widths: list[Widths], cfg: TrainConfig, ema: Ema | None) -> list[float]:
     teacher = None
     if cfg.distill == "ema" and ema is not None:
         with torch.no_grad():
@@ -271,9 +290,8 @@ def _parallel_step(model: torch.nn.Module, net: Supernet, x: torch.Tensor, y: to
         else:
             losses.append(_distilled(part, teacher[start:start + size], target, cfg))
         start += size
-    loss = torch.stack(losses).sum()  # one mean loss per width, as the sandwich sums them
-    loss.backward()
-    return float(loss.detach())
+    torch.stack(losses).sum().backward()  # one mean loss per width, as the sandwich sums them
+    return [float(v.detach()) for v in losses]
 
 
 class _null:
@@ -344,7 +362,7 @@ def fit(net: Supernet, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndar
         bar = _bar(len(train[0]) - len(train[0]) % cfg.batch_size, f"epoch {epoch}/{cfg.epochs}") if show else None
         t0 = time.perf_counter()
         loss, images = train_one_epoch(model, net, train, optimizer, scheduler, cfg, gen, ema,
-                                       (rank, world), bar)
+                                       (rank, world), bar, history)
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()

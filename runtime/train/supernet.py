@@ -28,7 +28,8 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -512,6 +513,26 @@ class Supernet(nn.Module):
                 self._run(batch, plan, True, index, 1.0 / count)  # cumulative average
         if shared:
             self.share_largest()
+
+    @contextmanager
+    def calibrated(self, profile: ProfileKey, batches: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Within the block, widths that are not a named profile run (eval mode) with batch-norm
+        statistics measured on ``batches`` at ``profile``'s widths: how a search scores a
+        candidate sub-network without adding it as a profile. The shared row is restored after."""
+        plan = self.plan(profile)
+        saved = [(bn.running_mean[self.shared_row].clone(), bn.running_var[self.shared_row].clone())
+                 for bn in self.bn_layers()]
+        try:
+            if plan.profile is None:
+                with torch.no_grad():
+                    for count, batch in enumerate(batches, 1):
+                        self._run(batch, plan, True, self.shared_row, 1.0 / count)
+            yield
+        finally:
+            with torch.no_grad():
+                for bn, (mean, var) in zip(self.bn_layers(), saved):
+                    bn.running_mean[self.shared_row] = mean
+                    bn.running_var[self.shared_row] = var
 
     @torch.no_grad()
     def share_largest(self) -> None:
