@@ -56,13 +56,38 @@ def profile_table(model: Model, threads: int = 1, rounds: int = 50, seed: int = 
     return rows
 
 
+def add_accuracy(model: Model, rows: list[dict], threads: int = 1) -> str | None:
+    """Test accuracy per profile, for a model that records the data it was trained on
+    ("trained_on" in its JSON); returns the data set's name, or None when there is none (or the
+    data cannot be made here: the train extra is not installed)."""
+    trained_on = model.to_slimfile().meta.get("trained_on")
+    if not isinstance(trained_on, dict) or not isinstance(trained_on.get("data"), str):
+        return None
+    try:
+        from .train.datasets import load_dataset
+        from .train.evaluation import engine_accuracy
+
+        data = load_dataset(trained_on["data"], seed=int(trained_on.get("seed", 0)))
+    except (ImportError, ValueError):
+        return None
+    accuracy = {r["name"]: r["accuracy"] for r in engine_accuracy(model, data.x_test, data.y_test, threads=threads)}
+    for r in rows:
+        r["accuracy"] = accuracy.get(r["profile"])
+    return data.name
+
+
 def print_table(rows: list[dict], out=sys.stdout) -> None:
+    with_acc = any(r.get("accuracy") is not None for r in rows)
     header = f"{'profile':>10} {'MMACs':>9} {'MACs/full':>10} {'median ms':>10} {'lat/full':>9} {'rel. error':>11}"
+    header += f" {'accuracy':>9}" if with_acc else ""
     print(header, file=out)
     print("-" * len(header), file=out)
     for r in rows:
-        print(f"{r['profile']:>10} {r['macs'] / 1e6:>9.2f} {r['macs_ratio']:>10.3f} {r['latency_ms']:>10.3f} "
-              f"{r['latency_ratio']:>9.3f} {r['max_rel_error']:>11.2e}", file=out)
+        line = (f"{r['profile']:>10} {r['macs'] / 1e6:>9.2f} {r['macs_ratio']:>10.3f} {r['latency_ms']:>10.3f} "
+                f"{r['latency_ratio']:>9.3f} {r['max_rel_error']:>11.2e}")
+        if with_acc:
+            line += f" {r['accuracy']:>8.2f}%" if r.get("accuracy") is not None else f" {'-':>9}"
+        print(line, file=out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -74,7 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"input {model.input_shape}, {len(model.profiles)} profiles, {model.weight_bytes / 1e6:.2f} MB of weights "
           f"(one copy for every profile), {args.threads} thread(s)\n")
     rows = profile_table(model, threads=args.threads, rounds=args.rounds)
+    data = add_accuracy(model, rows, args.threads)
     print_table(rows)
+    if data:
+        print(f"(accuracy: the {data} test set, run by the engine)")
     worst = max(r["max_rel_error"] for r in rows)
     ok = worst <= 1e-4
     print(f"\nevery profile agrees with the numpy reference: {'yes' if ok else 'NO'} (worst relative error {worst:.1e})")
