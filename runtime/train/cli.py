@@ -28,6 +28,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--sampling", default="uniform", choices=("uniform", "profiles"),
                    help="random widths: uniform multipliers (US-Nets) or the named profiles (S-Net)")
     p.add_argument("--num-random", type=int, default=2, help="random widths per step (default: %(default)s)")
+    p.add_argument("--profile", default=None,
+                   help="--method fixed: the one width trained (a profile name or multiplier; default: the largest)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -129,6 +131,14 @@ def _widths(text: str | None) -> tuple[float, ...] | None:
         raise ValueError(f"--widths must be comma-separated numbers such as 0.25,0.5,1.0, got '{text}'") from None
 
 
+def _profile_key(text: str) -> str | float:
+    """A profile name, or a uniform multiplier when the text is a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def training_record_path(model_path: str) -> str:
     """Where `slimrt train` writes its record (config, epochs, sampled widths and losses)."""
     return str(Path(model_path).with_suffix("")) + ".train.json"
@@ -179,7 +189,9 @@ def run_train(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.x_train)} training and {len(data.x_test)} test images {data.input_shape}")
     if not args.source.startswith("zoo:"):  # a trained source: recover its batch norm from data
         net.init_bn_statistics([xb for xb, _ in batches(data.x_train[:1024], None, 256)])
+    profile = None if args.profile is None else _profile_key(args.profile)
     cfg = TrainConfig(method=args.method, distill=args.distill, epochs=args.epochs, batch_size=args.batch_size,
+                      profile=profile,
                       lr=args.lr, num_random=args.num_random, sampling=args.sampling,
                       label_smoothing=args.label_smoothing, label_weight=args.label_weight, seed=args.seed,
                       threads=args.threads)
