@@ -344,10 +344,24 @@ class Supernet(nn.Module):
     def _run(self, x: torch.Tensor, plan: _Plan, train: bool, row: int | None,
              momentum: float | None) -> torch.Tensor:
         values = {self.input_name: x}
-        for op, p in zip(self.ops, plan.ops):
+        self._run_ops(values, plan, 0, len(self.ops), train, row, momentum)
+        return values[self.meta["output"]]
+
+    def _run_ops(self, values: dict[str, torch.Tensor], plan: _Plan, start: int, stop: int, train: bool,
+                 row: int | None, momentum: float | None) -> None:
+        for op, p in zip(self.ops[start:stop], plan.ops[start:stop]):
             ins = [values[t] for t in op.inputs]
             values[op.output] = self._op(op, p, ins, train, row, momentum)
-        return values[self.meta["output"]]
+
+    def run_ops(self, values: dict[str, torch.Tensor], profile: ProfileKey, start: int, stop: int) -> None:
+        """Run ops ``start..stop-1`` at ``profile``, reading and writing tensors by name in
+        ``values`` (for a gate that splits the graph). Batch norm as in :meth:`forward`."""
+        plan = self.plan(profile)
+        if self.training:
+            row = plan.profile
+        else:
+            row = plan.profile if plan.profile is not None else self.shared_row
+        self._run_ops(values, plan, start, stop, self.training, row, None)
 
     def _op(self, op: fmt.Op, p: _OpPlan, ins: list[torch.Tensor], train: bool,
             row: int | None, momentum: float | None) -> torch.Tensor:
