@@ -67,9 +67,11 @@ def read_profiles(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def apply_ratios(slim: fmt.SlimFile, data: Mapping[str, Any], replace: bool = False) -> fmt.SlimFile:
+def apply_ratios(slim: fmt.SlimFile, data: Mapping[str, Any], replace: bool = False,
+                 multiple: int = 8) -> fmt.SlimFile:
     """A copy of ``slim`` with the profiles of ``data`` added (or, with ``replace``, instead of its
-    own). Widths are ratio x size rounded as uniform widths are (multiples of 8, whole at 1).
+    own). Widths are ratio x size rounded as uniform widths are (multiples of 8, whole at 1);
+    ``multiple=1`` rounds to the nearest channel instead (for comparisons at equal MACs).
 
     Refuses data whose groups do not match the model's free groups, naming them. Per-profile
     epilogues of replaced or dropped profiles are removed: calibrate the result.
@@ -84,7 +86,12 @@ def apply_ratios(slim: fmt.SlimFile, data: Mapping[str, Any], replace: bool = Fa
                     ([f"unknown groups {', '.join(extra)}"] if extra else [])
             raise ProfileError(f"profile '{p['name']}' does not fit model '{slim.meta.get('name')}': "
                                + "; ".join(parts))
-    new = {p["name"]: [g.size if g.fixed else fmt.uniform_width(g.size, float(p["ratios"][g.name]))
+    def width(size: int, ratio: float) -> int:
+        if multiple == 8:
+            return fmt.uniform_width(size, ratio)
+        return min(size, max(1, multiple * round(size * ratio / multiple)))
+
+    new = {p["name"]: [g.size if g.fixed else width(g.size, float(p["ratios"][g.name]))
                        for g in groups] for p in data["profiles"]}
     meta = json.loads(json.dumps(slim.meta))
     kept = [] if replace else [p for p in meta["profiles"] if p["name"] not in new]

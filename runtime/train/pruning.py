@@ -183,12 +183,14 @@ def threshold_widths(net: Supernet, scores: dict[int, np.ndarray], target: float
 
 def prune_profiles(net: Supernet, targets: Sequence[float] = (0.25, 0.5, 0.75), method: str = "bn",
                    batches: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), multi_base: bool = True,
-                   prefix: str = "") -> list[PruneResult]:
+                   prefix: str = "", names: Sequence[str] | None = None) -> list[PruneResult]:
     """Sort every free group by importance and find per-group widths for each MACs target.
 
-    Replaces the net's named profiles by one per target (named ``<prefix><target>``) plus the
-    full width (``"1.0"``); the new profiles' batch norm needs recalibration or training.
+    Replaces the net's named profiles by one per target (named ``<prefix><name>``, the name
+    defaulting to the target) plus the full width (``"1.0"``); the new profiles' batch norm needs
+    recalibration or training.
     """
+    label = dict(zip(targets, names if names is not None else [f"{t:g}" for t in targets]))
     if any(not 0 < t < 1 for t in targets):
         raise ValueError(f"MACs targets must be fractions in (0, 1), got {list(targets)}")
     full = net.macs(net.full_widths)
@@ -202,7 +204,7 @@ def prune_profiles(net: Supernet, targets: Sequence[float] = (0.25, 0.5, 0.75), 
             sort_by_importance(net, scores, within=base)
         widths, threshold = threshold_widths(net, scores, target, base if multi_base else None)
         macs = net.macs(widths)
-        results.append(PruneResult(f"{prefix}{target:g}", target, widths, macs, macs / full, threshold))
+        results.append(PruneResult(f"{prefix}{label[target]}", target, widths, macs, macs / full, threshold))
         base = widths
     results.reverse()
     net.set_profiles([(r.name, r.widths) for r in results] + [("1.0", net.full_widths)])

@@ -46,13 +46,18 @@ class Candidate:
 
 @dataclass
 class Constraint:
-    """``cost(widths) <= limit``; ``kind`` is "macs" or "latency_ms"."""
+    """``minimum <= cost(widths) <= limit``; ``kind`` is "macs" or "latency_ms". A minimum (e.g.
+    97% of the limit) makes a search compare sub-networks of about equal cost."""
 
     kind: str
     limit: float
     cost: Callable[[Widths], float] = field(repr=False)
+    minimum: float = 0.0
 
     def ok(self, widths: Widths) -> bool:
+        return self.minimum <= self.cost(widths) <= self.limit
+
+    def within_limit(self, widths: Widths) -> bool:
         return self.cost(widths) <= self.limit
 
 
@@ -210,8 +215,8 @@ def _repair(net: Supernet, widths: list[int], constraint: Constraint, rng: np.ra
     free = _free(net)
     for _ in range(10000):
         w = tuple(widths)
-        if constraint.ok(w):
-            return w
+        if constraint.within_limit(w):
+            return w if constraint.ok(w) else None
         shrinkable = [g for g in free if widths[g] > _choices(net, g)[0]]
         if not shrinkable:
             return None
