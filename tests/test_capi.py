@@ -16,6 +16,8 @@ import pytest
 
 import corrupt
 import slimrt
+from slimrt import format as fmt
+from slimrt.models import tiny_resnet
 
 cffi = pytest.importorskip("cffi")
 
@@ -114,7 +116,8 @@ def test_error_paths_return_status_and_message(lib, model_path, tmp_path):
     assert "threads" in ffi.string(c.slimrt_last_error()).decode()
     assert c.slimrt_session_create(model, 1, session) == c.SLIMRT_OK
 
-    x = np.zeros((1, 3, 96, 96), np.float32)
+    shape = [1] + list(slimrt.load(model_path).input_shape[1:])
+    x = np.zeros(shape, np.float32)
     out = np.zeros(4, np.float32)
     out_shape, out_rank = ffi.new("int64_t[4]"), ffi.new("int32_t*")
 
@@ -122,17 +125,17 @@ def test_error_paths_return_status_and_message(lib, model_path, tmp_path):
         return c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), ffi.new("int64_t[4]", shape), rank,
                                     index, mult, ffi.from_buffer("float[]", out), capacity, out_shape, out_rank)
 
-    assert run([1, 3, 96, 96], 4, 99, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run(shape, 4, 99, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
     assert "out of range" in ffi.string(c.slimrt_last_error()).decode()
-    assert run([1, 3, 96, 96], 4, -1, 7.0, 4) == c.SLIMRT_INVALID_ARGUMENT
-    assert run([1, 3, 96, 96], 4, -1, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
-    assert run([1, 5, 96, 96], 4, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run(shape, 4, -1, 7.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run(shape, 4, -1, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run([1, shape[1] + 4, shape[2], shape[3]], 4, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
     assert "channels" in ffi.string(c.slimrt_last_error()).decode()
-    assert run([1, 3, 96, 96], 3, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
-    assert run([1, 3, 96, 96], 4, 0, 0.0, 4) == c.SLIMRT_BUFFER_TOO_SMALL
+    assert run(shape, 3, 0, 0.0, 4) == c.SLIMRT_INVALID_ARGUMENT
+    assert run(shape, 4, 0, 0.0, 4) == c.SLIMRT_BUFFER_TOO_SMALL
     assert out_rank[0] == 2 and out_shape[1] > 4  # the needed shape is reported
     big = np.zeros(int(out_shape[0] * out_shape[1]), np.float32)
-    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), ffi.new("int64_t[4]", [1, 3, 96, 96]),
+    status = c.slimrt_session_run(session[0], ffi.from_buffer("float[]", x), ffi.new("int64_t[4]", shape),
                                   4, 0, 0.0, ffi.from_buffer("float[]", big), big.size, out_shape, out_rank)
     assert status == c.SLIMRT_OK and ffi.string(c.slimrt_last_error()) == b""
     c.slimrt_session_free(session[0])
@@ -232,7 +235,7 @@ def test_session_run_reads_no_more_shape_values_than_rank_4(tmp_path, model_path
 def test_hostile_buffers_give_the_exact_error(lib, model_path):
     """The loader refuses these before it infers shapes or allocates weights (see test_format)."""
     ffi, c = lib
-    data = Path(model_path).read_bytes()
+    data = fmt.to_bytes(tiny_resnet(seed=0, input_hw=(96, 96)))  # the op names the messages quote
     classes = [g["name"] for g in corrupt._model(data)["groups"]].index("classes")
     cases = [
         (corrupt.linear_without_out_group(data).data, "op 'classifier' has no \"out_group\" field"),

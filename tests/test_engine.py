@@ -85,7 +85,7 @@ def test_switching_profiles_gives_identical_results(default_model):
 
 def test_other_batch_and_spatial_size(default_model):
     slim = default_model.to_slimfile()
-    x = np.random.default_rng(4).standard_normal((3, 3, 50, 70)).astype(np.float32)
+    x = np.random.default_rng(4).standard_normal((3, default_model.input_shape[1], 50, 70)).astype(np.float32)
     for p in default_model.profiles:
         assert rel_error(default_model.run(x, p.name), run_reference(slim, x, p.name)) <= 1e-4
 
@@ -157,7 +157,7 @@ def test_unknown_profiles(default_model):
         (lambda s: np.zeros(s, np.int32), TypeError, "float32"),
         (lambda s: [[0.0]], TypeError, "numpy.ndarray"),
         (lambda s: np.zeros(s[1:], np.float32), ValueError, "NCHW"),
-        (lambda s: np.zeros((1, 4) + s[2:], np.float32), ValueError, "4 channels, the model takes 3"),
+        (lambda s: np.zeros((1, s[1] + 3) + s[2:], np.float32), ValueError, "4 channels, the model takes 1"),
         (lambda s: np.zeros((0,) + s[1:], np.float32), ValueError, "not valid"),
     ],
 )
@@ -183,7 +183,8 @@ def test_spatial_size_checked_against_the_graph():
 
 
 def test_non_contiguous_input_is_accepted(default_model):
-    x = np.random.default_rng(9).standard_normal((1, 3) + default_model.input_shape[2:][::-1]).astype(np.float32)
+    c = default_model.input_shape[1]
+    x = np.random.default_rng(9).standard_normal((1, c) + default_model.input_shape[2:][::-1]).astype(np.float32)
     xt = x.transpose(0, 1, 3, 2)
     assert not xt.flags.c_contiguous
     np.testing.assert_array_equal(default_model.run(xt, 0), default_model.run(np.ascontiguousarray(xt), 0))

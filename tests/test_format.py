@@ -21,7 +21,7 @@ import slimrt
 from slimrt import format as fmt
 from slimrt.builder import ModelBuilder
 from slimrt.errors import InvalidModelError, ProfileError
-from slimrt.models import DEFAULT_INPUT_HW, concat_net, default_model, tiny_resnet, vgg_like
+from slimrt.models import concat_net, default_model, tiny_resnet, vgg_like
 
 MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net}
 
@@ -58,10 +58,25 @@ def test_models_are_seeded() -> None:
     assert fmt.to_bytes(concat_net(seed=3)) != fmt.to_bytes(concat_net(seed=4))
 
 
-def test_bundled_default_model_matches_its_generator() -> None:
+def test_bundled_default_model_is_the_trained_one() -> None:
+    """scripts/make_default_model.py's net: MobileNetV2-small on cluttered-digits (1x24x24),
+    uniform profiles with per-profile batch norm, and the record of how it was trained."""
     bundled = default_model()
-    assert bundled.meta["input"]["shape"] == [1, 3, *DEFAULT_INPUT_HW]
-    assert_same_model(tiny_resnet(seed=0, input_hw=DEFAULT_INPUT_HW), bundled)
+    assert bundled.meta["input"]["shape"] == [1, 1, 24, 24]
+    assert [p["name"] for p in bundled.meta["profiles"]] == ["0.25", "0.5", "0.75", "1.0"]
+    assert bundled.meta["trained_on"]["data"] == "cluttered-digits"
+    assert any("@0.25" in name for name in bundled.tensors)
+    kinds = {op["op"] for op in bundled.meta["ops"]}
+    assert {"conv", "add", "linear"} <= kinds
+    assert any(op["op"] == "conv" and "out_group" not in op for op in bundled.meta["ops"])  # depthwise
+    torch = pytest.importorskip("torch")
+    from slimrt import zoo
+    from slimrt.convert import torch_to_slim
+
+    fresh = torch_to_slim(zoo.mobilenet_v2_small(10, in_channels=1), torch.zeros(1, 1, 24, 24), importance="none")
+    assert [(g["name"], g["size"]) for g in fresh.meta["groups"]] == \
+        [(g["name"], g["size"]) for g in bundled.meta["groups"]]
+    assert [p["macs"] for p in fresh.meta["profiles"]] == [p["macs"] for p in bundled.meta["profiles"]]
 
 
 def test_missing_path_raises_file_not_found(tmp_path) -> None:
@@ -604,8 +619,14 @@ def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
 
 # -- hostile files: the engine and this reader refuse them alike, before allocating --------
 
+_REFERENCE: list[bytes] = []
+
+
 def bundled_bytes() -> bytes:
-    return Path(slimrt.default_model_path()).read_bytes()
+    """A fixed model whose op names the messages below quote: tiny_resnet(0) at 3x96x96."""
+    if not _REFERENCE:
+        _REFERENCE.append(fmt.to_bytes(tiny_resnet(seed=0, input_hw=(96, 96))))
+    return _REFERENCE[0]
 
 
 def engine_error(data: bytes) -> str:
@@ -696,7 +717,7 @@ def peak_kib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-data = open(slimrt.default_model_path(), "rb").read()
+data = open(sys.argv[2], "rb").read()
 cases = [corrupt.huge_group(data, i) for i in range(len(corrupt._model(data)["groups"]))]
 errors = {}
 before = peak_kib()
@@ -710,11 +731,13 @@ print(json.dumps({"growth_kib": peak_kib() - before, "errors": errors}))
 """
 
 
-def test_a_huge_group_size_is_refused_before_allocating() -> None:
-    """Any one group grown to 2^20 channels (the bundled model is 330 KB): the engine refuses the
-    file and its peak memory barely moves (it once zero-filled 1.3 GB before checking)."""
+def test_a_huge_group_size_is_refused_before_allocating(tmp_path: Path) -> None:
+    """Any one group grown to 2^20 channels (the model is 330 KB): the engine refuses the file
+    and its peak memory barely moves (it once zero-filled 1.3 GB before checking)."""
     data = bundled_bytes()
-    run = subprocess.run([sys.executable, "-c", HUGE_GROUP_PROBE, str(Path(__file__).parent)],
+    path = tmp_path / "model.slim"
+    path.write_bytes(data)
+    run = subprocess.run([sys.executable, "-c", HUGE_GROUP_PROBE, str(Path(__file__).parent), str(path)],
                          capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(run.stdout)
     groups = corrupt._model(data)["groups"]
