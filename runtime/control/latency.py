@@ -18,6 +18,16 @@ controller has stopped choosing. Per profile, `predict(p)` returns the mean
 The table also tracks `overhead_ms`, the `quantile` of the time a request spends in the
 server after its inference (waking the event loop, encoding the answer), which a budget
 must leave room for.
+
+Requests that are not one sample at a calibrated profile (a batch, another input size, a
+uniform width multiplier) are predicted from their MACs when the table knows the MACs of
+its profiles (`macs`): the calibrated latency at a cost of M MACs is interpolated linearly
+between the two calibrated profiles whose MACs bracket M, and beyond the cheapest or the
+most expensive profile scaled in proportion to M from that profile. Their observations
+feed `slowdown` the same way (observed / calibrated at their cost), so a batch of 32 does
+not read as a 32x slowdown; their residuals enter the jitter scaled down to the size of one
+full-width sample, so the noise of one large request does not widen the tail of every
+small one.
 """
 
 from __future__ import annotations
@@ -69,15 +79,18 @@ class Prediction:
 class LatencyTable:
     """Thread-safe latency predictions per profile (cheapest first).
 
-    `names`, `base_mean_ms` and `base_tail_ms` come from a calibration; `alpha` is the weight
-    of one observation in the moving mean; `window` residuals are kept for the tail; until
-    `min_tail_samples` observations exist the tail is the larger of the calibrated tail
-    scaled by `slowdown` and the observed one.
+    `names`, `base_mean_ms` and `base_tail_ms` come from a calibration; `macs` are the
+    profiles' MACs per sample at the calibrated input (optional: without them only the
+    calibrated profiles can be predicted); `alpha` is the weight of one observation in the
+    moving mean; `window` residuals are kept for the tail; until `min_tail_samples`
+    observations exist the tail is the larger of the calibrated tail scaled by `slowdown`
+    and the observed one.
     """
 
     def __init__(self, names: Sequence[str], base_mean_ms: Sequence[float],
                  base_tail_ms: Sequence[float] | None = None, *, quantile: float = 0.95,
-                 alpha: float = 0.1, window: int = 64, min_tail_samples: int = 16) -> None:
+                 alpha: float = 0.1, window: int = 64, min_tail_samples: int = 16,
+                 macs: Sequence[float] | None = None) -> None:
         tails = base_mean_ms if base_tail_ms is None else base_tail_ms
         if not (len(names) == len(base_mean_ms) == len(tails)) or not names:
             raise ValueError(f"latency table needs one mean and one tail per profile: "
@@ -88,9 +101,18 @@ class LatencyTable:
                                  f"0 < mean <= tail < inf, got mean={mean} tail={tail}")
         if not 0 < quantile < 1 or not 0 < alpha <= 1 or window < 1:
             raise ValueError("need 0 < quantile < 1, 0 < alpha <= 1 and window >= 1")
+        if macs is not None:
+            if len(macs) != len(names) or not all(m > 0 and math.isfinite(m) for m in macs):
+                raise ValueError(f"latency table needs one positive MACs count per profile, "
+                                 f"got {list(macs)} for {len(names)} profiles")
         self.names = tuple(names)
         self.base_mean_ms = tuple(float(v) for v in base_mean_ms)
         self.base_tail_ms = tuple(float(v) for v in tails)
+        self.macs = None if macs is None else tuple(float(m) for m in macs)
+        # calibrated points (MACs, mean, tail) in order of MACs, for costs between profiles
+        self._points = (None if self.macs is None else
+                        sorted(zip(self.macs, self.base_mean_ms, self.base_tail_ms)))
+        self._top_mean = max(self.base_mean_ms)
         self.quantile = quantile
         self.alpha = alpha
         self.min_tail_samples = min(min_tail_samples, window)
@@ -125,20 +147,51 @@ class LatencyTable:
         with self._lock:
             return self._jitter_locked()
 
-    def observe(self, profile: int | str, latency_ms: float) -> None:
-        """Feed back one measured service time (inference only, no queueing) of `profile`."""
-        i = self.index(profile)
+    def calibrated_at(self, macs: float) -> Prediction:
+        """The calibrated (uncontended) mean and tail latency of a run costing `macs` MACs in
+        all (per-sample MACs x batch), from the calibrated profiles (see the module's doc)."""
+        if self._points is None:
+            raise ValueError("this latency table has no MACs per profile: predict by profile, "
+                             "or build it with macs=")
+        if not (macs > 0 and math.isfinite(macs)):
+            raise ValueError(f"a run's MACs must be finite and > 0, got {macs}")
+        points = self._points
+        lo_macs, lo_mean, lo_tail = points[0]
+        if macs <= lo_macs:
+            return Prediction(lo_mean * macs / lo_macs, lo_tail * macs / lo_macs)
+        for hi_macs, hi_mean, hi_tail in points[1:]:
+            if macs <= hi_macs:
+                f = (macs - lo_macs) / (hi_macs - lo_macs)
+                return Prediction(lo_mean + f * (hi_mean - lo_mean),
+                                  lo_tail + f * (hi_tail - lo_tail))
+            lo_macs, lo_mean, lo_tail = hi_macs, hi_mean, hi_tail
+        return Prediction(lo_mean * macs / lo_macs, lo_tail * macs / lo_macs)
+
+    def observe(self, profile: int | str | None, latency_ms: float, *,
+                macs: float | None = None) -> None:
+        """Feed back one measured service time (inference only, no queueing).
+
+        `profile` is the profile it ran at (None for a run at a width multiplier); `macs` the
+        MACs the run cost in all, when it was not one sample at the calibrated input (a batch,
+        another input size, a multiplier)."""
+        i = None if profile is None else self.index(profile)
         if not (latency_ms >= 0 and math.isfinite(latency_ms)):
             raise ValueError(f"observed latency must be finite and >= 0, got {latency_ms}")
-        base = self.base_mean_ms[i]
+        if i is None and macs is None:
+            raise ValueError("observe needs the profile a run used, or its MACs")
+        calibrated = i is not None and (macs is None or self.macs is None
+                                        or math.isclose(macs, self.macs[i]))
+        base = self.base_mean_ms[i] if calibrated else self.calibrated_at(macs).mean_ms
+        scale = 1.0 if base <= self._top_mean else self._top_mean / base
         with self._lock:
-            self._residuals.append(latency_ms - base * self._slowdown)
+            self._residuals.append((latency_ms - base * self._slowdown) * scale)
             self._jitter = None
             self._slowdown += self.alpha * (latency_ms / base - self._slowdown)
-            prev = self._observed_mean[i]
-            self._observed_mean[i] = (latency_ms if prev is None
-                                      else prev + self.alpha * (latency_ms - prev))
-            self._counts[i] += 1
+            if calibrated:
+                prev = self._observed_mean[i]
+                self._observed_mean[i] = (latency_ms if prev is None
+                                          else prev + self.alpha * (latency_ms - prev))
+                self._counts[i] += 1
 
     def observe_overhead(self, overhead_ms: float) -> None:
         """Feed back the time one request spent in the server after its inference."""
@@ -160,9 +213,17 @@ class LatencyTable:
     def predict(self, profile: int | str) -> Prediction:
         """Predicted mean and tail latency of `profile` now, in milliseconds."""
         i = self.index(profile)
+        return self._predict(self.base_mean_ms[i], self.base_tail_ms[i])
+
+    def predict_macs(self, macs: float) -> Prediction:
+        """Predicted mean and tail latency now of a run costing `macs` MACs in all."""
+        base = self.calibrated_at(macs)
+        return self._predict(base.mean_ms, base.tail_ms)
+
+    def _predict(self, base_mean: float, base_tail: float) -> Prediction:
         with self._lock:
-            mean = self.base_mean_ms[i] * self._slowdown
-            scaled_tail = self.base_tail_ms[i] * self._slowdown
+            mean = base_mean * self._slowdown
+            scaled_tail = base_tail * self._slowdown
             jitter = self._jitter_locked()
             n = len(self._residuals)
         if jitter is None:
@@ -245,7 +306,13 @@ def calibrate(model: _ModelLike, *, threads: int = 1, warmup: int = 2, repeats: 
                 times[i].append((time.perf_counter() - start) * 1e3)
     means = [float(np.mean(t)) for t in times]
     tails = [max(_quantile(t, quantile), m) for t, m in zip(times, means)]
+    table_kwargs.setdefault("macs", _profile_macs(model))
     return LatencyTable(names, means, tails, quantile=quantile, **table_kwargs)
+
+
+def _profile_macs(model: _ModelLike) -> list[float] | None:
+    macs = [getattr(p, "macs", None) for p in model.profiles]
+    return None if any(m is None or m <= 0 for m in macs) else [float(m) for m in macs]
 
 
 def _cpu_model() -> str:
@@ -289,6 +356,7 @@ def load_or_calibrate(model: _ModelLike, *, threads: int = 1, cache_dir: Path | 
     alpha, window, min_tail_samples) set the table's online tracking either way."""
     key = cache_key(model, threads)
     path = Path(cache_dir or default_cache_dir()) / f"{model.name}-{key[:20]}.json"
+    table_kwargs.setdefault("macs", _profile_macs(model))  # in the key, so not in the file
     if not refresh and path.is_file():
         try:
             data = json.loads(path.read_text())
