@@ -1,11 +1,22 @@
 """Decoding and checking of /v1/infer requests, and encoding of their answers.
 
 A request body is either JSON (a nested array, or an object {"input": array, "budget_ms": ms,
-"profile": name or index}) or the raw bytes of a `.npy` file (Content-Type application/x-npy
-or application/octet-stream) holding a float32 array. Options may also come as query
-parameters `budget_ms` and `profile`; fields of a JSON object take precedence.
+"profile": name, index or multiplier}) or the raw bytes of a `.npy` file (Content-Type
+application/x-npy or application/octet-stream) holding a float32 array. Options may also
+come as query parameters `budget_ms` and `profile`; fields of a JSON object take precedence.
+A profile is a profile name, an integer index, or a uniform width multiplier (a number with
+a fraction, such as 0.6, in the model's range). The input is [N, C, H, W] with the model's C;
+H and W may be any size the model runs.
 Every problem raises `BadRequest` with an HTTP status and a message that says what to send.
-JSON is parsed with orjson when it is installed (several times faster on large arrays).
+
+JSON input arrays are read piece by piece (`parse_json_array`): the brackets and commas are
+checked against the regular layout of an [N][C][H][W] array, and the numbers are parsed in
+pieces of 64 KiB with orjson (or the standard library), so a thread parsing a 16 MiB body
+gives the interpreter lock back every fraction of a millisecond instead of holding it for
+the whole body (about 300 ms in one call), and the event loop keeps answering. A body this reader does not take (malformed, ragged,
+holding other values) is parsed again by the complete JSON parser for an exact message when
+it is at most `EXACT_ERRORS_MAX` bytes; a larger one is refused with the reader's reason, so
+a large malformed body cannot hold the lock either.
 """
 
 from __future__ import annotations
@@ -24,11 +35,20 @@ try:  # several times faster on large arrays; optional
 except ImportError:  # pragma: no cover - depends on the environment
     _json_loads = json.loads
 
-__all__ = ["BadRequest", "InferOptions", "parse_input", "parse_options", "to_npy", "NPY_TYPES",
-           "resolve_requested_profile"]
+__all__ = ["BadRequest", "InferOptions", "parse_input", "parse_json_array", "parse_options",
+           "to_npy", "NPY_TYPES", "resolve_requested_profile", "check_content_type",
+           "declared_length"]
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 JSON_TYPE = "application/json"
+EXACT_ERRORS_MAX = 1 << 20  # bodies up to this size get the complete parser's exact errors
+_PIECE = 1 << 16  # 64 KiB: well under a millisecond of parsing at a time
+MAX_DEPTH = 4  # [N][C][H][W]; deeper arrays go to the complete parser (or are refused)
+_NUMBER_BYTES = b"0123456789+-.eE"
+_JSON_SPACE = b" \t\r\n"
+_BRACKETS_AS_SPACE = bytes.maketrans(b"[]", b"  ")
+_SENTINEL_JSON = b'"\\u0000slimrt-input"'  # stands for the array while the object is parsed
+_SENTINEL = "\x00slimrt-input"
 
 
 class BadRequest(Exception):
@@ -52,18 +72,45 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def parse_input(body: bytes, content_type: str | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The input array of a request body and the options found in it (JSON objects only)."""
+def check_content_type(content_type: str | None) -> str:
+    """"json" or "npy" for a Content-Type /v1/infer reads; BadRequest 415 otherwise."""
     kind = media_type(content_type)
     if kind == JSON_TYPE or kind.endswith("+json"):
-        return _parse_json(body)
+        return "json"
     if kind in NPY_TYPES:
-        return _parse_npy(body), {}
+        return "npy"
     raise BadRequest(415, f"unsupported Content-Type {content_type or '(none)'!r}: send "
                           f"application/json or application/x-npy")
 
 
+def declared_length(value: str | None, limit: int) -> int | None:
+    """The Content-Length a request declares (None without one): 400 when it is not a
+    number, 413 when it is over `limit` bytes."""
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest(400, f"invalid Content-Length {value!r}")
+    if int(value) > limit:
+        raise BadRequest(413, f"body of {value} bytes exceeds the limit of {limit} bytes")
+    return int(value)
+
+
+def parse_input(body: bytes, content_type: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The input array of a request body and the options found in it (JSON objects only)."""
+    if check_content_type(content_type) == "json":
+        return _parse_json(body)
+    return _parse_npy(body), {}
+
+
 def _parse_json(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    fast = parse_json_array(body)
+    if not isinstance(fast, str):
+        return fast
+    if len(body) > EXACT_ERRORS_MAX:
+        raise BadRequest(400, f"body is not a JSON array of numbers the server can read: "
+                              f"{fast}. A body over {EXACT_ERRORS_MAX >> 20} MiB must be a "
+                              f"nested array [N][C][H][W] of numbers, or an object "
+                              f"{{\"input\": array, ...}} with scalar options")
     try:
         doc = _json_loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -72,13 +119,7 @@ def _parse_json(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         raise BadRequest(400, "body is not valid JSON: nested too deeply") from None
     options: dict[str, Any] = {}
     if isinstance(doc, dict):
-        unknown = set(doc) - {"input", "budget_ms", "profile"}
-        if unknown:
-            raise BadRequest(422, f"unknown field(s) {sorted(unknown)}; expected 'input', "
-                                  f"'budget_ms', 'profile'")
-        if "input" not in doc:
-            raise BadRequest(422, "JSON object has no 'input' field holding the input array")
-        options = {k: doc[k] for k in ("budget_ms", "profile") if k in doc}
+        options = _object_options(doc)
         doc = doc["input"]
     if not isinstance(doc, list):
         raise BadRequest(422, "input must be a nested JSON array of numbers [N][C][H][W]")
@@ -90,6 +131,101 @@ def _parse_json(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
         raise BadRequest(422, "input must hold numbers only")
     return arr.astype(np.float32), options
+
+
+def _object_options(doc: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(doc) - {"input", "budget_ms", "profile"}
+    if unknown:
+        raise BadRequest(422, f"unknown field(s) {sorted(unknown)}; expected 'input', "
+                              f"'budget_ms', 'profile'")
+    if "input" not in doc:
+        raise BadRequest(422, "JSON object has no 'input' field holding the input array")
+    return {k: doc[k] for k in ("budget_ms", "profile") if k in doc}
+
+
+def parse_json_array(body: bytes) -> tuple[np.ndarray, dict[str, Any]] | str:
+    """A JSON body holding a regular nested array of numbers (bare, or as the "input" of an
+    object whose other fields are scalars), read piece by piece: the float32 array and the
+    object's options. Returns the reason as a string when the body is not of that form (the
+    caller decides what to answer); raises BadRequest for an object with wrong fields.
+
+    The array's span runs from the body's first '[' to its last ']'. Deleting numbers and
+    white space from it must leave exactly the brackets and commas of an array of the
+    dimensions its first row implies; each piece between two commas then holds numbers
+    only, and parsing it as a JSON array checks every number. So a body is accepted only
+    if it is valid JSON of that form, and its values are the ones the complete parser gives.
+    """
+    lo, hi = body.find(b"["), body.rfind(b"]") + 1
+    if lo < 0 or hi <= lo:
+        return "no JSON array in the body"
+    head, tail = body[:lo].strip(_JSON_SPACE), body[hi:].strip(_JSON_SPACE)
+    options: dict[str, Any] = {}
+    if head or tail:
+        try:
+            doc = _json_loads(body[:lo] + _SENTINEL_JSON + body[hi:])
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return "the object around the input array is not valid JSON"
+        if not isinstance(doc, dict) or doc.get("input") != _SENTINEL:
+            return "the array is not the 'input' field of a JSON object with scalar fields"
+        options = _object_options(doc)
+    skeleton = b"".join(body[i:min(i + _PIECE, hi)].translate(None, _NUMBER_BYTES + _JSON_SPACE)
+                        for i in range(lo, hi, _PIECE))
+    if skeleton[:MAX_DEPTH + 1] == b"[" * (MAX_DEPTH + 1):
+        return f"arrays nested deeper than {MAX_DEPTH}; the input is [N][C][H][W]"
+    dims = _regular_dims(skeleton)
+    if dims is None or skeleton != _skeleton_of(dims):
+        other = skeleton.translate(None, b"[],")[:1]
+        if other:
+            return f"found {other.decode('latin-1')!r} where only numbers, brackets and " \
+                   f"commas may be"
+        return "its brackets do not make a rectangular array (every row the same length)"
+    total = math.prod(dims)
+    out = np.empty(total, dtype=np.float32)
+    pos, start = 0, lo
+    while start < hi:
+        cut = body.find(b",", start + _PIECE, hi) if start + _PIECE < hi else -1
+        end = hi if cut < 0 else cut
+        try:
+            values = _json_loads(b"[" + body[start:end].translate(_BRACKETS_AS_SPACE) + b"]")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"a number is not valid JSON ({exc})"
+        if pos + len(values) > total:
+            return "more numbers than its brackets hold"
+        out[pos:pos + len(values)] = values
+        pos += len(values)
+        start = end + 1
+    if pos != total:
+        return "fewer numbers than its brackets hold"
+    return out.reshape(dims), options
+
+
+def _regular_dims(skeleton: bytes) -> list[int] | None:
+    """The dimensions of a regular array whose brackets and commas are `skeleton`, read from
+    its first element at each depth (None if it is not even that regular). An empty row
+    reads as one number here; the count of numbers parsed then disagrees."""
+    depth = len(skeleton) - len(skeleton.lstrip(b"["))
+    if not 1 <= depth <= MAX_DEPTH:
+        return None
+    dims = [0] * depth
+    dims[-1] = skeleton.find(b"]") - depth + 1  # commas of the first row, plus one
+    length = dims[-1] + 1  # "[" + commas + "]"
+    for k in range(depth - 2, -1, -1):
+        close = skeleton.find(b"]" * (depth - k))
+        if close < 0:
+            return None
+        outer = close + (depth - k) - k  # the first element at depth k ends there
+        n, rest = divmod(outer - 1, length + 1)
+        if rest or n < 1:
+            return None
+        dims[k], length = n, outer
+    return dims
+
+
+def _skeleton_of(dims: Sequence[int]) -> bytes:
+    part = b"[" + b"," * (dims[-1] - 1) + b"]"
+    for n in reversed(dims[:-1]):
+        part = b"[" + b",".join([part] * n) + b"]"
+    return part
 
 
 def _parse_npy(body: bytes) -> np.ndarray:
@@ -105,11 +241,13 @@ def _parse_npy(body: bytes) -> np.ndarray:
 
 
 def check_input(x: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np.ndarray:
-    """`x` as a C-contiguous float32 [N, C, H, W] array with C, H, W of the model."""
-    want = tuple(input_shape[1:])
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+    """`x` as a C-contiguous float32 [N, C, H, W] array with C of the model (whether the
+    model runs H x W is the engine's to say: see CostModel)."""
+    c, h, w = input_shape[1:]
+    if x.ndim != 4 or x.shape[1] != c or min(x.shape[2:]) < 1:
         raise BadRequest(422, f"input shape {list(x.shape)} does not match the model: "
-                              f"expected [N, {', '.join(map(str, want))}]")
+                              f"expected [N, {c}, H, W] (the model was built for "
+                              f"[N, {c}, {h}, {w}])")
     if not 1 <= x.shape[0] <= max_batch:
         raise BadRequest(422, f"batch size {x.shape[0]} out of range: 1 to {max_batch}")
     if not np.isfinite(x).all():
@@ -136,25 +274,43 @@ def _budget(value: Any) -> float | None:
     return ms
 
 
-def _profile_key(value: Any) -> str | int | None:
-    if value is None or (isinstance(value, str) and not isinstance(value, bool)):
+def _profile_key(value: Any) -> str | int | float | None:
+    if value is None or isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
-    raise BadRequest(422, f"profile must be a profile name (string) or index (integer), "
-                          f"got {value!r}")
+    raise BadRequest(422, f"profile must be a profile name (string), an index (integer) or a "
+                          f"width multiplier (number such as 0.6), got {value!r}")
 
 
-def resolve_requested_profile(key: str | int, names: Sequence[str]) -> int:
-    """Index of a requested profile: a name, else a string or int holding an index."""
+def resolve_requested_profile(key: str | int | float, names: Sequence[str],
+                              min_multiplier: float | None = None) -> int | float:
+    """A requested profile: the index of a name, of an integer (or a string holding one), or
+    a width multiplier (float, or a string holding a number that is not a name) in
+    [min_multiplier, 1]. Without `min_multiplier`, multipliers are refused."""
     if isinstance(key, str):
-        if key in names:
-            return list(names).index(key)
+        text = key
+        if text in names:
+            return list(names).index(text)
         try:
-            key = int(key)
+            key = int(text)
         except ValueError:
-            raise BadRequest(422, f"unknown profile {key!r}; profiles: "
-                                  f"{', '.join(names)} (GET /v1/profiles)") from None
+            try:
+                key = float(text)
+            except ValueError:
+                key = math.nan
+            if min_multiplier is None or not math.isfinite(key):
+                also = ("" if min_multiplier is None
+                        else f", or a width multiplier in [{min_multiplier:g}, 1]")
+                raise BadRequest(422, f"unknown profile {text!r}; profiles: {', '.join(names)} "
+                                      f"(GET /v1/profiles){also}") from None
+    if isinstance(key, float):
+        if min_multiplier is None:
+            raise BadRequest(422, f"profile must be a profile name or index, got {key!r}")
+        if not (math.isfinite(key) and min_multiplier - 1e-6 <= key <= 1.0 + 1e-6):
+            raise BadRequest(422, f"multiplier {key:g} is outside this model's range "
+                                  f"[{min_multiplier:g}, 1]")
+        return key
     if not 0 <= key < len(names):
         raise BadRequest(422, f"profile index {key} out of range: the model has "
                               f"{len(names)} profiles (0 to {len(names) - 1})")
