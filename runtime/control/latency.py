@@ -112,7 +112,9 @@ class LatencyTable:
         # calibrated points (MACs, mean, tail) in order of MACs, for costs between profiles
         self._points = (None if self.macs is None else
                         sorted(zip(self.macs, self.base_mean_ms, self.base_tail_ms)))
-        self._top_mean = max(self.base_mean_ms)
+        # one sample at the most expensive profile: the size large runs' residuals scale to
+        self._top_mean = (self._points[-1][1] if self._points is not None
+                          else self.base_mean_ms[-1])
         self.quantile = quantile
         self.alpha = alpha
         self.min_tail_samples = min(min_tail_samples, window)

@@ -197,8 +197,8 @@ class _Metrics:
                                      "Inference requests whose client disconnected before "
                                      "its body was complete"))
         self.closed = r.add(Counter("slimrt_connections_closed_total",
-                                    "Connections the server closed on a limit: idle, "
-                                    "header_timeout, header_too_large, drain_timeout",
+                                    "Connections the server closed: idle, header_timeout, "
+                                    "header_too_large, drain_timeout, invalid_request",
                                     ["reason"]))
 
     def served(self, result: Result, label: str) -> None:
@@ -334,7 +334,7 @@ class _Gate:
         response = None
         if len(scope["headers"]) > config.max_headers:
             response = _error(431, f"{len(scope['headers'])} header fields; at most "
-                                   f"{config.max_headers}", Connection="close")
+                                   f"{config.max_headers}")
         elif self.key is not None and not _key_matches(scope["headers"], self.key):
             response = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY' "
                                    "or 'X-API-Key: KEY'", **{"WWW-Authenticate": "Bearer"})

@@ -47,6 +47,11 @@ MAX_DEPTH = 4  # [N][C][H][W]; deeper arrays go to the complete parser (or are r
 _NUMBER_BYTES = b"0123456789+-.eE"
 _JSON_SPACE = b" \t\r\n"
 _BRACKETS_AS_SPACE = bytes.maketrans(b"[]", b"  ")
+_NUMBER, _OPEN, _CLOSE, _COMMA, _OTHER = b"\x01", b"\x02", b"\x03", b"\x04", b"\x05"
+_CLASS = np.full(256, 5, dtype=np.uint8)  # byte -> its kind in a layout; 0: white space
+_CLASS[np.frombuffer(_NUMBER_BYTES, dtype=np.uint8)] = 1
+_CLASS[np.frombuffer(b"[],", dtype=np.uint8)] = (2, 3, 4)
+_CLASS[np.frombuffer(_JSON_SPACE, dtype=np.uint8)] = 0
 _SENTINEL_JSON = b'"\\u0000slimrt-input"'  # stands for the array while the object is parsed
 _SENTINEL = "\x00slimrt-input"
 
@@ -130,7 +135,8 @@ def _parse_json(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
                               "same length") from None
     if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
         raise BadRequest(422, "input must hold numbers only")
-    return arr.astype(np.float32), options
+    with np.errstate(over="ignore"):  # beyond float32: infinity, refused by check_input
+        return arr.astype(np.float32), options
 
 
 def _object_options(doc: dict[str, Any]) -> dict[str, Any]:
@@ -149,17 +155,20 @@ def parse_json_array(body: bytes) -> tuple[np.ndarray, dict[str, Any]] | str:
     object's options. Returns the reason as a string when the body is not of that form (the
     caller decides what to answer); raises BadRequest for an object with wrong fields.
 
-    The array's span runs from the body's first '[' to its last ']'. Deleting numbers and
-    white space from it must leave exactly the brackets and commas of an array of the
-    dimensions its first row implies; each piece between two commas then holds numbers
-    only, and parsing it as a JSON array checks every number. So a body is accepted only
-    if it is valid JSON of that form, and its values are the ones the complete parser gives.
+    The array's span runs from the body's first '[' to its last ']', cut into pieces of
+    about 64 KiB at commas. With white space deleted and every run of number characters
+    marked as one "0", the span must read exactly as the marked layout of a regular array of
+    the dimensions its first row implies ("[[0,0],[0,0]]"): one number in every place of an
+    innermost row and nowhere else. Each piece then holds numbers and brackets only, and
+    parsing it (brackets blanked) as a JSON array checks every number. So a body is accepted
+    only if it is valid JSON of that form, and its values are the ones the complete parser
+    gives.
     """
     lo, hi = body.find(b"["), body.rfind(b"]") + 1
     if lo < 0 or hi <= lo:
         return "no JSON array in the body"
     head, tail = body[:lo].strip(_JSON_SPACE), body[hi:].strip(_JSON_SPACE)
-    options: dict[str, Any] = {}
+    doc: Any = None
     if head or tail:
         try:
             doc = _json_loads(body[:lo] + _SENTINEL_JSON + body[hi:])
@@ -167,50 +176,67 @@ def parse_json_array(body: bytes) -> tuple[np.ndarray, dict[str, Any]] | str:
             return "the object around the input array is not valid JSON"
         if not isinstance(doc, dict) or doc.get("input") != _SENTINEL:
             return "the array is not the 'input' field of a JSON object with scalar fields"
-        options = _object_options(doc)
-    skeleton = b"".join(body[i:min(i + _PIECE, hi)].translate(None, _NUMBER_BYTES + _JSON_SPACE)
-                        for i in range(lo, hi, _PIECE))
-    if skeleton[:MAX_DEPTH + 1] == b"[" * (MAX_DEPTH + 1):
+    cuts = [lo]
+    while cuts[-1] < hi:
+        cut = body.find(b",", cuts[-1] + _PIECE, hi) if cuts[-1] + _PIECE < hi else -1
+        cuts.append(hi if cut < 0 else cut + 1)  # a piece ends after its comma
+    layout = b"".join(_layout(body[a:b]) for a, b in zip(cuts, cuts[1:]))
+    if layout[:MAX_DEPTH + 1] == _OPEN * (MAX_DEPTH + 1):
         return f"arrays nested deeper than {MAX_DEPTH}; the input is [N][C][H][W]"
-    dims = _regular_dims(skeleton)
-    if dims is None or skeleton != _skeleton_of(dims):
-        other = skeleton.translate(None, b"[],")[:1]
-        if other:
-            return f"found {other.decode('latin-1')!r} where only numbers, brackets and " \
-                   f"commas may be"
-        return "its brackets do not make a rectangular array (every row the same length)"
+    dims = _regular_dims(layout)
+    if dims is None or layout != _layout_of(dims):
+        if _OTHER in layout:
+            piece = next(body[a:b] for a, b in zip(cuts, cuts[1:]) if _OTHER in _layout(body[a:b]))
+            other = chr(piece[int(np.flatnonzero(_CLASS[np.frombuffer(piece, np.uint8)] == 5)[0])])
+            return f"found {other!r} where only numbers, brackets and commas may be"
+        return "its brackets do not make a rectangular array of numbers (every row the " \
+               "same length)"
     total = math.prod(dims)
     out = np.empty(total, dtype=np.float32)
-    pos, start = 0, lo
-    while start < hi:
-        cut = body.find(b",", start + _PIECE, hi) if start + _PIECE < hi else -1
-        end = hi if cut < 0 else cut
+    pos = 0
+    for a, b in zip(cuts, cuts[1:]):
+        end = b - 1 if body[b - 1:b] == b"," else b
         try:
-            values = _json_loads(b"[" + body[start:end].translate(_BRACKETS_AS_SPACE) + b"]")
+            values = _json_loads(b"[" + body[a:end].translate(_BRACKETS_AS_SPACE) + b"]")
         except (ValueError, UnicodeDecodeError) as exc:
             return f"a number is not valid JSON ({exc})"
         if pos + len(values) > total:
             return "more numbers than its brackets hold"
-        out[pos:pos + len(values)] = values
+        with np.errstate(over="ignore"):  # beyond float32: infinity, refused by check_input
+            out[pos:pos + len(values)] = values
         pos += len(values)
-        start = end + 1
     if pos != total:
         return "fewer numbers than its brackets hold"
-    return out.reshape(dims), options
+    # the body is valid JSON: only now may its fields be judged, as the complete parser would
+    return out.reshape(dims), ({} if doc is None else _object_options(doc))
 
 
-def _regular_dims(skeleton: bytes) -> list[int] | None:
-    """The dimensions of a regular array whose brackets and commas are `skeleton`, read from
-    its first element at each depth (None if it is not even that regular). An empty row
-    reads as one number here; the count of numbers parsed then disagrees."""
-    depth = len(skeleton) - len(skeleton.lstrip(b"["))
+def _layout(piece: bytes) -> bytes:
+    """The layout of a piece of a JSON array: white space dropped, every run of number
+    characters one _NUMBER, brackets and commas as _OPEN, _CLOSE, _COMMA, anything else
+    _OTHER (numpy over a lookup table: a few vector passes, no Python loop)."""
+    kinds = _CLASS[np.frombuffer(piece, dtype=np.uint8)]
+    kinds = kinds[kinds != 0]
+    number = kinds == 1
+    keep = np.ones(kinds.size, dtype=bool)
+    keep[1:] = ~(number[1:] & number[:-1])
+    return kinds[keep].tobytes()
+
+
+def _regular_dims(layout: bytes) -> list[int] | None:
+    """The dimensions of a regular array of this layout ("[[0,0],[0,0]]" with 0 for a
+    number), read from its first element at each depth (None if it is not even that
+    regular)."""
+    depth = len(layout) - len(layout.lstrip(_OPEN))
     if not 1 <= depth <= MAX_DEPTH:
         return None
+    row, odd = divmod(layout.find(_CLOSE) - depth + 1, 2)  # "[0,0,0]": 2 W + 1 bytes
+    if odd or row < 1:
+        return None
     dims = [0] * depth
-    dims[-1] = skeleton.find(b"]") - depth + 1  # commas of the first row, plus one
-    length = dims[-1] + 1  # "[" + commas + "]"
+    dims[-1], length = row, 2 * row + 1
     for k in range(depth - 2, -1, -1):
-        close = skeleton.find(b"]" * (depth - k))
+        close = layout.find(_CLOSE * (depth - k))
         if close < 0:
             return None
         outer = close + (depth - k) - k  # the first element at depth k ends there
@@ -221,10 +247,10 @@ def _regular_dims(skeleton: bytes) -> list[int] | None:
     return dims
 
 
-def _skeleton_of(dims: Sequence[int]) -> bytes:
-    part = b"[" + b"," * (dims[-1] - 1) + b"]"
+def _layout_of(dims: Sequence[int]) -> bytes:
+    part = _OPEN + (_NUMBER + _COMMA) * (dims[-1] - 1) + _NUMBER + _CLOSE
     for n in reversed(dims[:-1]):
-        part = b"[" + b",".join([part] * n) + b"]"
+        part = _OPEN + _COMMA.join([part] * n) + _CLOSE
     return part
 
 

@@ -11,9 +11,13 @@ forever. Each connection here has at most one deadline at a time:
     trickle in, and must fit in `max_header_bytes`. Otherwise the connection is closed, with
     a 408 or 431 answer when part of a head was sent (none to a connection that sent nothing);
   * reading a body: the app bounds it (`body_timeout_s` from the end of the headers; 408);
-  * draining the rest of a body the app answered without reading (413, 503, 401): uvicorn
-    discards it so that the connection can carry the next request; it must end within
-    `body_timeout_s` of the answer, else the connection is closed.
+  * draining the rest of a body the app answered without reading (413, 503, 401, 431):
+    uvicorn discards it so that the connection can carry the next request; it must end
+    within `body_timeout_s` of the answer, else the connection is closed.
+
+A 408 or 431 the protocol answers itself is followed by a half-close and `LINGER_S` of
+reading and dropping input, so that a client still writing reads the answer instead of a
+connection reset.
 
 The protocol also stamps every request with the time its head was complete
 (`scope["extensions"]["slimrt.arrival"]`, time.perf_counter()), the clock of its budget, and
@@ -40,6 +44,7 @@ __all__ = ["BackgroundServer", "ConnectionLimits", "bind_socket", "guarded_proto
            "is_loopback", "uvicorn_config", "ARRIVAL_KEY"]
 
 ARRIVAL_KEY = "slimrt.arrival"
+LINGER_S = 2.0  # how long a connection answered 408 / 431 by the protocol drops input
 logger = logging.getLogger("slimrt.serve")
 
 
@@ -71,6 +76,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
+        self._lingering = False
         super().connection_made(transport)
         self._sync(time.perf_counter())
 
@@ -79,6 +85,8 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # answered and half-closed: what the client still sends is dropped
         now = time.perf_counter()
         before = self.cycle
         super().data_received(data)
@@ -93,11 +101,8 @@ class GuardedH11Protocol(H11Protocol):
         self._sync(now)
 
     def send_400_response(self, msg: str) -> None:
-        self._cancel()
-        if self.transport.is_closing():
-            return
-        self.transport.write(raw_error(400, "Bad Request", f"invalid HTTP request: {msg}"))
-        self.transport.close()
+        self._close("invalid_request", raw_error(400, "Bad Request",
+                                                 f"invalid HTTP request: {msg.rstrip('.')}"))
 
     # -- deadlines -------------------------------------------------------------------------
 
@@ -155,10 +160,19 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel()
         if self.transport.is_closing():
             return
-        if reason != "idle":
+        if reason not in ("idle", "invalid_request"):  # uvicorn logs invalid requests
             prefix = "%s:%d - " % self.client if self.client else ""
             logger.info("%sclosing the connection: %s", prefix, reason.replace("_", " "))
         self.report(reason)
+        if answer and self.transport.can_write_eof():
+            # Half-close after the answer and drop what still arrives for a moment: closing
+            # a socket with unread input sends a reset, which can destroy the answer before
+            # a client that is still writing reads it (the "lingering close" of nginx).
+            self.transport.write(answer)
+            self.transport.write_eof()
+            self._lingering = True
+            self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+            return
         if answer:
             self.transport.write(answer)
         self.transport.close()
