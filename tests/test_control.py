@@ -204,6 +204,11 @@ class TestCalibration:
         t = calibrate(tiny_model, warmup=1, repeats=3)
         assert t.names == tuple(p.name for p in tiny_model.profiles)
         assert all(0 < m <= tl for m, tl in zip(t.base_mean_ms, t.base_tail_ms))
+        assert t.macs == tuple(float(p.macs) for p in tiny_model.profiles)
+
+    def test_calibrate_at_another_input_size(self, tiny_model):
+        t = calibrate(tiny_model, warmup=0, repeats=1, input_hw=(64, 48))
+        assert t.macs == tuple(float(tiny_model.macs(p, (64, 48))) for p in tiny_model.profiles)
 
     def test_cache_is_keyed_and_reused(self, tiny_model, tmp_path, monkeypatch):
         first = load_or_calibrate(tiny_model, cache_dir=tmp_path, warmup=0, repeats=2)
@@ -529,7 +534,26 @@ def test_stream_demo_summary_is_consistent(tiny_model):
     assert 0.0 <= out["overall"]["within_budget"] <= 1.0
     assert 0.0 < out["overall"]["avg_width"] <= 1.0
     assert out["budget_ms"] == 50.0 and out["hog"]["procs"] == 1
-    assert "width = MACs / full profile" in console.file.getvalue()
+    text = console.file.getvalue()
+    assert "width = MACs / full profile" in text
+    assert "stream: policy budget, budget 50.0 ms per request" in text
+    assert "1 busy process pinned to CPU" in text or "1 busy process unpinned" in text
+    rows = [line for line in text.splitlines() if line.split()[:1] in (["calm"], ["CPU"],
+                                                                         ["recovery"])]
+    assert [r.split()[0] for r in rows[-3:]] == ["calm", "CPU", "recovery"]
+    for row, key in zip(rows[-3:], ("calm", "contention", "recovery")):
+        phase = phases[key]
+        assert f"{100 * phase['within_budget']:.1f}%" in row  # the share within budget
+        if phase["most_chosen"] is not None:
+            assert phase["most_chosen"] in row and f"{100 * phase['avg_width']:.0f}%" in row
+
+
+def test_stream_demo_at_another_input_size(tiny_model):
+    from slimrt.control.demo import run_stream_demo
+    out = run_stream_demo(tiny_model, seconds=0.6, budget_ms=80.0, hog_procs=1, seed=4,
+                          input_hw=(48, 40), console=None)
+    assert out["input_shape"] == [1, tiny_model.input_shape[1], 48, 40]
+    assert sum(out["profiles"].values()) == out["overall"]["requests"] - out["overall"]["refused"]
 
 
 def test_cpu_hog_starts_and_stops_its_own_processes():
@@ -541,3 +565,14 @@ def test_cpu_hog_starts_and_stops_its_own_processes():
     assert not hog.running and not hog.started
     with pytest.raises(ValueError, match="procs"):
         CpuHog(procs=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")
+def test_cpu_hog_contends_for_every_cpu_the_engine_runs_on():
+    from slimrt.control.stress import CpuHog, engine_cpus
+    cpus = engine_cpus()
+    assert cpus == sorted(os.sched_getaffinity(0))
+    hog = CpuHog(seconds=30)
+    assert hog.procs == len(cpus) and hog.pinned == cpus
+    with hog:
+        assert [os.sched_getaffinity(p.pid) for p in hog._children] == [{c} for c in cpus]

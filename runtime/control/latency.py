@@ -286,19 +286,29 @@ class _ModelLike(Protocol):
 
 
 def calibrate(model: _ModelLike, *, threads: int = 1, warmup: int = 2, repeats: int = 15,
-              quantile: float = 0.95, seed: int = 0, **table_kwargs: Any) -> LatencyTable:
+              quantile: float = 0.95, seed: int = 0, input_hw: tuple[int, int] | None = None,
+              **table_kwargs: Any) -> LatencyTable:
     """Measure every profile of `model` on this machine with one session of `threads` threads.
 
     Profiles are timed round-robin (`repeats` rounds after `warmup` rounds) so that a burst of
     outside noise spreads over all of them instead of one. Takes about
     `(warmup + repeats) * sum(latency)`. `quantile` is the tail the table tracks;
-    `table_kwargs` go to `LatencyTable` (alpha, window, min_tail_samples).
+    `input_hw` = (H, W) times one sample of that size instead of the model's input shape
+    (the table's MACs are then those of that size); `table_kwargs` go to `LatencyTable`
+    (alpha, window, min_tail_samples).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     names = [p.name for p in model.profiles]
     session = model.session(threads=threads)
-    x = np.random.default_rng(seed).standard_normal(model.input_shape).astype(np.float32)
+    shape = tuple(model.input_shape)
+    if input_hw is not None:
+        shape = (1, shape[1], int(input_hw[0]), int(input_hw[1]))
+        macs_at = getattr(model, "macs", None)
+        if macs_at is not None:
+            table_kwargs.setdefault("macs", [float(macs_at(p.name, input_hw))
+                                             for p in model.profiles])
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     times: list[list[float]] = [[] for _ in names]
     for round_ in range(warmup + repeats):
         for i, name in enumerate(names):
