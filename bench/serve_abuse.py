@@ -10,10 +10,12 @@ otherwise) on a free loopback port and measures, from this process:
      timeout (header or body) plus one second; the figure is when, and what it answered
      (408 for a partial head or a stalled body, nothing for silence);
   2. `--uploaders` clients each uploading `--upload-rounds` JSON bodies of the largest batch
-     that fits the body limit (about 16 MiB) while a probe asks for /healthz every 10 ms on
-     a kept-alive connection: the probe's p50 / p99 / max (target p99 < 50 ms); then
-     `--idle-requests` small requests with a budget of 10 calibrated full-width runs, of
-     which all should run at full width (the uploads did not poison the controller);
+     that fits the body limit (about 16 MiB; one upload first, unmeasured) while a probe in
+     a process of its own asks for /healthz every 10 ms on a kept-alive connection: the
+     probe's p50 / p99 / max (target p99 < 50 ms); then `--idle-requests` small requests
+     with a budget of 10 calibrated full-width runs, of which all should run at full width
+     (the uploads did not poison the controller), next to the same requests sent before the
+     uploads (a busy machine may not give them full width either);
   3. overload: `--flood` clients in closed loop sending batches of 32 at full width (with
      `Expect: 100-continue`, so a refused body is never sent) for `--overload-s` seconds;
      the figure is the latency of the 503 answers, from the request head sent to the status
@@ -293,6 +295,10 @@ async def large_uploads(port: int, args: argparse.Namespace, model: Any,
         return chosen, decisions
 
     before, _ = await idle_requests()  # the same machine, before any upload
+    warm = await request(port, head + body, timeout=120)  # first large run: arena, caches
+    if warm[0] != 200:
+        raise RuntimeError(f"a {len(body) / MB:.1f} MiB upload was answered {warm[0]}: "
+                           f"{warm[2][:200]!r}")
     tasks = [asyncio.create_task(uploader()) for _ in range(args.uploaders)]
     await asyncio.wait_for(asyncio.gather(*tasks), 300)
     stop.set()

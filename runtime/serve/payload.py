@@ -9,14 +9,14 @@ a fraction, such as 0.6, in the model's range). The input is [N, C, H, W] with t
 H and W may be any size the model runs.
 Every problem raises `BadRequest` with an HTTP status and a message that says what to send.
 
-JSON input arrays are read piece by piece (`parse_json_array`): the brackets and commas are
-checked against the regular layout of an [N][C][H][W] array, and the numbers are parsed in
-pieces of 64 KiB with orjson (or the standard library), so a thread parsing a 16 MiB body
-gives the interpreter lock back every fraction of a millisecond instead of holding it for
-the whole body (about 300 ms in one call), and the event loop keeps answering. A body this reader does not take (malformed, ragged,
-holding other values) is parsed again by the complete JSON parser for an exact message when
-it is at most `EXACT_ERRORS_MAX` bytes; a larger one is refused with the reader's reason, so
-a large malformed body cannot hold the lock either.
+A JSON body of at most `PIECEWISE_BYTES` (1 MiB) is parsed by the complete JSON parser
+(orjson when installed), which holds the interpreter lock for a couple of milliseconds at
+most. A larger one is read piece by piece (`parse_json_array`): its brackets and commas are
+checked against the regular layout of an [N][C][H][W] array, and its numbers are parsed in
+pieces of 64 KiB, so the thread parsing a 16 MiB body gives the lock back every fraction of
+a millisecond instead of holding it for the whole body (about 300 ms in one call), and the
+event loop keeps answering. A large body this reader does not take (malformed, ragged,
+holding other values) is refused with the reader's reason, so it cannot hold the lock either.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = ["BadRequest", "InferOptions", "parse_input", "parse_json_array", "par
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 JSON_TYPE = "application/json"
-EXACT_ERRORS_MAX = 1 << 20  # bodies up to this size get the complete parser's exact errors
+PIECEWISE_BYTES = 1 << 20  # larger JSON bodies are read piece by piece
 _PIECE = 1 << 16  # 64 KiB: well under a millisecond of parsing at a time
 MAX_DEPTH = 4  # [N][C][H][W]; deeper arrays go to the complete parser (or are refused)
 _NUMBER_BYTES = b"0123456789+-.eE"
@@ -108,14 +108,14 @@ def parse_input(body: bytes, content_type: str | None) -> tuple[np.ndarray, dict
 
 
 def _parse_json(body: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    fast = parse_json_array(body)
-    if not isinstance(fast, str):
-        return fast
-    if len(body) > EXACT_ERRORS_MAX:
-        raise BadRequest(400, f"body is not a JSON array of numbers the server can read: "
-                              f"{fast}. A body over {EXACT_ERRORS_MAX >> 20} MiB must be a "
-                              f"nested array [N][C][H][W] of numbers, or an object "
-                              f"{{\"input\": array, ...}} with scalar options")
+    if len(body) > PIECEWISE_BYTES:
+        read = parse_json_array(body)
+        if isinstance(read, str):
+            raise BadRequest(400, f"body is not a JSON array of numbers the server can read: "
+                                  f"{read}. A body over {PIECEWISE_BYTES >> 20} MiB must be a "
+                                  f"nested array [N][C][H][W] of numbers, or an object "
+                                  f"{{\"input\": array, ...}} with scalar options")
+        return read
     try:
         doc = _json_loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
