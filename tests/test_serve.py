@@ -826,6 +826,23 @@ class TestSlowClients:
         fam = prom(httpx.get(guarded.url + "/metrics").text)
         assert {s.labels["code"]: s.value for s in fam["slimrt_requests"]}["408"] >= 5
 
+    def test_an_unread_body_larger_than_the_limit_ends_the_connection(self, guarded):
+        before = closed_counts(guarded).get("drain_too_large", 0)
+        sock = connect(guarded, HEAD + b"Content-Length: 999999999\r\n\r\n")
+        status, _, _ = read_answer(sock)
+        assert status == 413
+        chunk = b"0" * (1 << 20)
+        start = time.monotonic()
+        try:
+            for _ in range(64):  # at most 64 MiB, the limit is 20 MiB
+                sock.sendall(chunk)
+        except OSError:
+            pass
+        data, closed = until_closed(sock, 5.0)
+        sock.close()
+        assert closed is not None and time.monotonic() - start < 5.0
+        assert closed_counts(guarded).get("drain_too_large", 0) == before + 1
+
     def test_an_unread_body_must_still_arrive_in_time(self, guarded):
         # answered 413 on its Content-Length alone; then the rest of the body trickles
         sock = connect(guarded, HEAD + b"Content-Length: 999999999\r\n\r\n")

@@ -204,7 +204,8 @@ class _Metrics:
                                      "its body was complete"))
         self.closed = r.add(Counter("slimrt_connections_closed_total",
                                     "Connections the server closed: idle, header_timeout, "
-                                    "header_too_large, drain_timeout, invalid_request",
+                                    "header_too_large, drain_timeout, drain_too_large, "
+                                    "invalid_request",
                                     ["reason"]))
 
     def served(self, result: Result, label: str) -> None:

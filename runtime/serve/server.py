@@ -13,7 +13,8 @@ forever. Each connection here has at most one deadline at a time:
   * reading a body: the app bounds it (`body_timeout_s` from the end of the headers; 408);
   * draining the rest of a body the app answered without reading (413, 503, 401, 431):
     uvicorn discards it so that the connection can carry the next request; it must end
-    within `body_timeout_s` of the answer, else the connection is closed.
+    within `body_timeout_s` of the answer and `max_drain_bytes` (the body limit), else the
+    connection is closed.
 
 A 408 or 431 the protocol answers itself is followed by a half-close and `LINGER_S` of
 reading and dropping input, so that a client still writing reads the answer instead of a
@@ -55,6 +56,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
+    max_drain_bytes: int = 16 * 2**20  # of a body answered unread; beyond, the connection ends
 
 
 def raw_error(status: int, reason: str, message: str) -> bytes:
@@ -77,6 +79,7 @@ class GuardedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._lingering = False
+        self._drained = 0
         super().connection_made(transport)
         self._sync(time.perf_counter())
 
@@ -87,6 +90,11 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # answered and half-closed: what the client still sends is dropped
+        if self._phase == "drain":
+            self._drained += len(data)
+            if self._drained > self.limits.max_drain_bytes:  # not worth keeping the connection
+                self._close("drain_too_large", b"", linger=True)
+                return
         now = time.perf_counter()
         before = self.cycle
         super().data_received(data)
@@ -135,6 +143,7 @@ class GuardedH11Protocol(H11Protocol):
         if phase == "head":
             self._timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
         elif phase == "drain":
+            self._drained = 0
             self._timer = self.loop.call_later(self.limits.body_timeout_s, self._drain_late)
 
     def _cancel(self) -> None:
@@ -156,7 +165,11 @@ class GuardedH11Protocol(H11Protocol):
         self._timer = None
         self._close("drain_timeout", b"")
 
-    def _close(self, reason: str, answer: bytes) -> None:
+    def _close(self, reason: str, answer: bytes, linger: bool = False) -> None:
+        """End the connection after `answer`. With an answer (or `linger`: the app answered
+        already), half-close and drop what still arrives for `LINGER_S` first: closing a
+        socket with unread input sends a reset, which can destroy the answer before a client
+        that is still writing reads it (the "lingering close" of nginx)."""
         self._cancel()
         if self.transport.is_closing():
             return
@@ -164,17 +177,13 @@ class GuardedH11Protocol(H11Protocol):
             prefix = "%s:%d - " % self.client if self.client else ""
             logger.info("%sclosing the connection: %s", prefix, reason.replace("_", " "))
         self.report(reason)
-        if answer and self.transport.can_write_eof():
-            # Half-close after the answer and drop what still arrives for a moment: closing
-            # a socket with unread input sends a reset, which can destroy the answer before
-            # a client that is still writing reads it (the "lingering close" of nginx).
+        if answer:
             self.transport.write(answer)
+        if (answer or linger) and self.transport.can_write_eof():
             self.transport.write_eof()
             self._lingering = True
             self._timer = self.loop.call_later(LINGER_S, self.transport.close)
             return
-        if answer:
-            self.transport.write(answer)
         self.transport.close()
 
 
@@ -192,8 +201,8 @@ def _app_limits(app: Any) -> tuple[ConnectionLimits, Callable[[str], None] | Non
     if state is None:
         return ConnectionLimits(), None
     c = state.config
-    return (ConnectionLimits(c.header_timeout_s, c.body_timeout_s, c.max_header_bytes),
-            state.metrics.closed.inc)
+    return (ConnectionLimits(c.header_timeout_s, c.body_timeout_s, c.max_header_bytes,
+                             c.max_body_bytes), state.metrics.closed.inc)
 
 
 def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 0,
