@@ -29,6 +29,7 @@ connections closed on a limit go to `report(reason)`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import json
 import logging
@@ -207,12 +208,19 @@ def _app_limits(app: Any) -> tuple[ConnectionLimits, Callable[[str], None] | Non
 
 def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 0,
                    log_level: str = "warning", access_log: bool = False) -> Any:
-    """The uvicorn.Config that serves `app` (made by `create_app`) with its limits."""
+    """The uvicorn.Config that serves `app` (made by `create_app`) with its limits; the
+    server's own log lines ("slimrt.serve": aborted uploads, connections closed on a limit)
+    go where uvicorn's go, at `log_level`."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     limits, report = _app_limits(app)
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["slimrt.serve"] = {"handlers": ["default"],
+                                             "level": log_level.upper(), "propagate": False}
     # h11's own limit on a buffered head is only a backstop: the protocol answers 431 first
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                          log_config=log_config,
                           http=guarded_protocol(limits, report),  # type: ignore[arg-type]
                           h11_max_incomplete_event_size=limits.max_header_bytes + (1 << 20),
                           timeout_graceful_shutdown=5)
