@@ -430,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [p.name for p in model.profiles]
     macs = {p.name: int(p.macs) for p in model.profiles}
     full = macs[names[-1]]
-    latency = load_or_calibrate(model, refresh=True)  # the server reads this cache entry
+    from slimrt.serve.app import ServeConfig
+
+    # the server reads this cache entry (same threads and batch sizes)
+    latency = load_or_calibrate(model, refresh=True,
+                                batches=ServeConfig().calibration_batches())
     full_ms = latency.base_mean_ms[-1]
     budget = args.budget_ms or round(3 * full_ms, 1)
     workers = args.workers or default_workers()

@@ -147,9 +147,14 @@ class Model:
             return tuple(self._core.uniform_widths(multiplier))
         return self.profiles[index].widths
 
-    def macs(self, profile: ProfileKey) -> int:
-        """Multiply-accumulates per sample at the default input shape."""
-        return int(self._core.cost(list(self.widths(profile)))[0])
+    def macs(self, profile: ProfileKey, input_hw: tuple[int, int] | None = None) -> int:
+        """Multiply-accumulates per sample at the default input shape, or at input size
+        ``input_hw`` = (H, W). Raises ValueError when the model cannot run that size (for
+        example a flatten whose size no longer matches the linear layer after it)."""
+        h, w = (0, 0) if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
+        if input_hw is not None and (h < 1 or w < 1):
+            raise ValueError(f"input size {h}x{w} is not valid")
+        return int(self._core.cost(list(self.widths(profile)), h, w)[0])
 
     def _resolve(self, profile: ProfileKey) -> tuple[int, float]:
         if isinstance(profile, (float, np.floating)):

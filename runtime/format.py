@@ -791,8 +791,10 @@ def epilogue_tensor_name(op_name: str, which: str, profile: str) -> str:
 
 def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
                  profile: str | None = None,
-                 tensor_names: Collection[str] | None = None) -> tuple[int, int]:
-    """(MACs, params) at group widths `widths`, as model.h defines them.
+                 tensor_names: Collection[str] | None = None,
+                 input_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(MACs, params) at group widths `widths`, as model.h defines them; MACs per sample at
+    the model's input shape, or at input size `input_hw` = (H, W) when given.
 
     `model` is the model JSON or a SlimFile. params counts the active elements of the scale
     and bias tensors present, so it needs the tensor names: taken from a SlimFile, or from
@@ -805,7 +807,7 @@ def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
     else:
         meta, names = model, tensor_names if tensor_names is not None else ()
     groups, ops = parse_groups(meta), parse_ops(meta)
-    shapes = _shapes(meta, groups, ops, None, None)
+    shapes = _shapes(meta, groups, ops, input_hw, None)
     infos = _channel_maps(meta, groups, ops, widths, shapes)
     macs = params = 0
     for op in ops:

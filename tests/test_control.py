@@ -19,6 +19,7 @@ from slimrt.control.latency import cache_key, calibrate, load_or_calibrate, quan
 NAMES = ("0.25", "0.5", "0.75", "1.0")
 MEANS = (2.0, 4.0, 7.0, 11.0)
 TAILS = (2.5, 5.0, 8.5, 13.0)
+MACS = (1e6, 2.2e6, 4e6, 6.5e6)
 
 
 def table(**kw) -> LatencyTable:
@@ -149,6 +150,48 @@ class TestLatencyTable:
         with pytest.raises(IndexError):
             t.predict(4)
 
+    def test_calibrated_batches_extend_the_points(self):
+        t = table(macs=MACS, batch_ms={4: (60.0, 70.0)})  # 4 x full costs 60, not 44
+        assert t.calibrated_at(4 * MACS[3]).mean_ms == pytest.approx(60.0)
+        assert t.calibrated_at(2.5 * MACS[3]).mean_ms == pytest.approx((MEANS[3] + 60.0) / 2)
+        assert t.calibrated_at(8 * MACS[3]).mean_ms == pytest.approx(120.0)
+        t.observe(3, 60.0, macs=4 * MACS[3])
+        assert t.slowdown == pytest.approx(1.0)
+        with pytest.raises(ValueError, match="batch >= 2"):
+            table(macs=MACS, batch_ms={1: (1.0, 2.0)})
+
+    def test_costs_between_and_beyond_profiles_are_predicted_from_their_macs(self):
+        t = table(macs=MACS)
+        for i in range(len(NAMES)):  # a calibrated profile's own cost predicts its calibration
+            assert t.predict_macs(MACS[i]) == t.predict(i)
+        mid = (MACS[1] + MACS[2]) / 2  # half way between two profiles: half way in latency
+        assert t.predict_macs(mid).mean_ms == pytest.approx((MEANS[1] + MEANS[2]) / 2)
+        assert t.predict_macs(mid).tail_ms == pytest.approx((TAILS[1] + TAILS[2]) / 2)
+        big = t.predict_macs(8 * MACS[3])  # a batch of 8 at full width: 8 full-width runs
+        assert big.mean_ms == pytest.approx(8 * MEANS[3]) and big.tail_ms == pytest.approx(
+            8 * TAILS[3])
+        assert t.predict_macs(MACS[0] / 2).mean_ms == pytest.approx(MEANS[0] / 2)
+        with pytest.raises(ValueError, match="no MACs"):
+            table().predict_macs(MACS[0])
+        with pytest.raises(ValueError, match="one positive MACs"):
+            table(macs=MACS[:3])
+
+    def test_a_large_run_at_its_expected_latency_does_not_move_the_predictions(self):
+        t = table(macs=MACS, alpha=0.5, window=8, min_tail_samples=1)
+        for _ in range(4):
+            t.observe(3, MEANS[3])
+        before = t.predict(0)
+        for _ in range(4):  # batch 32 at full width, as calibrated
+            t.observe(3, 32 * MEANS[3], macs=32 * MACS[3])
+        assert t.slowdown == pytest.approx(1.0) and t.predict(0) == before
+        assert t.snapshot()[3]["observed_count"] == 4  # only runs at the calibrated cost
+        t.observe(None, 64 * MEANS[3], macs=32 * MACS[3])  # twice as slow as predicted
+        assert t.slowdown == pytest.approx(1.5)
+        # its residual counts at the size of one full-width sample, not 32 of them
+        assert t.jitter_ms <= MEANS[3] * 2
+        with pytest.raises(ValueError, match="profile a run used, or its MACs"):
+            t.observe(None, 1.0)
+
     def test_json_round_trip(self):
         again = LatencyTable.from_json(table().to_json())
         assert again.names == NAMES and again.base_tail_ms == TAILS
@@ -171,6 +214,23 @@ class TestCalibration:
         t = calibrate(tiny_model, warmup=1, repeats=3)
         assert t.names == tuple(p.name for p in tiny_model.profiles)
         assert all(0 < m <= tl for m, tl in zip(t.base_mean_ms, t.base_tail_ms))
+        assert t.macs == tuple(float(p.macs) for p in tiny_model.profiles)
+
+    def test_calibrate_large_batches_at_the_top_profile(self, tiny_model):
+        t = calibrate(tiny_model, warmup=0, repeats=2, batches=(1, 4, 4, 8))
+        assert sorted(t.batch_ms) == [4, 8]
+        top = tiny_model.profiles[-1].macs
+        for b, (mean, tail) in t.batch_ms.items():
+            assert t.calibrated_at(b * top).mean_ms == pytest.approx(mean)
+            assert t.calibrated_at(b * top).tail_ms == pytest.approx(tail)
+        again = LatencyTable.from_json(t.to_json(), macs=t.macs)
+        assert again.batch_ms == t.batch_ms
+        assert again.calibrated_at(6 * top).mean_ms == pytest.approx(
+            (t.batch_ms[4][0] + t.batch_ms[8][0]) / 2)
+
+    def test_calibrate_at_another_input_size(self, tiny_model):
+        t = calibrate(tiny_model, warmup=0, repeats=1, input_hw=(64, 48))
+        assert t.macs == tuple(float(tiny_model.macs(p, (64, 48))) for p in tiny_model.profiles)
 
     def test_cache_is_keyed_and_reused(self, tiny_model, tmp_path, monkeypatch):
         first = load_or_calibrate(tiny_model, cache_dir=tmp_path, warmup=0, repeats=2)
@@ -338,6 +398,22 @@ class TestBudgetPolicy:
             t.observe(1, MEANS[1])  # and recovered
         assert policy.decide(Request()).index == fits_oracle(15.0, 0, 0, 0, MEANS) == 3
 
+    def test_without_a_budget_the_largest_profile_runs(self):
+        policy = BudgetPolicy(NAMES, table())
+        d = policy.decide(Request(queued_ms=50.0, waiting=9))
+        assert d.index == 3 and d.reason == "no budget: largest profile"
+        assert policy.decide(Request(budget_ms=6.0)).index == 1  # a request's own budget
+
+    def test_the_request_cost_is_predicted(self):
+        policy = BudgetPolicy(NAMES, table(macs=MACS), budget_ms=30.0, margin=0.0)
+        assert policy.decide(Request(cost=MACS)).index == 3
+        # a batch of 4: predicted from its MACs (beyond the full profile: in proportion to
+        # them), 4 x "0.75" misses 30 ms and 4 x "0.5" fits
+        d = policy.decide(Request(cost=[4 * m for m in MACS]))
+        assert TAILS[3] * 4 * MACS[2] / MACS[3] > 30.0 >= TAILS[3] * 4 * MACS[1] / MACS[3]
+        assert d.index == 1
+        assert d.signals["predicted_ms"] == pytest.approx(TAILS[3] * 4 * MACS[1] / MACS[3])
+
     @pytest.mark.parametrize("kwargs, match", [
         (dict(budget_ms=0.0), "budget"), (dict(budget_ms=float("inf")), "budget"),
         (dict(budget_ms=5.0, margin=-1.0), "margins"),
@@ -435,6 +511,26 @@ class TestControllerAndFactory:
             make_policy("budget", NAMES, budget_ms=5.0)
         with pytest.raises(ValueError, match="unknown policy"):
             make_policy("random", NAMES)
+        with pytest.raises(ValueError, match="needs a target"):
+            make_policy("feedback", NAMES)
+
+    @pytest.mark.parametrize("kind", ["budget", "adaptive"])
+    def test_budget_policies_need_no_default_budget(self, kind):
+        p = make_policy(kind, NAMES, table=table(), monitor=ManualMonitor())
+        assert p.decide(Request()).index == 3
+        assert p.decide(Request(budget_ms=3.0)).index == 0
+
+    def test_controller_observes_multiplier_runs_by_their_macs(self):
+        from slimrt.control import Decision
+        t = table(macs=MACS, alpha=1.0)
+        c = Controller(FixedPolicy(NAMES), t)
+        d = Decision(-1, "0.6x", "request", "multiplier requested", multiplier=0.6)
+        assert d.run_key == 0.6 and d.as_dict()["multiplier"] == 0.6
+        c.observe(d, service_ms=2 * t.calibrated_at(3e6).mean_ms, total_ms=9.0, macs=3e6)
+        assert t.slowdown == pytest.approx(2.0)
+        assert [r["observed_count"] for r in t.snapshot()] == [0, 0, 0, 0]
+        c.observe(d, service_ms=1.0, total_ms=1.0)  # without its MACs: nothing to learn
+        assert t.slowdown == pytest.approx(2.0) and len(c.log()) == 2
 
 
 def test_sample_dict_is_plain():
@@ -460,7 +556,26 @@ def test_stream_demo_summary_is_consistent(tiny_model):
     assert 0.0 <= out["overall"]["within_budget"] <= 1.0
     assert 0.0 < out["overall"]["avg_width"] <= 1.0
     assert out["budget_ms"] == 50.0 and out["hog"]["procs"] == 1
-    assert "width = MACs / full profile" in console.file.getvalue()
+    text = console.file.getvalue()
+    assert "width = MACs / full profile" in text
+    assert "stream: policy budget, budget 50.0 ms per request" in text
+    assert "1 busy process pinned to CPU" in text or "1 busy process unpinned" in text
+    rows = [line for line in text.splitlines() if line.split()[:1] in (["calm"], ["CPU"],
+                                                                         ["recovery"])]
+    assert [r.split()[0] for r in rows[-3:]] == ["calm", "CPU", "recovery"]
+    for row, key in zip(rows[-3:], ("calm", "contention", "recovery")):
+        phase = phases[key]
+        assert f"{100 * phase['within_budget']:.1f}%" in row  # the share within budget
+        if phase["most_chosen"] is not None:
+            assert phase["most_chosen"] in row and f"{100 * phase['avg_width']:.0f}%" in row
+
+
+def test_stream_demo_at_another_input_size(tiny_model):
+    from slimrt.control.demo import run_stream_demo
+    out = run_stream_demo(tiny_model, seconds=0.6, budget_ms=80.0, hog_procs=1, seed=4,
+                          input_hw=(48, 40), console=None)
+    assert out["input_shape"] == [1, tiny_model.input_shape[1], 48, 40]
+    assert sum(out["profiles"].values()) == out["overall"]["requests"] - out["overall"]["refused"]
 
 
 def test_cpu_hog_starts_and_stops_its_own_processes():
@@ -472,3 +587,14 @@ def test_cpu_hog_starts_and_stops_its_own_processes():
     assert not hog.running and not hog.started
     with pytest.raises(ValueError, match="procs"):
         CpuHog(procs=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs CPU affinity")
+def test_cpu_hog_contends_for_every_cpu_the_engine_runs_on():
+    from slimrt.control.stress import CpuHog, engine_cpus
+    cpus = engine_cpus()
+    assert cpus == sorted(os.sched_getaffinity(0))
+    hog = CpuHog(seconds=30)
+    assert hog.procs == len(cpus) and hog.pinned == cpus
+    with hog:
+        assert [os.sched_getaffinity(p.pid) for p in hog._children] == [{c} for c in cpus]

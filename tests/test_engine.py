@@ -61,6 +61,30 @@ def test_macs_and_params_agree_with_python_twin(built):
     assert [p.macs for p in model.profiles] == sorted(p.macs for p in model.profiles)
 
 
+def test_macs_at_other_input_sizes_agree_with_python_twin(default_model):
+    slim = default_model.to_slimfile()
+    h, w = default_model.input_shape[2:]
+    for hw in [(h, w), (64, 80), (2 * h, 2 * w), (7, 7)]:
+        for p in default_model.profiles:
+            assert default_model.macs(p, hw) == profile_cost(slim, p.widths, input_hw=hw)[0]
+        m = default_model.min_multiplier
+        assert default_model.macs(m, hw) == profile_cost(slim, default_model.widths(m),
+                                                         input_hw=hw)[0]
+    assert default_model.macs(default_model.profiles[-1], (h, w)) == \
+        default_model.profiles[-1].macs
+    with pytest.raises(ValueError, match="not valid"):
+        default_model.macs(0, (0, 8))
+
+
+def test_macs_refuses_a_size_the_model_cannot_run():
+    from slimrt.models import vgg_like
+    model = slimrt.load(to_bytes(vgg_like()))  # flattens a 4x4 map into a linear layer
+    h, w = model.input_shape[2:]
+    assert model.macs(0, (h, w)) == model.profiles[0].macs
+    with pytest.raises(ValueError):
+        model.macs(0, (2 * h, 2 * w))
+
+
 def test_profile_keys_are_equivalent(default_model):
     x = np.random.default_rng(2).standard_normal(default_model.input_shape).astype(np.float32)
     p = default_model.profiles[1]

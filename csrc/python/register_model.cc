@@ -53,14 +53,19 @@ void register_model(py::module_& m) {
       .def("profile_index", &Model::profile_index, py::arg("name"))
       .def(
           "cost",
-          [](const Model& self, const std::vector<int32_t>& widths) {
+          [](const Model& self, const std::vector<int32_t>& widths, int64_t h, int64_t w) {
             if (widths.size() != self.groups().size())
               throw py::value_error("cost: expected " + std::to_string(self.groups().size()) + " widths");
+            if (h < 0 || w < 0 || h > (int64_t{1} << 20) || w > (int64_t{1} << 20))
+              throw py::value_error("cost: input size " + std::to_string(h) + "x" + std::to_string(w) +
+                                    " is not valid");
             const int64_t* s = self.input_shape();
-            const ShapePlan plan = plan_shapes(self, widths, 1, s[2], s[3]);
+            const ShapePlan plan = plan_shapes(self, widths, 1, h ? h : s[2], w ? w : s[3]);
             return py::make_tuple(plan.macs, plan.params);
           },
-          py::arg("widths"), "(MACs, params) per sample at the default input shape for these group widths.");
+          py::arg("widths"), py::arg("h") = 0, py::arg("w") = 0,
+          "(MACs, params) per sample for these group widths at input size h x w (0: the default "
+          "input shape). Raises ValueError when the model cannot run that size.");
 
   m.def("isa", &kernels::isa, "Instruction set of the vector kernels in use.");
   m.def("set_isa", &kernels::set_isa, py::arg("isa"),

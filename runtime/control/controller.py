@@ -50,12 +50,17 @@ class Controller:
         with self._lock:
             return self.policy.decide(request)
 
-    def observe(self, decision: Decision, service_ms: float, total_ms: float) -> None:
-        """Record the outcome of a request that ran at `decision`."""
+    def observe(self, decision: Decision, service_ms: float, total_ms: float, *,
+                macs: float | None = None) -> None:
+        """Record the outcome of a request that ran at `decision`; `macs` is what the run
+        cost in all when it was not one sample at the calibrated input (see
+        LatencyTable.observe)."""
         outcome = Outcome(decision.index, service_ms, total_ms)
         with self._lock:
             if self.table is not None:
-                self.table.observe(decision.index, service_ms)
+                profile = None if decision.multiplier is not None else decision.index
+                if profile is not None or macs is not None:
+                    self.table.observe(profile, service_ms, macs=macs)
             self.policy.observe(outcome)
             self._log.append(LoggedDecision(time.monotonic(), decision, outcome))
 
@@ -75,7 +80,9 @@ def make_policy(kind: str, names: Sequence[str], *, table: LatencyTable | None =
                 profile: int | str = -1, margin_ms: float = 0.0) -> Policy:
     """Build a policy by name, as the command line and the demo do.
 
-    budget: BudgetPolicy (needs table, budget_ms; margin_ms is reserved from every budget);
+    budget: BudgetPolicy (needs table; budget_ms is the default budget, without which a
+    request that brings none runs at the largest profile; margin_ms is reserved from every
+    budget);
     fixed: FixedPolicy(profile);
     resource: ResourcePolicy with the default thresholds (needs monitor);
     feedback: FeedbackPolicy with target budget_ms; adaptive: the minimum of budget and
@@ -89,8 +96,8 @@ def make_policy(kind: str, names: Sequence[str], *, table: LatencyTable | None =
     if kind == "fixed":
         return FixedPolicy(names, profile)
     if kind == "budget":
-        return BudgetPolicy(names, need("a latency table", table),
-                            budget_ms=need("a budget (budget_ms)", budget_ms), margin_ms=margin_ms)
+        return BudgetPolicy(names, need("a latency table", table), budget_ms=budget_ms,
+                            margin_ms=margin_ms)
     if kind == "resource":
         return ResourcePolicy(names, need("a resource monitor", monitor))
     if kind == "feedback":

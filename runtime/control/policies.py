@@ -29,15 +29,19 @@ class Request:
     """What a policy knows about a request when it is about to run.
 
     budget_ms: the request's latency budget (None: the policy's default);
-    queued_ms: the time it has already waited since it arrived;
+    queued_ms: the time it has already spent in the server since it arrived (its headers:
+    upload, parsing and waiting for a worker);
     waiting: requests admitted after it and still waiting for a worker;
-    workers: how many requests run in parallel.
+    workers: how many requests run in parallel;
+    cost: per profile, the MACs this request costs at that profile (its batch times the
+    per-sample MACs at its input size); None: one sample at the calibrated input size.
     """
 
     budget_ms: float | None = None
     queued_ms: float = 0.0
     waiting: int = 0
     workers: int = 1
+    cost: Sequence[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,17 +56,30 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decision:
-    """A chosen profile and why: `signals` are the readings the policy used."""
+    """A chosen profile and why: `signals` are the readings the policy used.
+
+    `multiplier` is set when the run uses a uniform width multiplier instead of a named
+    profile (a request may ask for one); `index` is then -1 and `profile` a label such as
+    "0.6x"."""
 
     index: int
     profile: str
     policy: str
     reason: str
     signals: Mapping[str, Any] = field(default_factory=dict)
+    multiplier: float | None = None
+
+    @property
+    def run_key(self) -> str | float:
+        """What the engine runs: the profile name, or the multiplier."""
+        return self.profile if self.multiplier is None else self.multiplier
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "profile": self.profile, "policy": self.policy,
-                "reason": self.reason, "signals": dict(self.signals)}
+        row = {"index": self.index, "profile": self.profile, "policy": self.policy,
+               "reason": self.reason, "signals": dict(self.signals)}
+        if self.multiplier is not None:
+            row["multiplier"] = self.multiplier
+        return row
 
 
 def resolve_profile(names: Sequence[str], key: int | str) -> int:
@@ -224,41 +241,51 @@ class BudgetPolicy(Policy):
 
     Fits means `queued_ms + rounds * predicted * (1 + margin) + margin_ms + overhead_ms
     <= budget_ms`, where `predicted` is the table's tail estimate (or its mean with
-    estimate="mean"), `overhead_ms` the table's estimate of the time spent after inference,
+    estimate="mean") for this request (its batch and input size when the request says what
+    it costs), `overhead_ms` the table's estimate of the time spent after inference,
     and
     `rounds = ceil((1 + waiting) / workers)`: with nobody waiting behind the request this is
     its own predicted latency plus the queueing it has already suffered; with a queue behind
     it, the queue served at the same profile must also finish within this (the oldest)
     request's deadline, so a backlog drains instead of growing (SlackFit's rule, at batch
     size one). When no profile fits, the cheapest runs and the decision says so.
+    `budget_ms` is the default budget; without one, a request that brings no budget runs
+    at the largest profile.
     """
 
     kind = "budget"
 
-    def __init__(self, names: Sequence[str], table: LatencyTable, *, budget_ms: float,
-                 margin: float = 0.1, margin_ms: float = 0.0, estimate: str = "tail") -> None:
+    def __init__(self, names: Sequence[str], table: LatencyTable, *,
+                 budget_ms: float | None = None, margin: float = 0.1, margin_ms: float = 0.0,
+                 estimate: str = "tail") -> None:
         super().__init__(names)
         if tuple(table.names) != self.names:
             raise ValueError(f"latency table profiles {table.names} differ from {self.names}")
-        _check_budget(budget_ms)
+        if budget_ms is not None:
+            _check_budget(budget_ms)
         if margin < 0 or margin_ms < 0:
             raise ValueError("margins must be >= 0")
         if estimate not in ("tail", "mean"):
             raise ValueError(f"estimate must be 'tail' or 'mean', got {estimate!r}")
         self.table = table
-        self.budget_ms = float(budget_ms)
+        self.budget_ms = None if budget_ms is None else float(budget_ms)
         self.margin = margin
         self.margin_ms = margin_ms
         self.estimate = estimate
 
     def decide(self, request: Request) -> Decision:
         budget = self.budget_ms if request.budget_ms is None else request.budget_ms
+        if budget is None:
+            return self._decision(self.top, "no budget: largest profile", budget_ms=None,
+                                  queued_ms=request.queued_ms, waiting=request.waiting)
         overhead = self.table.overhead_ms
         slack = budget - request.queued_ms - self.margin_ms - overhead
         rounds = math.ceil((1 + request.waiting) / max(1, request.workers))
+        by_cost = request.cost is not None and self.table.macs is not None
         predicted = 0.0
         for index in range(self.top, -1, -1):
-            pred = self.table.predict(index)
+            pred = (self.table.predict_macs(request.cost[index]) if by_cost  # type: ignore[index]
+                    else self.table.predict(index))
             predicted = pred.tail_ms if self.estimate == "tail" else pred.mean_ms
             if rounds * predicted * (1 + self.margin) <= slack:
                 reason = "largest profile within budget"
