@@ -176,9 +176,7 @@ def plot(result: common.Result, path: Path) -> Path:
             ax.plot([r["macs"] / 1e6 for r in mine], [r["accuracy"] for r in mine], marker="o", label=recipe)
         ax.set_title(f"{data_name}, {net_name}")
         ax.set_xlabel("MMACs per image")
-        ax.set_ylabel("test accuracy (%), engine")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    common.style_accuracy_axes(axes)
     return common.save_figure(fig, path)
 
 

@@ -497,6 +497,14 @@ def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 4.0
     return fig, axes
 
 
+def style_accuracy_axes(axes: Any) -> None:
+    """The accuracy plots' y label, grid and legend on every axis of ``axes``."""
+    for ax in np.atleast_1d(axes).ravel():
+        ax.set_ylabel("test accuracy (%), engine")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 

@@ -157,10 +157,7 @@ def plot(result: common.Result, path: Path) -> Path:
         for ax, key, label in ((axes[0, 0], "macs_ratio", "MACs / full"), (axes[0, 1], "latency_ms", "engine ms")):
             ax.plot([r[key] for r in mine], [r["accuracy"] for r in mine], marker="o", label=method)
             ax.set_xlabel(label)
-    for ax in axes.ravel():
-        ax.set_ylabel("test accuracy (%), engine")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    common.style_accuracy_axes(axes)
     return common.save_figure(fig, path)
 
 

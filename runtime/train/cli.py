@@ -12,7 +12,7 @@ DATA_HELP = "digits, cluttered-digits, or a .npz file with x, y (and optionally 
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register train, eval, calibrate, prune and profiles on an argparse subparsers object."""
+    """Register train, eval, calibrate, prune, search and profiles on an argparse subparsers object."""
     p = subparsers.add_parser("train", help="train a slimmable model: every width accurate",
                               description="Slimmable training (sandwich rule or PSE-Net parallel sub-networks) "
                                           "of an ONNX model, a .slim model or a zoo model, written as one .slim file "
@@ -60,7 +60,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def add_profile_commands(subparsers: Any) -> None:
-    """Register prune and profiles (export / import)."""
+    """Register prune, search and profiles (export / import)."""
     p = subparsers.add_parser("prune", help="find per-group widths by pruning (SP-Net BN scales, Taylor importance)",
                               description="Sort every channel group by importance and find, for each MACs target, "
                                           "the per-group widths kept by one global threshold; then train the "
