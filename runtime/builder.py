@@ -317,19 +317,23 @@ class ModelBuilder:
                     raise ValueError(f"epilogue {which} of '{op_name}' must be 1-D")
                 self._tensors[fmt.epilogue_tensor_name(op_name, which, profile_name)] = array
 
+    def resolve_widths(self, widths: Mapping[GroupRef, int] | Sequence[int], name: str = "") -> list[int]:
+        """One width per declared group from a mapping (fixed groups may be omitted) or a sequence,
+        as :meth:`profile` takes them; ProfileError names a group the mapping leaves out."""
+        if isinstance(widths, Mapping):
+            resolved = [g["size"] if g["fixed"] else None for g in self._groups]
+            for ref, w in widths.items():
+                resolved[self._group_index(ref)] = int(w)
+            missing = [g["name"] for g, w in zip(self._groups, resolved) if w is None]
+            if missing:
+                raise ProfileError(f"profile '{name}' gives no width for groups {', '.join(missing)}")
+            return resolved  # type: ignore[return-value]
+        return [int(w) for w in widths]
+
     def _resolve(self, spec: _ProfileSpec, meta: Mapping[str, Any]) -> list[int]:
         if spec.widths is None:
             return fmt.uniform_widths(meta, spec.multiplier)
-        if isinstance(spec.widths, Mapping):
-            widths = [g["size"] if g["fixed"] else None for g in self._groups]
-            for ref, w in spec.widths.items():
-                widths[self._group_index(ref)] = int(w)
-            missing = [g["name"] for g, w in zip(self._groups, widths) if w is None]
-            if missing:
-                raise ProfileError(f"profile '{spec.name}' gives no width for groups "
-                                   f"{', '.join(missing)}")
-            return widths  # type: ignore[return-value]
-        return [int(w) for w in spec.widths]
+        return self.resolve_widths(spec.widths, spec.name)
 
     # -- output ---------------------------------------------------------------------------
 

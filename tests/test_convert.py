@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import slimrt
 from onnx import TensorProto, helper, numpy_helper
-from slimrt.convert import ConversionError, from_onnx, from_torch, onnx_to_slim, to_onnx, to_torch, torch_to_slim
+from slimrt.convert import ConversionError, DuplicateProfileWarning, from_onnx, from_torch, onnx_to_slim, to_onnx, to_torch, torch_to_slim
 from slimrt.convert.cli import add_commands, format_info
 from slimrt.convert.export import count_macs
 from slimrt.errors import ProfileError
@@ -176,7 +176,9 @@ class TestOnnxImport:
         assert rel_err(model.run(x, profile="1.0"), run_ort(proto, x)) < RTOL
 
     def test_handmade_every_profile_agrees_across_oracles(self) -> None:
-        slim = onnx_to_slim(handmade_onnx(), widths=(0.25, 0.5, 1.0))
+        widths = {"0.5": 0.5, "narrow": {"conv1": 3, "conv3": 5, "gemm": 9}, "1.0": 1.0}
+        slim = onnx_to_slim(handmade_onnx(), widths=widths)
+        assert len(slim.meta["profiles"]) == 3
         check_all_profiles(slim, np.random.default_rng(2).standard_normal((1, 3, 12, 12)).astype(np.float32))
 
     def test_from_path_with_input_shape_override(self, tmp_path: Path) -> None:
@@ -274,7 +276,7 @@ class TestChannelGroups:
                                   torch.nn.ReLU(), torch.nn.Conv2d(32, 16, 1), torch.nn.Flatten(),
                                   torch.nn.Linear(16 * 6 * 6, 4)).eval()
         x = np.random.default_rng(4).standard_normal((1, 3, 10, 10)).astype(np.float32)
-        slim = torch_to_slim(net, x)
+        slim = torch_to_slim(net, x, widths=(0.5, 1.0))
         groups = list(_groups(slim).values())
         assert [g["fixed"] for g in groups] == [True, True, False, True]
         assert "input of grouped conv" in groups[0]["why"] and "output of grouped conv" in groups[1]["why"]
@@ -291,7 +293,7 @@ class TestChannelGroups:
                 return torch.cat([self.a(x), self.b(x)], 1) + self.c(x)
 
         x = np.random.default_rng(5).standard_normal((1, 3, 4, 4)).astype(np.float32)
-        slim = torch_to_slim(CatAdd().eval(), x)
+        slim = torch_to_slim(CatAdd().eval(), x, widths=(1.0,))
         assert all(g["fixed"] and "concat" in g["why"] for g in slim.meta["groups"])
         check_all_profiles(slim, x, engine=False)
 
@@ -423,7 +425,7 @@ class TestImportance:
         with torch.no_grad():
             net[1].weight.copy_(gamma)
         x = np.random.default_rng(11).standard_normal((1, 3, 6, 6)).astype(np.float32)
-        slim = torch_to_slim(net, x, importance="bn")
+        slim = torch_to_slim(net, x, widths=(0.5, 1.0), importance="bn")
         op = next(o for o in slim.meta["ops"] if o["op"] == "conv")
         stored = slim.tensors[op["name"] + ".scale"]
         order = np.argsort(-np.abs(gamma.numpy()), kind="stable")
@@ -521,6 +523,27 @@ class TestProfiles:
         with pytest.raises(ProfileError):
             torch_to_slim(small_net, x16, widths=widths)
 
+    def test_identical_profiles_are_written_once_with_a_warning(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(16 * 4 * 4, 3)).eval()
+        x = np.random.default_rng(13).standard_normal((1, 3, 6, 6)).astype(np.float32)
+        with pytest.warns(DuplicateProfileWarning) as caught:
+            slim = torch_to_slim(net, x, widths=(0.25, 0.5, 0.75, 1.0))
+        assert [str(w.message) for w in caught] == [
+            "profile '0.5' comes out identical to profile '0.25' (the same width in every channel group of this "
+            "model), so the file holds '0.25' only; multiplier 0.5 still runs it",
+            "profile '1.0' comes out identical to profile '0.75' (the same width in every channel group of this "
+            "model), so the file holds '0.75' only; multiplier 1.0 still runs it"]
+        assert [(p["name"], p["widths"]) for p in slim.meta["profiles"]] == [("0.25", [8, 3]), ("0.75", [16, 3])]
+        model = slimrt.load(to_bytes(slim))
+        np.testing.assert_array_equal(model.run(x, 0.5), model.run(x, "0.25"))
+
+    def test_identical_explicit_profiles_are_written_once(self, small_net, x16) -> None:
+        same = {"stem.0": 8, "side": 16}
+        with pytest.warns(DuplicateProfileWarning, match="profile 'b' comes out identical to profile 'a'.*holds 'a' only$"):
+            slim = torch_to_slim(small_net, x16, widths={"a": same, "b": dict(same), "1.0": 1.0})
+        assert [p["name"] for p in slim.meta["profiles"]] == ["a", "1.0"]
+
     def test_unknown_profile_on_export(self, small_net, x16) -> None:
         slim = torch_to_slim(small_net, x16)
         with pytest.raises(ProfileError, match="unknown profile 'huge'"):
@@ -601,7 +624,7 @@ class TestUnsupported:
         model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
         with pytest.raises(ConversionError, match="pass input_shape"):
             onnx_to_slim(model)
-        assert onnx_to_slim(model, input_shape=(1, 4, 5, 5)).meta["input"]["shape"] == [1, 4, 5, 5]
+        assert onnx_to_slim(model, (1.0,), input_shape=(1, 4, 5, 5)).meta["input"]["shape"] == [1, 4, 5, 5]
 
 
 # ---- command line -----------------------------------------------------------------------
@@ -629,6 +652,14 @@ class TestCli:
         assert _cli(["export-onnx", str(slim_path), "--profile", "0.5", "-o", str(out)]) == 0
         x = np.random.default_rng(12).standard_normal((1, 3, 12, 12)).astype(np.float32)
         assert rel_err(run_ort(onnx.load(str(out)), x), run_reference(slim, x, "0.5")) < RTOL
+
+    def test_convert_prints_identical_profiles(self, tmp_path: Path, capsys) -> None:
+        src, slim_path = tmp_path / "in.onnx", tmp_path / "m.slim"
+        onnx.save(handmade_onnx(), str(src))
+        assert _cli(["convert", str(src), "-o", str(slim_path), "--widths", "0.25,0.5,1.0", "-q"]) == 0
+        err = capsys.readouterr().err
+        assert "slimrt: warning: profile '0.5' comes out identical to profile '0.25'" in err
+        assert [p["name"] for p in read(slim_path).meta["profiles"]] == ["0.25", "1.0"]
 
     def test_errors_are_reported_not_raised(self, tmp_path: Path, capsys) -> None:
         assert _cli(["info", str(tmp_path / "missing.slim")]) == 2
