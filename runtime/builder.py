@@ -52,6 +52,19 @@ def _pads(padding: Padding) -> list[int]:
                      f"got {padding!r}")
 
 
+def _act(act: str, alpha: float | None, beta: float | None) -> dict[str, Any]:
+    """The "act" fields of an op: the parameters the activation reads are always written (given
+    or default, format.ACT_PARAMS); a parameter it does not read is refused when the op is added."""
+    fields: dict[str, Any] = {"act": act}
+    defaults = fmt.ACT_PARAMS.get(act, {})
+    for key, value in (("act_alpha", alpha), ("act_beta", beta)):
+        if value is not None:
+            fields[key] = float(value)
+        elif key in defaults:
+            fields[key] = defaults[key]
+    return fields
+
+
 def _vector(values: Any, length: int, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float32)
     if array.shape != (length,):
@@ -149,8 +162,10 @@ class ModelBuilder:
     def conv(self, x: str, weight: np.ndarray, *, out_group: GroupRef | None = None,
              scale: Any = None, bias: Any = None, stride: int | Sequence[int] = 1,
              padding: Padding = 0, dilation: int | Sequence[int] = 1, groups: int = 1,
-             act: str = "none", name: str | None = None) -> str:
-        """Conv2d with weight [Cout, Cin/groups, kh, kw] and optional per-channel scale, bias.
+             act: str = "none", act_alpha: float | None = None, act_beta: float | None = None,
+             name: str | None = None) -> str:
+        """Conv2d with weight [Cout, Cin/groups, kh, kw] and optional per-channel scale, bias, then
+        activation ``act`` (``act_alpha``, ``act_beta``: its parameters, see format.ACT_PARAMS).
 
         Depthwise when groups == Cin == Cout (out_group must then be None). A dense conv given
         no out_group gets a new group named after the op; a grouped conv (other groups) gets a
@@ -171,7 +186,8 @@ class ModelBuilder:
         op: dict[str, Any] = {
             "op": "conv", "name": name, "inputs": [x], "output": name,
             "kernel": [kh, kw], "stride": _pair(stride, "stride"), "pads": _pads(padding),
-            "dilation": _pair(dilation, "dilation"), "groups": int(groups), "act": act,
+            "dilation": _pair(dilation, "dilation"), "groups": int(groups),
+            **_act(act, act_alpha, act_beta),
         }
         n_groups = len(self._groups)
         try:
@@ -208,22 +224,24 @@ class ModelBuilder:
         return params
 
     def linear(self, x: str, weight: np.ndarray, *, out_group: GroupRef, scale: Any = None,
-               bias: Any = None, act: str = "none", name: str | None = None) -> str:
-        """Linear with weight [Out, In] on a rank-2 input [N, In]."""
+               bias: Any = None, act: str = "none", act_alpha: float | None = None,
+               act_beta: float | None = None, name: str | None = None) -> str:
+        """Linear with weight [Out, In] on a rank-2 input [N, In]; activation as in conv()."""
         w = np.asarray(weight, dtype=np.float32)
         if w.ndim != 2:
             raise ValueError(f"linear weight must be [Out, In], got shape {w.shape}")
         name = self._new_name("linear", name)
-        op = {"op": "linear", "name": name, "inputs": [x], "output": name, "act": act,
+        op = {"op": "linear", "name": name, "inputs": [x], "output": name, **_act(act, act_alpha, act_beta),
               "out_group": self._out_group(name, out_group, w.shape[0], fixed=False)}
         params = self._params(np.ascontiguousarray(w.T), scale, bias, w.shape[0], name)
         return self._add(op, params)
 
-    def add(self, a: str, c: str, act: str = "none", name: str | None = None) -> str:
+    def add(self, a: str, c: str, act: str = "none", name: str | None = None, *,
+            act_alpha: float | None = None, act_beta: float | None = None) -> str:
         """Residual add with zero padding match: the operands' widths may differ."""
         name = self._new_name("add", name)
         return self._add({"op": "add", "name": name, "inputs": [a, c], "output": name,
-                          "act": act})
+                          **_act(act, act_alpha, act_beta)})
 
     def concat(self, inputs: Sequence[str], name: str | None = None) -> str:
         """Concatenation along channels."""
@@ -270,9 +288,10 @@ class ModelBuilder:
         """Softmax over the channel axis."""
         return self._simple("softmax", x, name)
 
-    def act(self, x: str, kind: str, name: str | None = None) -> str:
-        """Elementwise activation `kind`."""
-        return self._simple("act", x, name, act=kind)
+    def act(self, x: str, kind: str, name: str | None = None, *, alpha: float | None = None,
+            beta: float | None = None) -> str:
+        """Elementwise activation `kind` with its parameters `alpha`, `beta` (format.ACT_PARAMS)."""
+        return self._simple("act", x, name, **_act(kind, alpha, beta))
 
     def shuffle(self, x: str, groups: int, name: str | None = None) -> str:
         """Channel shuffle of a rank-4 tensor in `groups` groups (groups divides C). Its input

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from slimrt.errors import InvalidModelError, ProfileError
 
 __all__ = [
-    "FORMAT_VERSION", "ACTIVATIONS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
+    "FORMAT_VERSION", "ACTIVATIONS", "ACT_PARAMS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
@@ -46,7 +46,14 @@ MAX_JSON_DEPTH = 64  # nesting of arrays and objects in the header JSON and in t
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "tanh", "gelu",
+               "hardsigmoid", "elu")
+# The parameters an activation reads, with their defaults (model.h; as in ONNX).
+ACT_PARAMS: dict[str, dict[str, float]] = {
+    "leaky_relu": {"act_alpha": 0.01},
+    "elu": {"act_alpha": 1.0},
+    "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
+}
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
             "flatten", "softmax", "act", "shuffle")
 # Kinds whose output keeps the channel map of their (single) input.
@@ -88,6 +95,8 @@ class Op:
     inputs: tuple[str, ...]
     output: str
     act: str = "none"
+    act_alpha: float = 0.0  # the activation's parameters (ACT_PARAMS), defaults filled in
+    act_beta: float = 0.0
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -473,11 +482,7 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         _need(entry, key, where)
     fields: dict[str, Any] = {}
     if "act" in _OP_FIELDS.get(kind, ()):
-        act = entry["act"]
-        if act not in ACTIVATIONS:
-            raise InvalidModelError(
-                f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
-        fields["act"] = act
+        fields.update(_act_fields(entry, where))
     if kind in ("conv", "maxpool", "avgpool"):
         fields["kernel"] = _ints_field(entry, "kernel", where, 2, 1)
         fields["stride"] = _ints_field(entry, "stride", where, 2, 1)
@@ -499,6 +504,27 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["count_include_pad"] = _bool_field(entry, "count_include_pad", where, False)
     output = _str_field(entry, "output", where)
     return Op(kind=kind, name=name, inputs=tuple(inputs), output=output, **fields)
+
+
+def _act_fields(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """"act" and the parameters it reads ("act_alpha", "act_beta"), defaults filled in."""
+    act = entry["act"]
+    if act not in ACTIVATIONS:
+        raise InvalidModelError(
+            f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
+    fields: dict[str, Any] = {"act": act}
+    takes = ACT_PARAMS.get(act, {})
+    for key in ("act_alpha", "act_beta"):
+        if key not in entry:
+            fields[key] = takes.get(key, 0.0)
+            continue
+        if key not in takes:
+            raise InvalidModelError(f"{where} has \"{key}\", which activation '{act}' does not take")
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidModelError(f"{where} field \"{key}\" must be a finite number")
+        fields[key] = float(value)
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------

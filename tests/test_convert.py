@@ -370,6 +370,138 @@ class TestChannelShuffle:
         assert ops[i - 1:i + 2] == ["Reshape", "Transpose", "Reshape"]
 
 
+# ---- activations -------------------------------------------------------------------------
+
+
+class ActNet(torch.nn.Module):
+    """Every activation PyTorch exports: LeakyReLU, Tanh, GELU (written out with Erf by the
+    exporter), Hardsigmoid, ELU, after convs (fused) and on their own, on odd channel counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Sequential(nn.Conv2d(3, 13, 3, padding=1), nn.BatchNorm2d(13), nn.LeakyReLU(0.2))
+        self.c2 = nn.Sequential(nn.Conv2d(13, 13, 3, padding=1, groups=13), nn.BatchNorm2d(13), nn.ELU(0.7))
+        self.c3 = nn.Sequential(nn.Conv2d(13, 21, 1), nn.GELU())
+        self.c4 = nn.Sequential(nn.Conv2d(21, 13, 3, padding=1), nn.Hardsigmoid())
+        self.fc = nn.Sequential(nn.Linear(13, 17), nn.Tanh(), nn.Linear(17, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        y = torch.tanh(y + self.c4(self.c3(self.c2(y))))
+        y = torch.nn.functional.gelu(torch.nn.functional.elu(y))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def act_converted():
+    torch.manual_seed(3)
+    net = ActNet().eval()
+    randomize_bn(net, 4)
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"0.25": 0.25, "odd": {"c1.0": 5, "c3.0": 11, "fc.0": 3}, "1.0": 1.0})
+
+
+def _gelu_pattern(order: str) -> onnx.ModelProto:
+    """conv -> GELU written out with Erf as exporters write it, in several factor orders."""
+    rng = np.random.default_rng(6)
+    n = helper.make_node
+    inits = [_init("w", rng.standard_normal((7, 3, 3, 3)).astype(np.float32)),
+             _init("sqrt2", np.array(np.sqrt(2), np.float32)), _init("rsqrt2", np.array(1 / np.sqrt(2), np.float32)),
+             _init("one", np.array(1, np.float32)), _init("half", np.array(0.5, np.float32))]
+    nodes = [n("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    if order == "torch":       # ((x * (erf(x / sqrt2) + 1)) * 0.5
+        nodes += [n("Div", ["c", "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                  n("Mul", ["c", "p"], ["m"]), n("Mul", ["m", "half"], ["y"])]
+    elif order == "half_first":  # (0.5 * x) * (1 + erf(x * rsqrt2))
+        nodes += [n("Mul", ["c", "rsqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["one", "e"], ["p"]),
+                  n("Mul", ["half", "c"], ["h"]), n("Mul", ["h", "p"], ["y"])]
+    else:                       # x * ((1 + erf(x / sqrt2)) * 0.5)
+        nodes += [n("Div", ["c", "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                  n("Mul", ["p", "half"], ["q"]), n("Mul", ["q", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 6, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _opset20_acts() -> onnx.ModelProto:
+    """The ONNX Gelu op (opset 20) and the parameterised activations with their default attributes."""
+    rng = np.random.default_rng(7)
+    n = helper.make_node
+    inits = [_init("w1", rng.standard_normal((9, 3, 3, 3)).astype(np.float32)),
+             _init("w2", rng.standard_normal((9, 9, 1, 1)).astype(np.float32))]
+    nodes = [n("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("Gelu", ["c1"], ["g"], name="gelu"), n("LeakyRelu", ["g"], ["l"], name="leaky"),
+             n("Conv", ["l", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+             n("HardSigmoid", ["c2"], ["h"], name="hsig"), n("Elu", ["h"], ["y"], name="elu")]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9, 5, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+
+
+class TestActivations:
+    def test_full_width_equals_the_source_module(self, act_converted) -> None:
+        net, x, slim = act_converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_activations_fuse_into_their_layers(self, act_converted) -> None:
+        _, _, slim = act_converted
+        fused = {op["name"]: (op["act"], op.get("act_alpha")) for op in slim.meta["ops"] if op["op"] in ("conv", "linear")}
+        assert fused["c1.0"] == ("leaky_relu", pytest.approx(0.2)) and fused["c2.0"] == ("elu", pytest.approx(0.7))
+        assert fused["c3.0"] == ("gelu", None) and fused["fc.0"] == ("tanh", None)
+        assert fused["c4.0"][0] == "hardsigmoid"
+        assert [o["act"] for o in slim.meta["ops"] if o["op"] == "add"] == ["tanh"]
+        assert [o["act"] for o in slim.meta["ops"] if o["op"] == "act"] == ["elu", "gelu"]
+
+    def test_hardsigmoid_keeps_torchs_parameters(self, act_converted) -> None:
+        _, _, slim = act_converted
+        op = next(o for o in slim.meta["ops"] if o["name"] == "c4.0")
+        assert op["act_alpha"] == pytest.approx(1 / 6) and op["act_beta"] == pytest.approx(0.5)
+
+    def test_every_profile_engine_onnxruntime_torch(self, act_converted) -> None:
+        _, x, slim = act_converted
+        assert sorted(p["name"] for p in slim.meta["profiles"]) == ["0.25", "1.0", "odd"]
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("order", ["torch", "half_first", "half_last"])
+    def test_gelu_written_out_with_erf_becomes_one_activation(self, order: str) -> None:
+        proto = _gelu_pattern(order)
+        slim = onnx_to_slim(proto, widths=(1.0,))
+        assert [(op["op"], op["act"]) for op in slim.meta["ops"]] == [("conv", "gelu")]
+        x = np.random.default_rng(8).standard_normal((1, 3, 6, 5)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+
+    def test_gelu_op_and_default_attributes(self) -> None:
+        proto = _opset20_acts()
+        slim = onnx_to_slim(proto, widths={"small": {"conv1": 3}, "1.0": 1.0})
+        acts = [(op["act"], op.get("act_alpha"), op.get("act_beta")) for op in slim.meta["ops"]]
+        assert acts == [("gelu", None, None), ("leaky_relu", pytest.approx(0.01), None),
+                        ("hardsigmoid", pytest.approx(0.2), pytest.approx(0.5)), ("elu", 1.0, None)]
+        x = np.random.default_rng(9).standard_normal((1, 3, 5, 6)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_export_writes_gelu_with_erf_for_opset_17(self, act_converted) -> None:
+        _, _, slim = act_converted
+        ops = [n.op_type for n in to_onnx(slim, "odd").graph.node]
+        assert "Erf" in ops and "Gelu" not in ops
+        assert {"LeakyRelu", "Elu", "HardSigmoid", "Tanh"} <= set(ops)
+
+    def test_tanh_approximation_of_gelu_is_refused(self) -> None:
+        node = helper.make_node("Gelu", ["c"], ["y"], name="fast_gelu", approximate="tanh")
+        model = _single_node_model(node, [1, 8, 4, 4])
+        model.opset_import[0].version = 20
+        with pytest.raises(ConversionError, match="Gelu 'fast_gelu' has approximate='tanh'"):
+            onnx_to_slim(model, (1.0,))
+
+    def test_erf_outside_gelu_is_refused(self) -> None:
+        nodes = [helper.make_node("Erf", ["c"], ["y"], name="erf")]
+        with pytest.raises(ConversionError, match="Erf 'erf' is not the Erf of GELU"):
+            onnx_to_slim(_single_node_model(nodes[0], [1, 8, 4, 4]), (1.0,))
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

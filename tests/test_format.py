@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -192,7 +193,7 @@ VGG_CASES: list[tuple[str, Mutation, str]] = [
     ("duplicate_op", duplicate_op_name, "used by an earlier op"),
     ("duplicate_output", duplicate_output, "already exists"),
     ("unknown_kind", set_op("c2", op="conv3d"), "'conv3d'"),
-    ("unknown_act", set_op("c2", act="gelu"), "'gelu'"),
+    ("unknown_act", set_op("c2", act="gelu_tanh"), "'gelu_tanh'"),
     ("missing_kernel", drop_field("c2", "kernel"), "\"kernel\""),
     ("bad_stride", set_op("c2", stride=[0, 1]), "\"stride\""),
     ("bad_pads", set_op("c2", pads=[1, 1, 1]), "\"pads\""),
@@ -555,6 +556,53 @@ def test_builder_duplicate_profile() -> None:
         b.profile("0.5", [1, 1, 8])
 
 
+# -- activations with parameters ----------------------------------------------------------------
+
+def test_activation_parameters_default_as_in_onnx() -> None:
+    b = ModelBuilder("acts", input_shape=(1, 3, 4, 4))
+    x = b.conv(b.input, np.ones((4, 3, 1, 1)), out_group=b.group("a", 4), act="hardsigmoid")
+    x = b.act(x, "leaky_relu", name="leaky")
+    x = b.act(x, "elu", alpha=0.5, name="elu")
+    b.act(x, "gelu", name="gelu")
+    slim = b.build()
+    written = {op["name"]: {k: v for k, v in op.items() if k.startswith("act_")} for op in slim.meta["ops"]}
+    assert written == {"conv0": {"act_alpha": 0.2, "act_beta": 0.5}, "leaky": {"act_alpha": 0.01},
+                       "elu": {"act_alpha": 0.5}, "gelu": {}}
+    meta = copy.deepcopy(slim.meta)
+    for op in meta["ops"]:
+        op.pop("act_alpha", None)
+        op.pop("act_beta", None)
+    ops = {op.name: op for op in fmt.parse_ops(meta)}
+    assert (ops["conv0"].act_alpha, ops["conv0"].act_beta) == (0.2, 0.5)
+    assert (ops["leaky"].act_alpha, ops["elu"].act_alpha, ops["gelu"].act_alpha) == (0.01, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("act,extra,expect", [
+    ("relu", {"act_alpha": 0.1}, "op 'a' has \"act_alpha\", which activation 'relu' does not take"),
+    ("leaky_relu", {"act_beta": 0.1}, "op 'a' has \"act_beta\", which activation 'leaky_relu' does not take"),
+    ("elu", {"act_alpha": "0.5"}, "op 'a' field \"act_alpha\" must be a finite number"),
+    ("hardsigmoid", {"act_beta": True}, "op 'a' field \"act_beta\" must be a finite number"),
+])
+def test_activation_parameters_are_checked_by_both_readers(act: str, extra: dict, expect: str) -> None:
+    import json
+
+    import safetensors.numpy
+
+    b = ModelBuilder("acts", input_shape=(1, 3, 4, 4))
+    b.conv(b.input, np.ones((4, 3, 1, 1)), out_group=b.group("a", 4), name="a")
+    slim = b.build()
+    meta = copy.deepcopy(slim.meta)
+    meta["ops"][0].update(act=act, **extra)
+    with pytest.raises(InvalidModelError, match=re.escape(expect)):
+        fmt.parse_ops(meta)
+    data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    assert engine_error(data) == expect
+    meta["ops"][0].update(act="leaky_relu", act_alpha=float("nan"))
+    meta["ops"][0].pop("act_beta", None)
+    with pytest.raises(InvalidModelError, match="must be a finite number"):
+        fmt.parse_ops(meta)
+
+
 # -- channel shuffle ----------------------------------------------------------------------------
 
 def shuffle_builder(fixed: bool) -> ModelBuilder:
@@ -666,6 +714,11 @@ SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
     "deep_model_json_65": lambda d: (corrupt.deep_model_json(d, 65).data, DEEP_MODEL),
     "deep_header_json_1000": lambda d: (corrupt.deep_header_json(d, 1000).data, DEEP_HEADER),
     "deep_header_json_65": lambda d: (corrupt.deep_header_json(d, 65).data, DEEP_HEADER),
+    "activation_parameter_not_taken": lambda d: (
+        corrupt.activation_parameter_not_taken(d).data,
+        "op 'stem' has \"act_beta\", which activation 'relu' does not take"),
+    "activation_parameter_not_a_number": lambda d: (
+        corrupt.activation_parameter_not_a_number(d).data, "op 'stem' field \"act_alpha\" must be a finite number"),
     "output_is_input": lambda d: (corrupt.output_is_input(d).data,
                                   "the model's output is its input 'input': the output must be "
                                   "produced by an op"),

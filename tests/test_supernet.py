@@ -65,8 +65,35 @@ def odd_net(seed: int = 0) -> fmt.SlimFile:
     return b.build()
 
 
+def act_net(seed: int = 0) -> fmt.SlimFile:
+    """The parameterised and the newer activations, fused into convs, a linear and an add, and
+    as act ops, over odd group sizes; BN-like scales so the supernet has batch norm on them."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    def sb(n: int) -> dict:
+        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
+                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+
+    b = ModelBuilder("acts", input_shape=(2, 3, 9, 7), min_multiplier=0.2)
+    a = b.group("a", 13)
+    t = b.conv(b.input, w(13, 3, 3, 3), out_group=a, padding=1, act="leaky_relu", act_alpha=0.2, **sb(13))
+    u = b.conv(t, w(13, 1, 3, 3), groups=13, padding=1, act="elu", act_alpha=0.6, **sb(13))
+    v = b.conv(u, w(13, 13, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6, act_beta=0.5, **sb(13))
+    s = b.act(b.add(t, v, act="tanh"), "gelu")
+    f = b.flatten(b.global_avgpool(b.act(s, "elu", alpha=0.3)))
+    f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
+    b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
+    b.uniform_profiles((0.2, 0.5, 1.0))
+    b.profile("uneven", {"a": 5, "h": 3})
+    return b.build()
+
+
 MODELS = {
     "odd": lambda: odd_net(0),
+    "acts": lambda: act_net(1),
     "tiny_resnet": lambda: tiny_resnet(1, input_hw=(16, 16)),  # per-profile epilogues
     "vgg_like": lambda: vgg_like(2),
     "concat_net": lambda: concat_net(3),

@@ -100,18 +100,46 @@ std::vector<int32_t> int_list(const Json& obj, const char* key, size_t n, int32_
   return out;
 }
 
-Act parse_act(const Json& obj, const std::string& where) {
+// A finite number; absent means `dflt`.
+float opt_number(const Json& obj, const char* key, float dflt, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return dflt;
+  if (!it->is_number() || !std::isfinite(it->get<double>()))
+    fail_model(where + " field \"" + key + "\" must be a finite number");
+  return it->get<float>();
+}
+
+Activation parse_act(const Json& obj, const std::string& where) {
+  // name, kind, and the parameters it reads with their defaults (model.h)
+  struct Known {
+    const char* name;
+    Act kind;
+    int params;  // 0: none, 1: act_alpha, 2: act_alpha and act_beta
+    float alpha, beta;
+  };
+  static const Known known[] = {
+      {"none", Act::None, 0, 0, 0},           {"relu", Act::Relu, 0, 0, 0},
+      {"relu6", Act::Relu6, 0, 0, 0},         {"hardswish", Act::HardSwish, 0, 0, 0},
+      {"silu", Act::SiLU, 0, 0, 0},           {"sigmoid", Act::Sigmoid, 0, 0, 0},
+      {"leaky_relu", Act::LeakyRelu, 1, 0.01f, 0}, {"tanh", Act::Tanh, 0, 0, 0},
+      {"gelu", Act::Gelu, 0, 0, 0},           {"hardsigmoid", Act::HardSigmoid, 2, 0.2f, 0.5f},
+      {"elu", Act::Elu, 1, 1.0f, 0}};
   auto it = obj.find("act");
-  if (it == obj.end()) return Act::None;
-  const std::string a = as_string(*it, where + " field \"act\"");
-  if (a == "none") return Act::None;
-  if (a == "relu") return Act::Relu;
-  if (a == "relu6") return Act::Relu6;
-  if (a == "hardswish") return Act::HardSwish;
-  if (a == "silu") return Act::SiLU;
-  if (a == "sigmoid") return Act::Sigmoid;
+  const std::string a = it == obj.end() ? "none" : as_string(*it, where + " field \"act\"");
+  for (const Known& k : known) {
+    if (a != k.name) continue;
+    if (k.params < 1 && obj.contains("act_alpha"))
+      fail_model(where + " has \"act_alpha\", which activation '" + a + "' does not take");
+    if (k.params < 2 && obj.contains("act_beta"))
+      fail_model(where + " has \"act_beta\", which activation '" + a + "' does not take");
+    Activation act;
+    act.kind = k.kind;
+    act.alpha = opt_number(obj, "act_alpha", k.alpha, where);
+    act.beta = opt_number(obj, "act_beta", k.beta, where);
+    return act;
+  }
   fail_model(where + " has unknown activation '" + a +
-             "' (known: none, relu, relu6, hardswish, silu, sigmoid)");
+             "' (known: none, relu, relu6, hardswish, silu, sigmoid, leaky_relu, tanh, gelu, hardsigmoid, elu)");
 }
 
 OpKind parse_kind(const std::string& s, const std::string& where) {

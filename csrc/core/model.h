@@ -49,9 +49,21 @@
 // Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
 // each the model input or an earlier op's output) and "output" (a new tensor
 // name). Every field of every op is checked (kinds, names, index ranges,
-// required fields) before shapes are inferred or weights read. Activations
-// are "none" | "relu" | "relu6" | "hardswish" | "silu" | "sigmoid". Kinds and
-// their own fields:
+// required fields) before shapes are inferred or weights read.
+//
+// Activations: an op with an "act" field computes y = act(v) of its value v:
+//   "none" v; "relu" max(v, 0); "relu6" min(max(v, 0), 6); "hardswish"
+//   v * relu6(v + 3) / 6; "silu" v * sigmoid(v); "sigmoid" 1 / (1 + exp(-v));
+//   "leaky_relu" v > 0 ? v : a * v; "tanh" tanh(v); "gelu" v * 0.5 *
+//   (1 + erf(v / sqrt(2))); "hardsigmoid" max(0, min(1, a * v + b)); "elu"
+//   v > 0 ? v : a * (exp(v) - 1).
+// a and b are the op's "act_alpha" and "act_beta", finite numbers allowed only
+// with the activations that read them (leaky_relu and elu a, hardsigmoid a and
+// b), defaulting as in ONNX: leaky_relu a = 0.01, elu a = 1, hardsigmoid
+// a = 0.2, b = 0.5 (PyTorch's hardsigmoid is a = 1/6, b = 0.5). Every
+// activation maps NaN to NaN.
+//
+// Kinds and their own fields:
 //
 //   conv            "kernel": [kh, kw], "stride": [sh, sw], "pads": [top, left,
 //                   bottom, right], "dilation": [dh, dw], "groups": g, "act",
@@ -145,6 +157,7 @@
 namespace slimrt {
 
 using kernels::Act;
+using kernels::Activation;
 
 constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
@@ -183,7 +196,7 @@ struct Op {
   std::string name;
   std::vector<int32_t> inputs;  // tensor ids
   int32_t output = -1;
-  Act act = Act::None;
+  Activation act;
   // conv / pool geometry
   int32_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   int32_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;

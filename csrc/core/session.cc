@@ -29,7 +29,7 @@ struct Session::Step {
   float* y = nullptr;
   int32_t c = 0, c2 = 0, hw = 0, y_stride = 0;
   int64_t count = 0;  // pixels, rows or elements
-  Act act = Act::None;
+  Activation act;
   bool split_panels = false;
 };
 
@@ -105,7 +105,7 @@ std::vector<int32_t> find_fused_adds(const Model& model) {
     if (j < 0) continue;
     const Op& conv = ops[j];
     const bool dense = conv.kind == OpKind::Linear || (conv.kind == OpKind::Conv && conv.conv_type == ConvType::Dense);
-    if (dense && conv.act == Act::None && uses[conv.output] == 1 && conv.output != model.output_tensor())
+    if (dense && conv.act.kind == Act::None && uses[conv.output] == 1 && conv.output != model.output_tensor())
       fuse[j] = static_cast<int32_t>(i);
   }
   return fuse;

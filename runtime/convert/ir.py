@@ -12,7 +12,7 @@ Node kinds and their fields:
                     (top, left, bottom, right), ``dilation`` (dh, dw), ``groups``, ``act``
 ``linear``          params ``weight`` [Out, In], optional ``bias``; attrs ``act``
 ``batchnorm``       params ``gamma``, ``beta``, ``mean``, ``var``; attrs ``eps``
-``act``             attrs ``kind``: relu | relu6 | hardswish | silu | sigmoid
+``act``             attrs ``kind``: one of :data:`ACTIVATIONS`
 ``add``             two inputs; attrs ``act``
 ``concat``          inputs joined along channels
 ``maxpool``         attrs ``kernel``, ``stride``, ``pads``, ``ceil_mode``
@@ -23,6 +23,10 @@ Node kinds and their fields:
 ``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
                     (c % groups) * (C / groups) + c / groups
 ==================  ========================================================================
+
+An activation's parameters (``leaky_relu``, ``elu``: alpha; ``hardsigmoid``: alpha, beta; see
+:data:`slimrt.format.ACT_PARAMS`) are the attrs ``act_alpha`` / ``act_beta`` of the node that
+applies it (an ``act`` node, or a conv, linear or add with the activation fused).
 
 After :func:`fuse`, a ``conv`` or ``linear`` may also carry the BatchNormalization that
 followed it (params ``bn_gamma``, ``bn_beta``, ``bn_mean``, ``bn_var``, attr ``bn_eps``);
@@ -38,7 +42,9 @@ import numpy as np
 
 from ..errors import InvalidModelError
 
-ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "tanh", "gelu", "hardsigmoid",
+               "elu")
+ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
          "global_avgpool", "flatten", "softmax", "shuffle")
 
@@ -166,7 +172,13 @@ def _absorb_act(src: Node, act: Node) -> bool:
     if src.kind not in ("conv", "linear", "add") or src.attrs.get("act", "none") != "none":
         return False
     src.attrs["act"] = act.attrs["kind"]
+    src.attrs.update({k: act.attrs[k] for k in ACT_PARAMS if k in act.attrs})
     return True
+
+
+def act_attrs(node: Node) -> dict[str, Any]:
+    """The activation of a conv, linear or add node as builder keywords (act, act_alpha, act_beta)."""
+    return {"act": node.attrs["act"], **{k: node.attrs[k] for k in ACT_PARAMS if k in node.attrs}}
 
 
 def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:

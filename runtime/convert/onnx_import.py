@@ -2,7 +2,10 @@
 
 A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
 [N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed nothing
-else. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+else. Arithmetic with constants (Mul, Div, Add, Sub of a per-channel constant) is kept as a
+pending affine map of its activation until something reads it: GELU written out as
+x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes one ``gelu``
+activation; any other reader gets the map folded into the layer before it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
 Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
 ops that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
@@ -21,11 +24,43 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
-             "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
+             "LeakyRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
+             "Mul, Div, Add, Sub by per-channel constants", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
              "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``scale * source + bias`` with per-channel constants, not yet an IR node."""
+
+    source: str
+    scale: np.ndarray  # float64, one value per channel (or feature) of source
+    bias: np.ndarray
+    node: str  # the ONNX node that started it, for names and messages
+    op: str
+
+    def then(self, scale: np.ndarray | float, bias: np.ndarray | float) -> _Affine:
+        """``scale * self + bias``."""
+        return _Affine(self.source, self.scale * scale, self.bias * scale + bias, self.node, self.op)
+
+    def uniform_scale(self) -> float | None:
+        """The scale when it is one value for every channel and there is no bias, else None."""
+        if np.any(self.bias != 0) or not np.all(self.scale == self.scale[0]):
+            return None
+        return float(self.scale[0])
+
+
+@dataclass(frozen=True)
+class _ErfOf:
+    """``bias + scale * erf(source / sqrt(2))``: the inside of a GELU, not yet an IR node."""
+
+    source: str
+    scale: float
+    bias: float
+    node: str  # the Erf node, for messages
 
 
 @dataclass(frozen=True)
@@ -72,6 +107,8 @@ class _Importer:
         self.nodes: list[Node] = []
         self.producer: dict[str, Node] = {}
         self.shuffles: dict[str, _ShuffleView] = {}
+        self.affine: dict[str, _Affine] = {}
+        self.erf: dict[str, _ErfOf] = {}
         self.used_names: set[str] = {"input"}
         self.input = self._find_input(input_shape)
 
@@ -83,6 +120,8 @@ class _Importer:
             raise ConversionError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); "
                                   "slimrt models have exactly one")
         out = self.alias.get(outputs[0], outputs[0])
+        if out in self.affine or out in self.erf or out in self.shuffles:
+            out = self.act_input(_Ctx("output", outputs[0], [out], [], {}))
         if out not in self.shapes or out == self.input:
             raise ConversionError(f"the model output '{outputs[0]}' is a constant or the input; "
                                   "nothing to convert")
@@ -173,6 +212,13 @@ class _Importer:
 
     def act_input(self, ctx: _Ctx, i: int = 0) -> str:
         t = ctx.inputs[i]
+        if t in self.affine:
+            self.materialize(t)
+        if t in self.erf:
+            view = self.erf[t]
+            raise ConversionError(
+                f"{ctx.op} '{ctx.name}' reads '{t}', computed from Erf '{view.node}'; slimrt converts Erf only "
+                "inside GELU, x * 0.5 * (1 + Erf(x / sqrt(2)))")
         if t in self.shuffles:
             view = self.shuffles[t]
             raise ConversionError(
@@ -183,6 +229,42 @@ class _Importer:
             raise ConversionError(f"{ctx.op} '{ctx.name}' expects an activation as input {i}, "
                                   f"got the constant '{t}'")
         return t
+
+    def is_value(self, t: str) -> bool:
+        """Whether ``t`` is computed from the input (an activation or a pending view), not a constant."""
+        return t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles
+
+    def as_affine(self, t: str, ctx: _Ctx) -> _Affine:
+        """Tensor ``t`` as an affine map of an activation (the identity for a plain activation)."""
+        if t in self.affine:
+            return self.affine[t]
+        x = self.act_input(_Ctx(ctx.op, ctx.name, [t], ctx.outputs, {}))
+        c = self.shapes[x][1]
+        return _Affine(x, np.ones(c), np.zeros(c), ctx.name, ctx.op)
+
+    def set_affine(self, out: str, view: _Affine) -> None:
+        """``out`` := ``view``; the identity map is a plain alias."""
+        if np.all(view.scale == 1) and np.all(view.bias == 0):
+            self.alias[out] = view.source
+        else:
+            self.affine[out] = view
+
+    def materialize(self, t: str) -> None:
+        """A pending affine map becomes part of the graph: folded into the conv or linear that
+        produced its source, when nothing else reads that layer's output."""
+        view = self.affine.pop(t)
+        src = self.producer.get(view.source)
+        if src is None or src.kind not in ("conv", "linear") or src.attrs.get("act", "none") != "none":
+            raise ConversionError(
+                f"{view.op} '{view.node}' applies a per-channel constant to '{view.source}'; slimrt folds such "
+                "constants into the Conv, Gemm or MatMul right before them only")
+        params = dict(src.params)
+        shape = (-1,) + (1,) * (params["weight"].ndim - 1)
+        params["weight"] = (params["weight"] * view.scale.reshape(shape)).astype(np.float32)
+        bias = params.get("bias", np.zeros(len(view.scale), np.float32)).astype(np.float64)
+        params["bias"] = (bias * view.scale + view.bias).astype(np.float32)
+        self.emit(_Ctx(view.op, view.node, [], [t], {}), src.kind, list(src.inputs), dict(src.attrs), params,
+                  name=self.unique(src.name, ""))
 
     def const(self, ctx: _Ctx, i: int, what: str) -> np.ndarray:
         t = ctx.inputs[i] if i < len(ctx.inputs) else ""
@@ -262,10 +344,23 @@ def _batchnorm(imp: _Importer, ctx: _Ctx) -> None:
     imp.emit(ctx, "batchnorm", [x], {"eps": float(ctx.attrs.get("epsilon", 1e-5))}, params)
 
 
-def _simple_act(kind: str) -> Callable[[_Importer, _Ctx], None]:
+def _simple_act(kind: str, **params: tuple[str, float]) -> Callable[[_Importer, _Ctx], None]:
+    """An activation; ``params`` maps its IR attrs to (ONNX attribute, default)."""
     def handler(imp: _Importer, ctx: _Ctx) -> None:
-        imp.emit(ctx, "act", [imp.act_input(ctx)], {"kind": kind})
+        attrs: dict[str, Any] = {"kind": kind}
+        for key, (onnx_name, default) in params.items():
+            attrs[key] = float(ctx.attrs.get(onnx_name, default))
+        imp.emit(ctx, "act", [imp.act_input(ctx)], attrs)
     return handler
+
+
+def _gelu(imp: _Importer, ctx: _Ctx) -> None:
+    approximate = ctx.attrs.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    if approximate != "none":
+        raise ConversionError(f"Gelu '{ctx.name}' has approximate='{approximate}'; slimrt converts the exact "
+                              "GELU (approximate='none') only")
+    imp.emit(ctx, "act", [imp.act_input(ctx)], {"kind": "gelu"})
 
 
 def _clip(imp: _Importer, ctx: _Ctx) -> None:
@@ -287,42 +382,124 @@ def _clip(imp: _Importer, ctx: _Ctx) -> None:
 
 def _mul(imp: _Importer, ctx: _Ctx) -> None:
     a, b = ctx.inputs[:2]
-    for x, s in ((a, b), (b, a)):
-        src = imp.producer.get(s)
-        if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "sigmoid"
-                and src.inputs[0] == x):
-            imp.emit(ctx, "act", [x], {"kind": "silu"})
+    if imp.is_value(a) and imp.is_value(b):
+        for x, s in ((a, b), (b, a)):
+            src = imp.producer.get(s)
+            if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "sigmoid"
+                    and src.inputs[0] == x):
+                imp.emit(ctx, "act", [x], {"kind": "silu"})
+                return
+        for e, other in ((a, b), (b, a)):
+            if e in imp.erf and _gelu_product(imp, ctx, imp.erf[e], other):
+                return
+        raise ConversionError(f"Mul '{ctx.name}' is not x * Sigmoid(x) (SiLU) nor part of GELU; slimrt converts "
+                              "no other product of two activations")
+    x, c = (a, b) if imp.is_value(a) else (b, a)
+    if not imp.is_value(x):
+        raise ConversionError(f"Mul '{ctx.name}' has no activation input")
+    value = imp.const(ctx, ctx.inputs.index(c), "factor")
+    _constant_arith(imp, ctx, x, value, 1.0)
+
+
+def _div(imp: _Importer, ctx: _Ctx) -> None:
+    x = ctx.inputs[0]
+    if not imp.is_value(x) or imp.is_value(ctx.inputs[1]):
+        raise ConversionError(f"Div '{ctx.name}' divides by an activation; slimrt converts the division of an "
+                              "activation by a constant only")
+    _constant_arith(imp, ctx, x, 1.0 / imp.const(ctx, 1, "divisor").astype(np.float64), 1.0)
+
+
+def _constant_arith(imp: _Importer, ctx: _Ctx, x: str, factor: np.ndarray | float, sign: float,
+                    term: np.ndarray | None = None) -> None:
+    """``ctx``'s output := factor * x + term (a pending view; ``sign`` multiplies x first)."""
+    shape = _view_shape(imp, x)
+    per_channel = []
+    for value in (factor, 0.0 if term is None else term):
+        vector = _per_channel(np.asarray(value), shape)
+        if vector is None:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' applies a constant of shape {np.shape(value)} to "
+                                  f"'{x}' of shape {shape}; slimrt converts constants that are one value per "
+                                  "channel (broadcast over the other axes) only")
+        per_channel.append(vector)
+    scale, bias = per_channel[0] * sign, per_channel[1]
+    if x in imp.erf:
+        view = imp.erf[x]
+        if np.all(scale == scale[0]) and np.all(bias == bias[0]):
+            k, d = float(scale[0]), float(bias[0])
+            imp.erf[ctx.outputs[0]] = _ErfOf(view.source, view.scale * k, view.bias * k + d, view.node)
             return
-    raise ConversionError(f"Mul '{ctx.name}' is not x * Sigmoid(x) (SiLU); slimrt converts no other Mul. "
-                          "Fold constant scales into the neighbouring conv before exporting")
+        raise ConversionError(f"{ctx.op} '{ctx.name}' applies a per-channel constant to the Erf of GELU; "
+                              "slimrt converts x * 0.5 * (1 + Erf(x / sqrt(2))) only")
+    imp.set_affine(ctx.outputs[0], imp.as_affine(x, ctx).then(scale, bias))
+
+
+def _view_shape(imp: _Importer, t: str) -> Shape:
+    if t in imp.affine:
+        return imp.shapes[imp.affine[t].source]
+    if t in imp.erf:
+        return imp.shapes[imp.erf[t].source]
+    return imp.shapes[imp.act_input(_Ctx("", "", [t], [], {}))]
+
+
+def _erf(imp: _Importer, ctx: _Ctx) -> None:
+    t = ctx.inputs[0]
+    view = imp.affine.get(t)
+    k = view.uniform_scale() if view is not None else None
+    if view is None or k is None or not np.isclose(k, 1 / np.sqrt(2), rtol=1e-6, atol=0):
+        raise ConversionError(f"Erf '{ctx.name}' is not the Erf of GELU, x * 0.5 * (1 + Erf(x / sqrt(2))); "
+                              "slimrt converts no other Erf")
+    imp.erf[ctx.outputs[0]] = _ErfOf(view.source, 1.0, 0.0, ctx.name)
+
+
+def _gelu_product(imp: _Importer, ctx: _Ctx, erf: _ErfOf, other: str) -> bool:
+    """``ctx`` = other * erf: GELU when erf = s * (1 + Erf(x / sqrt(2))) and other = k * x."""
+    if not np.isclose(erf.scale, erf.bias, rtol=1e-6, atol=0) or erf.scale == 0:
+        return False
+    if other == erf.source:
+        k = 1.0
+    elif other in imp.affine and imp.affine[other].source == erf.source:
+        found = imp.affine[other].uniform_scale()
+        if found is None:
+            return False
+        k = found
+    else:
+        return False
+    factor = 2.0 * k * erf.scale  # other * erf = factor * gelu(x)
+    if np.isclose(factor, 1.0, rtol=1e-6, atol=0):
+        imp.emit(ctx, "act", [erf.source], {"kind": "gelu"})
+        return True
+    gelu = imp.emit(ctx, "act", [erf.source], {"kind": "gelu"}, output=ctx.outputs[0] + "#gelu")
+    c = imp.shapes[gelu.output][1]
+    imp.set_affine(ctx.outputs[0], _Affine(gelu.output, np.full(c, factor), np.zeros(c), ctx.name, ctx.op))
+    return True
 
 
 def _add(imp: _Importer, ctx: _Ctx) -> None:
-    acts = [t for t in ctx.inputs if t in imp.shapes]
-    consts = [t for t in ctx.inputs if t and t not in imp.shapes]
-    if len(acts) == 2 and not consts:
-        a, b = acts
+    values = [t for t in ctx.inputs if t and imp.is_value(t)]
+    consts = [t for t in ctx.inputs if t and not imp.is_value(t)]
+    if len(values) == 2 and not consts:
+        a, b = (imp.act_input(ctx, i) for i in range(2))
         if imp.shapes[a] != imp.shapes[b]:
             raise ConversionError(f"Add '{ctx.name}' adds shapes {imp.shapes[a]} and {imp.shapes[b]}; "
                                   "slimrt adds tensors of equal shape only")
         imp.emit(ctx, "add", [a, b], {"act": "none"})
         return
-    if len(acts) == 1 and len(consts) == 1:
-        _add_bias(imp, ctx, acts[0], imp.consts[consts[0]])
+    if len(values) == 1 and len(consts) == 1:
+        _constant_arith(imp, ctx, values[0], 1.0, 1.0, imp.consts[consts[0]].astype(np.float64))
         return
-    raise ConversionError(f"{ctx.op} '{ctx.name}' has {len(acts)} activation inputs; slimrt converts "
-                          "the sum of two activations or a layer output plus a constant bias")
+    raise ConversionError(f"{ctx.op} '{ctx.name}' has {len(values)} activation inputs; slimrt converts "
+                          "the sum of two activations or an activation plus a constant")
 
 
-def _add_bias(imp: _Importer, ctx: _Ctx, x: str, value: np.ndarray) -> None:
-    src = imp.producer.get(x)
-    bias = _per_channel(value, imp.shapes[x])
-    if src is None or src.kind not in ("conv", "linear") or src.attrs.get("act", "none") != "none" or bias is None:
-        raise ConversionError(f"Add '{ctx.name}' adds a constant of shape {value.shape} to '{x}'; slimrt folds "
-                              "a per-channel constant into the Conv, Gemm or MatMul right before it only")
-    params = dict(src.params)
-    params["bias"] = (params.get("bias", np.zeros(bias.size, np.float32)) + bias).astype(np.float32)
-    imp.emit(ctx, src.kind, list(src.inputs), dict(src.attrs), params, name=imp.unique(src.name, ""))
+def _sub(imp: _Importer, ctx: _Ctx) -> None:
+    a, b = ctx.inputs[:2]
+    if imp.is_value(a) and not imp.is_value(b):
+        _constant_arith(imp, ctx, a, 1.0, 1.0, -imp.const(ctx, 1, "subtrahend").astype(np.float64))
+    elif imp.is_value(b) and not imp.is_value(a):
+        _constant_arith(imp, ctx, b, 1.0, -1.0, imp.const(ctx, 0, "minuend").astype(np.float64))
+    else:
+        raise ConversionError(f"Sub '{ctx.name}' subtracts two activations; slimrt converts an activation "
+                              "minus a constant (or a constant minus an activation) only")
 
 
 def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
@@ -334,7 +511,7 @@ def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
     if len(full.shape) != len(shape):
         return None
     table = full.reshape(shape[1], -1)
-    return table[:, 0] if np.all(table == table[:, :1]) else None
+    return table[:, 0].copy() if np.all(table == table[:, :1]) else None
 
 
 def _sum(imp: _Importer, ctx: _Ctx) -> None:
@@ -521,7 +698,11 @@ def _softmax(imp: _Importer, ctx: _Ctx) -> None:
 
 _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Conv": _conv, "BatchNormalization": _batchnorm, "Relu": _simple_act("relu"), "Clip": _clip,
-    "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Mul": _mul,
+    "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Tanh": _simple_act("tanh"),
+    "LeakyRelu": _simple_act("leaky_relu", act_alpha=("alpha", 0.01)),
+    "Elu": _simple_act("elu", act_alpha=("alpha", 1.0)),
+    "HardSigmoid": _simple_act("hardsigmoid", act_alpha=("alpha", 0.2), act_beta=("beta", 0.5)),
+    "Gelu": _gelu, "Erf": _erf, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
     "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,

@@ -15,7 +15,7 @@ import numpy as np
 
 from .analysis import Analysis, analyse
 from .importance import apply_permutations, group_permutations
-from .ir import Graph, Node, fuse
+from .ir import Graph, Node, act_attrs, fuse
 from .profiles import DEFAULT_WIDTHS, DuplicateProfileWarning, ProfileRequest, WidthSpec, parse_widths, uniform_width
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
     a = node.attrs
     if node.kind in ("conv", "linear"):
         scale, bias = node.epilogue()
-        common = {"out_group": group, "scale": _f32(scale), "bias": _f32(bias), "act": a["act"], "name": node.name}
+        common = {"out_group": group, "scale": _f32(scale), "bias": _f32(bias), **act_attrs(node), "name": node.name}
         weight = np.ascontiguousarray(node.params["weight"], dtype=np.float32)
         if node.kind == "linear":
             return b.linear(xs[0], weight, **common)
@@ -110,9 +110,9 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
                       dilation=tuple(a["dilation"]), groups=a["groups"], **common)
     name = node.name
     if node.kind == "add":
-        return b.add(xs[0], xs[1], act=a["act"], name=name)
+        return b.add(xs[0], xs[1], name=name, **act_attrs(node))
     if node.kind == "act":
-        return b.act(xs[0], a["kind"], name=name)
+        return b.act(xs[0], a["kind"], name=name, alpha=a.get("act_alpha"), beta=a.get("act_beta"))
     if node.kind == "concat":
         return b.concat(xs, name=name)
     if node.kind == "maxpool":

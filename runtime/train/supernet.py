@@ -47,13 +47,23 @@ Widths = tuple[int, ...]
 ProfileKey = Union[str, int, float, Sequence[int]]
 
 _ACTS = {
-    "none": lambda x: x,
-    "relu": F.relu,
-    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
-    "hardswish": F.hardswish,
-    "silu": F.silu,
-    "sigmoid": torch.sigmoid,
+    "none": lambda x, a, b: x,
+    "relu": lambda x, a, b: F.relu(x),
+    "relu6": lambda x, a, b: F.hardtanh(x, 0.0, 6.0),
+    "hardswish": lambda x, a, b: F.hardswish(x),
+    "silu": lambda x, a, b: F.silu(x),
+    "sigmoid": lambda x, a, b: torch.sigmoid(x),
+    "leaky_relu": lambda x, a, b: F.leaky_relu(x, a),
+    "tanh": lambda x, a, b: torch.tanh(x),
+    "gelu": lambda x, a, b: F.gelu(x),
+    "hardsigmoid": lambda x, a, b: torch.clamp(a * x + b, 0.0, 1.0),
+    "elu": lambda x, a, b: F.elu(x, a),
 }
+
+
+def _act(op: fmt.Op, x: torch.Tensor) -> torch.Tensor:
+    """``op``'s activation (with its parameters) of ``x``."""
+    return _ACTS[op.act](x, op.act_alpha, op.act_beta)
 
 
 @dataclass(frozen=True)
@@ -350,17 +360,16 @@ class Supernet(nn.Module):
 
     def _op(self, op: fmt.Op, p: _OpPlan, ins: list[torch.Tensor], train: bool,
             row: int | None, momentum: float | None) -> torch.Tensor:
-        act = _ACTS[op.act]
         if op.kind in ("conv", "linear"):
             z = self._linear_or_conv(op, p, ins[0])
-            return act(self._epilogue(op, p.out_rows, z, train, row, momentum))
+            return _act(op, self._epilogue(op, p.out_rows, z, train, row, momentum))
         if op.kind == "add":
             a, b = ins
             if a.shape[1] < b.shape[1]:
                 a, b = b, a
             if b.shape[1] < a.shape[1]:
                 b = F.pad(b, (0, 0, 0, 0, 0, a.shape[1] - b.shape[1]))
-            return act(a + b)
+            return _act(op, a + b)
         return self._stateless(op, ins)
 
     def _linear_or_conv(self, op: fmt.Op, p: _OpPlan, x: torch.Tensor) -> torch.Tensor:
@@ -406,7 +415,7 @@ class Supernet(nn.Module):
             n, c, h, w = x.shape
             g = op.groups
             return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return _ACTS[op.act](x)
+        return _act(op, x)
 
     def _out_hw(self, op: fmt.Op, x: torch.Tensor) -> tuple[int, int]:
         shape = fmt.op_output_shape(op, [tuple(x.shape)], self.groups)
@@ -459,9 +468,9 @@ class Supernet(nn.Module):
                             row = pl.profile if pl.profile is not None else self.shared_row
                         outs.append(self.norms[key](part, full, row, train))
                     z = torch.cat(outs, 0)
-                y = _ACTS[op.act](z)
+                y = _act(op, z)
             elif op.kind == "add":
-                y = _ACTS[op.act](ins[0] + ins[1])
+                y = _act(op, ins[0] + ins[1])
             elif op.kind == "softmax":
                 m = mask(op.inputs[0])
                 y = torch.softmax(ins[0].masked_fill(m == 0, float("-inf")), dim=1)
