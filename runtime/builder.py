@@ -293,6 +293,14 @@ class ModelBuilder:
         """Elementwise activation `kind` with its parameters `alpha`, `beta` (format.ACT_PARAMS)."""
         return self._simple("act", x, name, **_act(kind, alpha, beta))
 
+    def prelu(self, x: str, slope: Any, name: str | None = None) -> str:
+        """PReLU with one slope per channel (per feature of a rank-2 input): x > 0 ? x : slope * x."""
+        name = self._new_name("prelu", name)
+        if x not in self._shapes:
+            raise ValueError(f"prelu input '{x}' is not a tensor of this model")
+        params = {"slope": _vector(slope, self._shapes[x][1], f"'{name}' slope")}
+        return self._add({"op": "prelu", "name": name, "inputs": [x], "output": name}, params)
+
     def shuffle(self, x: str, groups: int, name: str | None = None) -> str:
         """Channel shuffle of a rank-4 tensor in `groups` groups (groups divides C). Its input
         must run at full width: every channel group feeding it must be fixed (build() checks)."""

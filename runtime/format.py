@@ -55,9 +55,11 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
     "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle")
+            "flatten", "softmax", "act", "shuffle", "prelu")
 # Kinds whose output keeps the channel map of their (single) input.
-MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act")
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu")
+# Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
+WEIGHTED = ("conv", "linear", "prelu")
 
 Shape = tuple[int, ...]
 Run = tuple[int, int]
@@ -607,7 +609,7 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "shuffle" and ins[0][1] % op.groups:
         raise InvalidModelError(f"{where}: groups {op.groups} must divide its {ins[0][1]} input "
                                 "channels")
-    if op.kind == "softmax" and len(ins[0]) < 2:
+    if op.kind in ("softmax", "prelu") and len(ins[0]) < 2:
         raise InvalidModelError(f"{where} needs an input of rank >= 2")
     return ins[0]
 
@@ -667,7 +669,10 @@ def _shapes(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
 
 
 def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, Shape]:
-    """Shapes of the weight and of the optional scale / bias of a conv or linear."""
+    """Shapes of the tensors of an op of a WEIGHTED kind: the weight and the optional scale / bias
+    of a conv or linear, the slopes of a prelu (one per input channel)."""
+    if op.kind == "prelu":
+        return {"slope": (in_shape[1],)}
     if op.kind == "linear":
         cout = groups[op.out_group].size  # type: ignore[index]
         weight: Shape = (in_shape[1], cout)
@@ -835,6 +840,9 @@ def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
     infos = _channel_maps(meta, groups, ops, widths, shapes)
     macs = params = 0
     for op in ops:
+        if op.kind == "prelu":
+            params += infos[op.inputs[0]].width
+            continue
         if op.kind not in ("conv", "linear"):
             continue
         op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output])
@@ -971,16 +979,18 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
     known: set[str] = set()
     maps = [_channel_maps(slim.meta, groups, ops, p["widths"], shapes) for p in profiles]
     for op in ops:
-        if op.kind not in ("conv", "linear"):
+        if op.kind not in WEIGHTED:
             continue
         for which, shape in param_shapes(op, shapes[op.inputs[0]], groups).items():
             name = f"{op.name}.{which}"
             known.add(name)
             if name in slim.tensors:
                 _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
-            elif which == "weight":
+            elif which in ("weight", "slope"):
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
+        if op.kind == "prelu":
+            continue
         for p, infos in zip(profiles, maps):
             for which in ("scale", "bias"):
                 name = epilogue_tensor_name(op.name, which, p["name"])

@@ -89,6 +89,10 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if op.kind == "shuffle":
         return _shuffle(inputs[0], op.groups)
+    if op.kind == "prelu":
+        slope = tensors[f"{op.name}.slope"].astype(np.float64)[infos[op.inputs[0]].channel_index()]
+        x = inputs[0]
+        return np.where(x > 0, x, slope.reshape((1, -1) + (1,) * (x.ndim - 2)) * x)
     if op.kind == "softmax":
         shifted = inputs[0] - inputs[0].max(axis=1, keepdims=True)
         e = np.exp(shifted)

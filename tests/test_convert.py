@@ -502,6 +502,68 @@ class TestActivations:
             onnx_to_slim(_single_node_model(nodes[0], [1, 8, 4, 4]), (1.0,))
 
 
+class PReluNet(torch.nn.Module):
+    """PReLU with a slope per channel (a prelu op, sliced with the group) and with one slope
+    (LeakyRelu, fused into the conv before it), on a residual and after a concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Sequential(nn.Conv2d(3, 13, 3, padding=1), nn.BatchNorm2d(13), nn.PReLU(13))
+        self.b = nn.Sequential(nn.Conv2d(13, 13, 3, padding=1), nn.BatchNorm2d(13), nn.PReLU())
+        self.c = nn.Conv2d(3, 7, 1)
+        self.act = nn.PReLU(20)
+        self.fc = nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = self.act(torch.cat([y + self.b(y), self.c(x)], 1))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def prelu_converted():
+    torch.manual_seed(11)
+    net = PReluNet().eval()
+    randomize_bn(net, 12)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape) - 0.5)
+    x = np.random.default_rng(13).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"a.0": 3, "c": 5}, "0.5": 0.5, "1.0": 1.0})
+
+
+class TestPRelu:
+    @pytest.fixture
+    def converted(self, prelu_converted):
+        return prelu_converted
+
+    def test_per_channel_slopes_become_prelu_ops_and_one_slope_a_fused_leaky_relu(self, converted) -> None:
+        net, _, slim = converted
+        prelus = [op for op in slim.meta["ops"] if op["op"] == "prelu"]
+        assert len(prelus) == 2
+        b = next(op for op in slim.meta["ops"] if op["name"] == "b.0")
+        assert b["act"] == "leaky_relu" and b["act_alpha"] == pytest.approx(float(net.b[2].weight.detach()))
+
+    def test_full_width_equals_the_source_module(self, converted) -> None:
+        net, x, slim = converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_slopes_follow_the_channel_sort(self, converted) -> None:
+        net, _, slim = converted
+        first = next(op for op in slim.meta["ops"] if op["op"] == "prelu")["name"]
+        assert sorted(slim.tensors[first + ".slope"]) == pytest.approx(sorted(net.a[2].weight.detach().numpy()))
+        assert not np.allclose(slim.tensors[first + ".slope"], net.a[2].weight.detach().numpy())
+
+    def test_every_profile_engine_onnxruntime_torch(self, converted) -> None:
+        _, x, slim = converted
+        check_all_profiles(slim, x)
+        assert "PRelu" in [n.op_type for n in to_onnx(slim, "small").graph.node]
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

@@ -603,6 +603,31 @@ def test_activation_parameters_are_checked_by_both_readers(act: str, extra: dict
         fmt.parse_ops(meta)
 
 
+# -- prelu ----------------------------------------------------------------------------------------
+
+def test_prelu_needs_one_slope_per_channel_and_counts_its_active_slopes() -> None:
+    b = ModelBuilder("prelu", input_shape=(1, 3, 4, 4), min_multiplier=0.5)
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(ValueError, match="'p' slope must have shape \\(16,\\)"):
+        b.prelu(x, np.ones(15), name="p")
+    b.prelu(x, np.ones(16), name="p")
+    b.uniform_profiles((0.5, 1.0))
+    slim = b.build()
+    assert [p["params"] for p in slim.meta["profiles"]] == [3 * 8 + 8, 3 * 16 + 16]
+    broken = fmt.SlimFile(slim.meta, {k: v for k, v in slim.tensors.items() if k != "p.slope"})
+    with pytest.raises(InvalidModelError, match="op 'p' needs tensor 'p.slope'"):
+        fmt.validate(broken)
+    short = fmt.SlimFile(slim.meta, dict(slim.tensors, **{"p.slope": np.ones(8, np.float32)}))
+    with pytest.raises(InvalidModelError, match="tensor 'p.slope' has shape \\[8\\], op 'p' needs \\[16\\]"):
+        fmt.validate(short)
+    import json
+
+    import safetensors.numpy
+
+    data = safetensors.numpy.save(dict(short.tensors), metadata={"slimrt": json.dumps(slim.meta)})
+    assert engine_error(data) == "tensor 'p.slope' has shape [8], op 'p' needs [16]"
+
+
 # -- channel shuffle ----------------------------------------------------------------------------
 
 def shuffle_builder(fixed: bool) -> ModelBuilder:

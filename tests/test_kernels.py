@@ -351,3 +351,27 @@ def test_activations_of_every_kernel_propagate_nan(isa, act, params):
             assert 0 < np.isnan(want).sum() < want.size
             ok = ~np.isnan(want)
             assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-4 * float(np.abs(want[ok]).max()), p.name
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prelu_every_width_after_a_concat_and_a_flatten(threads):
+    """Slopes follow the channel map: a prefix, a concat's runs, the features of a flatten."""
+    rng = np.random.default_rng(29)
+    b = ModelBuilder("prelu", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    pa = b.prelu(b.conv(a, weights(rng, 7, 7, 1, 1), out_group="a"), rng.standard_normal(7))
+    p = b.prelu(b.concat([pa, c]), rng.standard_normal(20))
+    y = b.prelu(b.flatten(b.avgpool(p, 2)), rng.standard_normal(20 * 6))
+    b.set_output(y)
+    for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1), (6, 12)]:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    x[1, 2, 3, 5] = np.nan
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
+        ok = ~np.isnan(want)
+        assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]

@@ -51,8 +51,9 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     s = b.add(x, z, act="tanh")
     s = b.act(s, "gelu")
     s = b.act(s, "hardsigmoid")
-    s = b.act(s, "leaky_relu")
+    s = b.prelu(b.act(s, "leaky_relu"), rng.normal(size=13))
     f = b.flatten(b.global_avgpool(b.act(s, "elu")))
+    f = b.prelu(f, rng.normal(size=13))
     f = b.linear(f, rng.normal(size=(11, 13)), out_group=b.group("h", 11), act="gelu")
     b.linear(f, rng.normal(size=(5, 11)), out_group=b.group("cls", 5, fixed=True), act="tanh")
     b.uniform_profiles((0.1, 0.5, 1.0))
@@ -200,6 +201,10 @@ class PrunedTorch:
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return activation(op, x), idx, channels
+
+    def prelu(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        return F.prelu(x, self.t[f"{op['name']}.slope"][idx]), idx, channels
 
     def shuffle(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

@@ -83,7 +83,9 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     u = b.conv(t, w(13, 1, 3, 3), groups=13, padding=1, act="elu", act_alpha=0.6, **sb(13))
     v = b.conv(u, w(13, 13, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6, act_beta=0.5, **sb(13))
     s = b.act(b.add(t, v, act="tanh"), "gelu")
+    s = b.prelu(s, rng.uniform(-0.5, 0.5, 13))
     f = b.flatten(b.global_avgpool(b.act(s, "elu", alpha=0.3)))
+    f = b.prelu(f, rng.uniform(-0.5, 0.5, 13))
     f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
     b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
     b.uniform_profiles((0.2, 0.5, 1.0))
@@ -223,3 +225,12 @@ def test_unknown_profile_and_bad_widths() -> None:
         net.widths(0.05)
     with pytest.raises(slimrt.ProfileError, match="group 'classes'"):
         net.widths([3, 9, 5, 11, 4])
+
+
+def test_prelu_slopes_train_on_the_active_channels_only() -> None:
+    slim = act_net(2)
+    net = Supernet.from_slim(slim).train()
+    net(torch.from_numpy(_input(slim, n=4, seed=9)), "uneven").square().sum().backward()
+    first, second = net.slopes.values()  # group "a" runs 5 channels at "uneven"
+    assert first.grad[:5].abs().sum() > 0 and first.grad[5:].abs().sum() == 0
+    assert second.grad[5:].abs().sum() == 0

@@ -35,6 +35,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Softmax: return "softmax";
     case OpKind::Act: return "act";
     case OpKind::Shuffle: return "shuffle";
+    case OpKind::Prelu: return "prelu";
   }
   return "?";
 }
@@ -149,11 +150,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
-      {"shuffle", OpKind::Shuffle}};
+      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
-             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle)");
+             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
+             "prelu)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -534,8 +536,13 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   // op's weight.
   for (size_t i = 0; i < ops_.size(); ++i) {
     Op& op = ops_[i];
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     const std::string user = "op '" + op.name + "'";
+    if (op.kind == OpKind::Prelu) {
+      op.cin = op.cout = shapes.in_channels[i];
+      checked_entry(table, op.name + ".slope", {op.cin}, user);
+      continue;
+    }
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     op.cin = shapes.in_channels[i];
     std::vector<int64_t> weight_shape;
     if (op.kind == OpKind::Linear) {
@@ -567,8 +574,13 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     if (op.has_bias) checked_entry(table, op.name + ".bias", {op.cout}, user);
   }
   for (Op& op : ops_) {
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     const std::string user = "op '" + op.name + "'";
+    if (op.kind == OpKind::Prelu) {
+      op.weights = padded(read_tensor(table, op.name + ".slope", {op.cin}, user));
+      weight_bytes_ += sizeof(float) * op.weights.size();
+      continue;
+    }
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     const std::string wname = op.name + ".weight";
     const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
     if (op.kind == OpKind::Linear) {

@@ -90,6 +90,10 @@
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
 //   softmax         over axis 1
 //   act             elementwise "act"
+//   prelu           y[c] = x[c] > 0 ? x[c] : slope[c] * x[c] (rank 2 or 4; c the
+//                   channel, or the feature of a rank-2 input). Tensor
+//                   "<name>.slope" [C], C the input's full channels: a profile
+//                   reads the slopes of the input's active channels.
 //   shuffle         "groups": g. Channel c of the output is channel
 //                   (c % g) * (C / g) + c / g of the input (C = channels,
 //                   divisible by g): the ONNX Reshape [N, g, C/g, H, W],
@@ -104,7 +108,7 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, act and softmax keep their input's map. add of two
+// Depthwise conv, pools, act, prelu and softmax keep their input's map. add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
 // takes one full run and gives one full run. flatten maps a channel run (o, k) of
@@ -128,7 +132,8 @@
 // MACs (at the default input shape, per sample): dense conv OH*OW*cout*kh*kw*
 // cin; depthwise OH*OW*c*kh*kw; grouped OH*OW*Cout*kh*kw*Cin/g; linear in*out;
 // other ops 0 (all with active widths). params: weight elements read plus the
-// active elements of the scale and bias tensors present.
+// active elements of the scale and bias tensors present, plus a prelu's active
+// slopes.
 //
 // Versions: format_version 1 is the only version; a file with a newer version
 // is refused with a message naming both versions.
@@ -162,7 +167,7 @@ using kernels::Activation;
 constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
-enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle };
+enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu };
 
 const char* op_kind_name(OpKind kind);
 
@@ -210,7 +215,8 @@ struct Op {
   int32_t cout = 0;        // full output channels
   bool has_scale = false, has_bias = false;
   // Weights, owned: dense conv and linear packed in panels (kernels::pack_conv);
-  // depthwise [taps][round_up(C, 16)]; grouped in the file layout.
+  // depthwise [taps][round_up(C, 16)]; grouped in the file layout; prelu the
+  // slopes [round_up(C, 16)].
   std::vector<float> weights;
   Epilogue epilogue;                     // full width, used unless a profile overrides
   std::vector<Epilogue> profile_epilogue;  // per profile index; empty vectors: no override

@@ -181,6 +181,14 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
       case OpKind::Act:
         y = x;
         break;
+      case OpKind::Prelu:
+        // op.cin is 0 while loading: the full shapes give it.
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " has " + std::to_string(op.cin) + " slopes, its input has " +
+                        std::to_string(x.c_full) + (x.rank == 2 ? " features" : " channels"));
+        y = x;
+        plan.params += x.c;
+        break;
       case OpKind::Shuffle:
         need_rank(x, 4);
         if (x.c_full % op.groups)

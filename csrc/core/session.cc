@@ -12,7 +12,8 @@ namespace slimrt {
 
 using kernels::ChannelRun;
 
-enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act };
+enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
+                      Prelu };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -22,10 +23,12 @@ struct Session::Step {
   kernels::GroupedParams grouped{};
   kernels::PoolParams pool{};
   std::vector<ChannelRun> runs;
-  std::vector<float> scale, bias;  // gathered epilogue when not a plain prefix
+  std::vector<float> scale, bias;  // gathered epilogue (or prelu slopes) when not a plain prefix
   // generic operands for the simple kernels
   const float* x = nullptr;
   const float* x2 = nullptr;
+  const float* v1 = nullptr;  // per-channel vectors in active-position order: prelu slopes
+  const float* v2 = nullptr;
   float* y = nullptr;
   int32_t c = 0, c2 = 0, hw = 0, y_stride = 0;
   int64_t count = 0;  // pixels, rows or elements
@@ -42,6 +45,16 @@ struct Session::Plan {
 };
 
 namespace {
+
+// The values of a per-channel vector for the active channels of `t`, in the
+// order they are stored (a concat's runs are not a prefix).
+std::vector<float> gather_active(const std::vector<float>& full, const TensorShape& t) {
+  std::vector<float> out;
+  for (const Run& r : t.runs) out.insert(out.end(), full.begin() + r.off, full.begin() + r.off + r.count);
+  return out;
+}
+
+bool is_prefix(const TensorShape& t) { return t.runs.size() == 1 && t.runs[0].off == 0; }
 
 float* aligned_floats(size_t n) {
   const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
@@ -367,6 +380,15 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c2 = op.groups;
         s.count = x.n * x.h * x.w;
         break;
+      case OpKind::Prelu:
+        s.kind = StepKind::Prelu;
+        s.c = x.c;
+        s.count = x.n * x.h * x.w;
+        if (is_prefix(x))
+          s.v1 = op.weights.data();
+        else
+          s.scale = gather_active(op.weights, x);  // v1 is set below, once the steps stay put
+        break;
     }
     plan->steps.push_back(std::move(s));
   }
@@ -384,6 +406,8 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.dw.scale = s.scale.data();
         s.dw.bias = s.bias.data();
       }
+    } else if (s.kind == StepKind::Prelu && !s.scale.empty()) {
+      s.v1 = s.scale.data();
     }
   }
   plan->output = sp.tensors[model_->output_tensor()];
@@ -559,6 +583,9 @@ void Session::execute(const Step& s) {
     case StepKind::Act:
       if (s.y != s.x) std::memcpy(s.y, s.x, sizeof(float) * s.count);
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::activate(s.y, s.act, b, e); });
+      break;
+    case StepKind::Prelu:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::prelu(s.x, s.c, s.v1, s.y, b, e); });
       break;
   }
 }

@@ -1,4 +1,4 @@
-// Elementwise ops, concat copies, channel shuffle, softmax and layout changes.
+// Elementwise ops, prelu, concat copies, channel shuffle, softmax and layout changes.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -84,6 +84,14 @@ void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_
     // Input channel g * per_group + k goes to output channel k * groups + g.
     for (int32_t g = 0; g < groups; ++g)
       for (int32_t k = 0; k < per_group; ++k) py[k * groups + g] = px[g * per_group + k];
+  }
+}
+
+void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* px = x + m * c;
+    float* py = y + m * c;
+    for (int32_t k = 0; k < c; ++k) py[k] = px[k] > 0.0f ? px[k] : slope[k] * px[k];
   }
 }
 

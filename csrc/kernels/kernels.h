@@ -188,6 +188,11 @@ void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride,
 // y must not alias x.
 void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_t m_begin, int64_t m_end);
 
+// y[m][k] = x[m][k] > 0 ? x[m][k] : slope[k] * x[m][k] for pixels [m_begin,
+// m_end), pixel stride c; slope holds c values (active-position order). NaN
+// stays NaN. y may alias x.
+void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_begin, int64_t m_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, const Activation& act, int64_t begin, int64_t end);
 

@@ -189,6 +189,11 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "prelu":
+        info = view.infos[op.inputs[0]]
+        slope = view.slim.tensors[f"{op.name}.slope"][info.channel_index()]
+        slope = slope.reshape((-1,) + (1,) * (len(info.shape) - 2))  # broadcast over H, W
+        g.node("PRelu", [x[0], g.const(f"{op.name}.slope", slope)], op.output, op.name)
     else:
         raise ConversionError(f"op '{op.name}' of kind '{op.kind}' has no ONNX export")
 

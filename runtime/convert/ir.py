@@ -22,6 +22,7 @@ Node kinds and their fields:
 ``softmax``         over axis 1
 ``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
                     (c % groups) * (C / groups) + c / groups
+``prelu``           params ``slope`` [C]: x > 0 ? x : slope * x per channel
 ==================  ========================================================================
 
 An activation's parameters (``leaky_relu``, ``elu``: alpha; ``hardsigmoid``: alpha, beta; see
@@ -46,7 +47,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "t
                "elu")
 ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu")
 
 
 class ConversionError(InvalidModelError):

@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
-             "LeakyRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
+             "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
              "Mul, Div, Add, Sub by per-channel constants", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
              "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
@@ -352,6 +352,21 @@ def _simple_act(kind: str, **params: tuple[str, float]) -> Callable[[_Importer, 
             attrs[key] = float(ctx.attrs.get(onnx_name, default))
         imp.emit(ctx, "act", [imp.act_input(ctx)], attrs)
     return handler
+
+
+def _prelu(imp: _Importer, ctx: _Ctx) -> None:
+    """PRelu: one slope for every channel is LeakyRelu (fused into the layer before it), one per
+    channel a ``prelu`` node."""
+    x = imp.act_input(ctx)
+    slope = imp.const(ctx, 1, "slope")
+    vector = _per_channel(slope, imp.shapes[x])
+    if vector is None:
+        raise ConversionError(f"PRelu '{ctx.name}' has slopes of shape {slope.shape} for '{x}' of shape "
+                              f"{imp.shapes[x]}; slimrt converts one slope, or one per channel")
+    if slope.size == 1:
+        imp.emit(ctx, "act", [x], {"kind": "leaky_relu", "act_alpha": float(vector[0])})
+    else:
+        imp.emit(ctx, "prelu", [x], {}, {"slope": vector.astype(np.float32)})
 
 
 def _gelu(imp: _Importer, ctx: _Ctx) -> None:
@@ -702,7 +717,7 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "LeakyRelu": _simple_act("leaky_relu", act_alpha=("alpha", 0.01)),
     "Elu": _simple_act("elu", act_alpha=("alpha", 1.0)),
     "HardSigmoid": _simple_act("hardsigmoid", act_alpha=("alpha", 0.2), act_beta=("beta", 0.5)),
-    "Gelu": _gelu, "Erf": _erf, "Mul": _mul, "Div": _div, "Sub": _sub,
+    "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
     "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,

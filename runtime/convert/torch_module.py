@@ -92,6 +92,8 @@ class PrunedNet(nn.Module):
             return torch.flatten(xs[0], 1)
         if step.kind == "softmax":
             return torch.softmax(xs[0], dim=1)
+        if step.kind == "prelu":
+            return self.layers[step.layer](xs[0])
         if step.kind == "shuffle":
             n, c, h, w = xs[0].shape
             g = a["groups"]
@@ -131,6 +133,13 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return _pool_step(op, base)
     if op.kind == "shuffle":
         return Step(attrs=(("groups", op.groups),), **base)
+    if op.kind == "prelu":
+        slope = view.slim.tensors[f"{op.name}.slope"][view.infos[op.inputs[0]].channel_index()]
+        layer = nn.PReLU(len(slope))
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(slope.copy()))
+        layers[key] = layer
+        return Step(layer=key, **base)
     return Step(**base)
 
 

@@ -170,9 +170,14 @@ class Supernet(nn.Module):
         self._kinds: dict[str, str] = {}
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
+        self.slopes = nn.ParameterDict()  # prelu: one per input channel
         self.norms = nn.ModuleDict()
         rows = len(self.profiles) + 1
         for op in self.ops:
+            if op.kind == "prelu":
+                slope = slim.tensors[f"{op.name}.slope"].astype(np.float32).copy()
+                self.slopes[_key(op.name)] = nn.Parameter(torch.from_numpy(slope))
+                continue
             if op.kind not in ("conv", "linear"):
                 continue
             key = _key(op.name)
@@ -363,6 +368,8 @@ class Supernet(nn.Module):
         if op.kind in ("conv", "linear"):
             z = self._linear_or_conv(op, p, ins[0])
             return _act(op, self._epilogue(op, p.out_rows, z, train, row, momentum))
+        if op.kind == "prelu":
+            return F.prelu(ins[0], _take(self.slopes[_key(op.name)], p.in_rows))
         if op.kind == "add":
             a, b = ins
             if a.shape[1] < b.shape[1]:
@@ -471,6 +478,8 @@ class Supernet(nn.Module):
                 y = _act(op, z)
             elif op.kind == "add":
                 y = _act(op, ins[0] + ins[1])
+            elif op.kind == "prelu":
+                y = F.prelu(ins[0], self.slopes[_key(op.name)])
             elif op.kind == "softmax":
                 m = mask(op.inputs[0])
                 y = torch.softmax(ins[0].masked_fill(m == 0, float("-inf")), dim=1)
@@ -594,6 +603,9 @@ class Supernet(nn.Module):
             meta["name"] = name
         tensors: dict[str, np.ndarray] = {}
         for op in self.ops:
+            if op.kind == "prelu":
+                tensors[f"{op.name}.slope"] = self.slopes[_key(op.name)].detach().cpu().numpy().astype(np.float32)
+                continue
             if op.kind not in ("conv", "linear"):
                 continue
             key = _key(op.name)
