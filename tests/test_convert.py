@@ -564,6 +564,56 @@ class TestPRelu:
         assert "PRelu" in [n.op_type for n in to_onnx(slim, "small").graph.node]
 
 
+class SegHead(torch.nn.Module):
+    """A per-pixel classifier: convs, then softmax over the channels of an NCHW map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(3, 21, 3, padding=1), nn.BatchNorm2d(21), nn.ReLU(),
+                                  nn.Conv2d(21, 13, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(13, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.body(x)), dim=1)
+
+
+def _softmax_model(axis: int, opset: int, shape: list[int]) -> onnx.ModelProto:
+    model = _single_node_model(helper.make_node("Softmax", ["c"], ["y"], name="sm", axis=axis), [1, 8] + shape[2:])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = shape[2]
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = shape[3]
+    model.opset_import[0].version = opset
+    return model
+
+
+class TestSpatialSoftmax:
+    def test_every_profile_engine_onnxruntime_torch(self) -> None:
+        torch.manual_seed(14)
+        net = SegHead().eval()
+        randomize_bn(net, 15)
+        x = np.random.default_rng(16).standard_normal((2, 3, 9, 7)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"body.0": 5, "body.3": 3}, "0.5": 0.5, "1.0": 1.0})
+        assert slim.meta["ops"][-1]["op"] == "softmax"
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("axis,opset,shape,ok", [
+        (1, 17, [1, 4, 4, 4], True), (-3, 13, [1, 4, 4, 4], True), (1, 11, [1, 4, 1, 1], True),
+        (1, 11, [1, 4, 4, 4], False), (-1, 17, [1, 4, 4, 4], False), (2, 17, [1, 4, 4, 4], False)])
+    def test_only_the_channel_axis(self, axis: int, opset: int, shape: list[int], ok: bool) -> None:
+        model = _softmax_model(axis, opset, shape)
+        if ok:
+            slim = onnx_to_slim(model, (1.0,))
+            x = np.random.default_rng(17).standard_normal(shape).astype(np.float32)
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(model, x)) < RTOL
+        else:
+            with pytest.raises(ConversionError, match=r"Softmax 'sm' over .* slimrt converts the softmax over the "
+                                                      r"channels \(axis 1\)"):
+                onnx_to_slim(model, (1.0,))
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

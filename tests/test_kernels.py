@@ -375,3 +375,24 @@ def test_prelu_every_width_after_a_concat_and_a_flatten(threads):
         assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
         ok = ~np.isnan(want)
         assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_over_the_channels_of_every_pixel(threads):
+    """Softmax of an NCHW map (a segmentation head) over the active channels of each pixel,
+    a concat's runs included, at every width."""
+    rng = np.random.default_rng(31)
+    b = ModelBuilder("softmax", input_shape=(2, 3, 9, 11), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    b.set_output(b.softmax(b.concat([a, c])))
+    for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)] + [(w, 13) for w in range(2, 7)]:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = 3 * rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert got.shape == want.shape == (2, sum(p["widths"]), 9, 11)
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+        assert float(np.abs(got - want).max()) <= 1e-5, p["name"]

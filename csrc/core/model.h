@@ -88,7 +88,8 @@
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
-//   softmax         over axis 1
+//   softmax         over axis 1: of each row of a rank-2 input, of each pixel's
+//                   channels of a rank-4 one (its active channels at a profile)
 //   act             elementwise "act"
 //   prelu           y[c] = x[c] > 0 ? x[c] : slope[c] * x[c] (rank 2 or 4; c the
 //                   channel, or the feature of a rank-2 input). Tensor

@@ -578,7 +578,7 @@ void Session::execute(const Step& s) {
       kernels::nhwc_to_nchw(s.x, static_cast<int32_t>(s.count), s.c, s.hw, s.y);
       break;
     case StepKind::Softmax:
-      kernels::softmax(s.x, s.c, s.y, 0, s.count);
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::softmax(s.x, s.c, s.y, b, e); });
       break;
     case StepKind::Act:
       if (s.y != s.x) std::memcpy(s.y, s.x, sizeof(float) * s.count);

@@ -27,7 +27,7 @@ SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid
              "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
              "Mul, Div, Add, Sub by per-channel constants", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
+             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
 
@@ -702,12 +702,17 @@ def _passthrough(imp: _Importer, ctx: _Ctx) -> None:
 
 
 def _softmax(imp: _Importer, ctx: _Ctx) -> None:
+    """Softmax over the channels: of [N, C] logits, or of every pixel of an NCHW map."""
     x = imp.act_input(ctx)
+    shape = imp.shapes[x]
     default = 1 if imp.opset < 13 else -1
-    axis = int(ctx.attrs.get("axis", default)) % imp.rank(x)
-    if imp.rank(x) != 2 or axis != 1:
-        raise ConversionError(f"Softmax '{ctx.name}' over axis {axis} of a rank-{imp.rank(x)} tensor; "
-                              "slimrt converts the softmax of [N, C] logits only")
+    axis = int(ctx.attrs.get("axis", default)) % len(shape)
+    # Before opset 13, Softmax(axis) normalises over all the axes from `axis` on, as one.
+    spans_more = imp.opset < 13 and int(np.prod(shape[axis + 1:])) > 1
+    if axis != 1 or spans_more:
+        over = f"axes {list(range(axis, len(shape)))} together" if imp.opset < 13 else f"axis {axis}"
+        raise ConversionError(f"Softmax '{ctx.name}' over {over} of a tensor of shape {shape}; slimrt converts "
+                              "the softmax over the channels (axis 1) of [N, C] or [N, C, H, W] only")
     imp.emit(ctx, "softmax", [x])
 
 
