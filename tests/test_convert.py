@@ -614,6 +614,108 @@ class TestSpatialSoftmax:
                 onnx_to_slim(model, (1.0,))
 
 
+class PadNet(torch.nn.Module):
+    """Zero padding written as its own op (TensorFlow-style 'SAME' on strided convs, padded pools):
+    ZeroPad2d and F.pad before convs (dense, depthwise), an AveragePool and a MaxPool after a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 13, 3, stride=2), nn.BatchNorm2d(13),
+                                nn.ReLU())
+        self.pool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2))
+        self.dw = nn.Sequential(nn.ZeroPad2d((1, 2, 2, 1)), nn.Conv2d(13, 13, 4, groups=13), nn.BatchNorm2d(13))
+        self.avg = nn.AvgPool2d(4, stride=1, padding=1)  # count_include_pad=True, PyTorch's default
+        self.c2 = nn.Conv2d(13, 7, 3, padding=1)
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.pool(self.c1(x)))
+        y = self.c2(self.avg(torch.nn.functional.pad(y, (1, 0, 0, 1))) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+def _pad_model(pads: list[int], mode: str = "constant", value: float = 0.0, then: str = "Conv") -> onnx.ModelProto:
+    """conv -> relu? -> Pad -> Conv | MaxPool | AveragePool | Relu."""
+    n = helper.make_node
+    inits = [_init("w", np.random.default_rng(18).standard_normal((8, 4, 1, 1)).astype(np.float32)),
+             _init("w2", np.random.default_rng(19).standard_normal((5, 8, 3, 3)).astype(np.float32)),
+             _init("pads", np.array(pads, np.int64)), _init("value", np.array(value, np.float32))]
+    nodes = [n("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1])]
+    src = "c"
+    if then == "MaxPool+relu":
+        nodes.append(n("Relu", ["c"], ["r"], name="relu"))
+        src = "r"
+    nodes.append(n("Pad", [src, "pads", "value"], ["p"], name="pad", mode=mode))
+    if then == "Conv":
+        nodes.append(n("Conv", ["p", "w2"], ["y"], name="conv2", kernel_shape=[3, 3]))
+    elif then.startswith("MaxPool"):
+        nodes.append(n("MaxPool", ["p"], ["y"], name="pool", kernel_shape=[3, 3]))
+    elif then == "AveragePool":
+        nodes.append(n("AveragePool", ["p"], ["y"], name="pool", kernel_shape=[2, 2], pads=[1, 1, 0, 0]))
+    else:
+        nodes.append(n(then, ["p"], ["y"], name="after"))
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class TestZeroPad:
+    @pytest.fixture
+    def converted(self, pad_converted):
+        return pad_converted
+
+    def test_no_pad_op_is_left_and_convs_and_pools_carry_it(self, converted) -> None:
+        _, _, slim = converted
+        ops = {op["name"]: op for op in slim.meta["ops"]}
+        assert ops["c1.1"]["pads"] == [0, 0, 1, 1] and ops["dw.1"]["pads"] == [2, 1, 1, 2]
+        pools = [op for op in slim.meta["ops"] if op["op"] in ("maxpool", "avgpool")]
+        assert [(p["op"], p["pads"]) for p in pools] == [("maxpool", [1, 1, 1, 1]), ("avgpool", [1, 2, 2, 1])]
+        assert pools[1]["count_include_pad"]
+
+    def test_full_width_equals_the_source_module(self, converted) -> None:
+        net, x, slim = converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, converted) -> None:
+        _, x, slim = converted
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("then", ["Conv", "MaxPool+relu"])
+    def test_onnx_pad_folds(self, then: str) -> None:
+        proto = _pad_model([0, 0, 1, 2, 0, 0, 2, 1], then=then)
+        slim = onnx_to_slim(proto, (1.0,))
+        assert [op["pads"] for op in slim.meta["ops"] if "pads" in op][-1] == [1, 2, 2, 1]
+        x = np.random.default_rng(20).standard_normal((1, 4, 6, 6)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+
+    @pytest.mark.parametrize("pads,mode,value,then,expect", [
+        ([0, 0, 1, 1, 0, 0, 1, 1], "reflect", 0.0, "Conv", r"Pad 'pad' with mode 'reflect'"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "edge", 0.0, "Conv", r"Pad 'pad' with mode 'edge'"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 1.0, "Conv", r"Pad 'pad' with value 1.0"),
+        ([0, 1, 0, 0, 0, 0, 0, 0], "constant", 0.0, "Conv", r"Pad 'pad' with pads \[0, 1, 0, 0, 0, 0, 0, 0\]"),
+        ([0, 0, -1, 0, 0, 0, 0, 0], "constant", 0.0, "Conv", r"Pad 'pad' with pads"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "Relu", r"Pad 'pad' feeds Relu 'after'; slimrt folds"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "MaxPool", r"a zero can be the maximum of a window"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "AveragePool", r"AveragePool 'pool' has pads \[1, 1, 0, 0\] it does "
+                                                                     r"not count, after Pad 'pad'"),
+    ], ids=["reflect", "edge", "value", "channels", "negative", "read-by-relu", "maxpool-of-signed", "avgpool-uncounted"])
+    def test_other_pads_are_refused_naming_the_node(self, pads, mode, value, then, expect) -> None:
+        with pytest.raises(ConversionError, match=expect):
+            onnx_to_slim(_pad_model(pads, mode, value, then), (1.0,))
+
+
+@pytest.fixture(scope="module")
+def pad_converted():
+    torch.manual_seed(21)
+    net = PadNet().eval()
+    randomize_bn(net, 22)
+    x = np.random.default_rng(23).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"c1.1": 5, "c2": 3}, "0.5": 0.5, "1.0": 1.0})
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -
 else. Arithmetic with constants (Mul, Div, Add, Sub of a per-channel constant) is kept as a
 pending affine map of its activation until something reads it: GELU written out as
 x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes one ``gelu``
-activation; any other reader gets the map folded into the layer before it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+activation; any other reader gets the map folded into the layer before it. A zero Pad of H and
+W is kept pending too and folded into the Conv or pool that reads it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
 Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
 ops that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
@@ -25,7 +26,8 @@ from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
              "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
-             "Mul, Div, Add, Sub by per-channel constants", "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
+             "Mul, Div, Add, Sub by per-channel constants", "Pad (zeros on H, W, before a Conv or pool)",
+             "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
              "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
 
@@ -61,6 +63,16 @@ class _ErfOf:
     scale: float
     bias: float
     node: str  # the Erf node, for messages
+
+
+@dataclass(frozen=True)
+class _PadView:
+    """``source`` zero-padded on H and W by ``pads`` (top, left, bottom, right), not yet an IR node."""
+
+    source: str
+    pads: tuple[int, int, int, int]
+    shape: Shape  # the padded shape
+    node: str  # the (first) Pad node, for messages
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,7 @@ class _Importer:
         self.shuffles: dict[str, _ShuffleView] = {}
         self.affine: dict[str, _Affine] = {}
         self.erf: dict[str, _ErfOf] = {}
+        self.pads: dict[str, _PadView] = {}
         self.used_names: set[str] = {"input"}
         self.input = self._find_input(input_shape)
 
@@ -120,7 +133,7 @@ class _Importer:
             raise ConversionError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); "
                                   "slimrt models have exactly one")
         out = self.alias.get(outputs[0], outputs[0])
-        if out in self.affine or out in self.erf or out in self.shuffles:
+        if out in self.affine or out in self.erf or out in self.shuffles or out in self.pads:
             out = self.act_input(_Ctx("output", outputs[0], [out], [], {}))
         if out not in self.shapes or out == self.input:
             raise ConversionError(f"the model output '{outputs[0]}' is a constant or the input; "
@@ -219,6 +232,10 @@ class _Importer:
             raise ConversionError(
                 f"{ctx.op} '{ctx.name}' reads '{t}', computed from Erf '{view.node}'; slimrt converts Erf only "
                 "inside GELU, x * 0.5 * (1 + Erf(x / sqrt(2)))")
+        if t in self.pads:
+            raise ConversionError(
+                f"Pad '{self.pads[t].node}' feeds {ctx.op} '{ctx.name}'; slimrt folds a zero Pad of H and W into "
+                "the Conv, AveragePool or MaxPool that reads it only")
         if t in self.shuffles:
             view = self.shuffles[t]
             raise ConversionError(
@@ -232,7 +249,16 @@ class _Importer:
 
     def is_value(self, t: str) -> bool:
         """Whether ``t`` is computed from the input (an activation or a pending view), not a constant."""
-        return t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles
+        return t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles or t in self.pads
+
+    def padded_input(self, ctx: _Ctx) -> tuple[str, tuple[int, int, int, int], Shape]:
+        """The activation a Conv or pool reads, the zero padding a Pad before it adds (top, left,
+        bottom, right) and the shape the node sees."""
+        view = self.pads.get(ctx.inputs[0])
+        if view is None:
+            x = self.act_input(ctx)
+            return x, (0, 0, 0, 0), self.shapes[x]
+        return view.source, view.pads, view.shape
 
     def as_affine(self, t: str, ctx: _Ctx) -> _Affine:
         """Tensor ``t`` as an affine map of an activation (the identity for a plain activation)."""
@@ -296,7 +322,8 @@ def _unsupported(op: str, name: str) -> str:
 # ---- activation handlers ----------------------------------------------------------------
 
 
-def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], x: str) -> dict[str, Any]:
+def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], shape: Shape) -> dict[str, Any]:
+    """stride, dilation and pads (top, left, bottom, right) of a Conv or pool over an input of ``shape``."""
     a = ctx.attrs
     if len(kernel) != 2:
         raise ConversionError(f"{ctx.op} '{ctx.name}' has a {len(kernel)}-D kernel; slimrt runs 2-D ops")
@@ -306,7 +333,7 @@ def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], x: str) -
     auto = a.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads(imp.shapes[x][2:], kernel, stride, dilation, auto == "SAME_UPPER")
+        pads = _same_pads(shape[2:], kernel, stride, dilation, auto == "SAME_UPPER")
     elif auto == "VALID":
         pads = (0, 0, 0, 0)
     return {"stride": stride, "dilation": dilation, "pads": tuple(int(p) for p in pads)}
@@ -323,9 +350,10 @@ def _same_pads(size: Shape, kernel: tuple[int, int], stride: Shape, dilation: Sh
 
 
 def _conv(imp: _Importer, ctx: _Ctx) -> None:
-    x = imp.act_input(ctx)
+    x, extra, shape = imp.padded_input(ctx)
     w = imp.const(ctx, 1, "weight").astype(np.float32)
-    attrs = _spatial_attrs(imp, ctx, tuple(w.shape[2:]), x)
+    attrs = _spatial_attrs(imp, ctx, tuple(w.shape[2:]), shape)
+    attrs["pads"] = tuple(p + e for p, e in zip(attrs["pads"], extra))  # zero padding either way
     attrs.update(groups=int(ctx.attrs.get("group", 1)), act="none")
     params = {"weight": w}
     if len(ctx.inputs) > 2 and ctx.inputs[2]:
@@ -540,18 +568,85 @@ def _sum(imp: _Importer, ctx: _Ctx) -> None:
 
 def _pool(kind: str) -> Callable[[_Importer, _Ctx], None]:
     def handler(imp: _Importer, ctx: _Ctx) -> None:
-        x = imp.act_input(ctx)
+        x, extra, shape = imp.padded_input(ctx)
         if len(ctx.outputs) > 1 and ctx.outputs[1]:
             raise ConversionError(f"{ctx.op} '{ctx.name}' returns indices; slimrt converts the values only")
         kernel = tuple(int(k) for k in ctx.attrs["kernel_shape"])
-        attrs = _spatial_attrs(imp, ctx, kernel, x)  # type: ignore[arg-type]
+        attrs = _spatial_attrs(imp, ctx, kernel, shape)  # type: ignore[arg-type]
         if attrs.pop("dilation") != (1, 1):
             raise ConversionError(f"{ctx.op} '{ctx.name}' is dilated; slimrt converts undilated pooling only")
         attrs.update(kernel=kernel, ceil_mode=bool(ctx.attrs.get("ceil_mode", 0)))
         if kind == "avgpool":
             attrs["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
+        if any(extra):
+            _fold_pad_into_pool(imp, ctx, kind, x, extra, attrs)
         imp.emit(ctx, kind, [x], attrs)
     return handler
+
+
+def _fold_pad_into_pool(imp: _Importer, ctx: _Ctx, kind: str, x: str, extra: tuple[int, ...],
+                        attrs: dict[str, Any]) -> None:
+    """Pool padding that equals the zero Pad before the pool, or a ConversionError naming both.
+
+    Average: the Pad's zeros count in every window, as the pool's own padding does with
+    count_include_pad, so they fold when the pool counts its padding (or has none). Max: the
+    pool's padding never wins, the Pad's zeros do where a window's values are all negative, so
+    they fold only over an input that is never negative (after relu, relu6, sigmoid, hardsigmoid).
+    """
+    pad = imp.pads[ctx.inputs[0]].node
+    if kind == "avgpool":
+        if any(attrs["pads"]) and not attrs["count_include_pad"]:
+            raise ConversionError(f"AveragePool '{ctx.name}' has pads {list(attrs['pads'])} it does not count, after "
+                                  f"Pad '{pad}' whose zeros it does count; slimrt folds a zero Pad into an "
+                                  "AveragePool with count_include_pad=1 or without pads of its own only")
+        attrs["count_include_pad"] = True
+    else:
+        src = imp.producer.get(x)
+        if src is None or src.kind != "act" or src.attrs["kind"] not in ("relu", "relu6", "sigmoid", "hardsigmoid"):
+            raise ConversionError(f"Pad '{pad}' pads '{x}' with zeros before MaxPool '{ctx.name}'; a zero can be the "
+                                  "maximum of a window there, so slimrt folds it only over an input that is never "
+                                  "negative (the output of a Relu, Clip(0, 6), Sigmoid or HardSigmoid)")
+    attrs["pads"] = tuple(p + e for p, e in zip(attrs["pads"], extra))
+    kh, kw = attrs["kernel"]
+    top, left, bottom, right = attrs["pads"]
+    if max(top, bottom) >= kh or max(left, right) >= kw:
+        raise ConversionError(f"{ctx.op} '{ctx.name}' with the zeros of Pad '{pad}' pads by {list(attrs['pads'])}, "
+                              f"not less than its kernel {list(attrs['kernel'])}; slimrt pools windows that overlap "
+                              "the input only")
+
+
+def _pad(imp: _Importer, ctx: _Ctx) -> None:
+    """Pad: constant zeros on H and W only, kept as a view for the Conv or pool that reads it."""
+    t = ctx.inputs[0]
+    mode = ctx.attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if imp.opset < 11:
+        pads, value, axes = list(ctx.attrs.get("pads", [])), float(ctx.attrs.get("value", 0.0)), None
+    else:
+        pads = [int(p) for p in imp.const(ctx, 1, "pads").reshape(-1)]
+        value = float(imp.const(ctx, 2, "constant_value").reshape(-1)[0]) if len(ctx.inputs) > 2 and ctx.inputs[2] \
+            else 0.0
+        axes = [int(a) for a in imp.const(ctx, 3, "axes").reshape(-1)] if len(ctx.inputs) > 3 and ctx.inputs[3] \
+            else None
+    view = imp.pads.get(t)
+    shape = view.shape if view is not None else imp.shapes[imp.act_input(ctx)]
+    rank = len(shape)
+    axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+    begin, end = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[i + len(axes)]
+    if mode != "constant" or value != 0 or rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or \
+            min(begin + end) < 0:
+        what = f"mode '{mode}'" if mode != "constant" else f"value {value}" if value != 0 else f"pads {pads}"
+        raise ConversionError(f"Pad '{ctx.name}' with {what} on a tensor of shape {shape}; slimrt converts Pad with "
+                              "zeros (mode 'constant', value 0) on H and W only, folded into the Conv or pool "
+                              "that reads it")
+    extra = (begin[2], begin[3], end[2], end[3])
+    if view is not None:
+        extra = tuple(a + b for a, b in zip(extra, view.pads))
+    source = view.source if view is not None else imp.act_input(ctx)
+    padded = shape[:2] + (shape[2] + begin[2] + end[2], shape[3] + begin[3] + end[3])
+    imp.pads[ctx.outputs[0]] = _PadView(source, extra, padded, view.node if view is not None else ctx.name)
 
 
 def _global_pool(imp: _Importer, ctx: _Ctx) -> None:
@@ -722,7 +817,7 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "LeakyRelu": _simple_act("leaky_relu", act_alpha=("alpha", 0.01)),
     "Elu": _simple_act("elu", act_alpha=("alpha", 1.0)),
     "HardSigmoid": _simple_act("hardsigmoid", act_alpha=("alpha", 0.2), act_beta=("beta", 0.5)),
-    "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Mul": _mul, "Div": _div, "Sub": _sub,
+    "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Pad": _pad, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
     "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
@@ -759,6 +854,8 @@ def _fold_constant_of_shape(imp: _Importer, v: list[Any], a: dict[str, Any], nam
 def _fold_shape(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
     if names[0] in imp.shuffles:
         shape = imp.shuffles[names[0]].shape
+    elif names[0] in imp.pads:
+        shape = imp.pads[names[0]].shape
     else:
         shape = imp.shapes[names[0]] if names[0] in imp.shapes else v[0].shape
     rank = len(shape)
