@@ -293,6 +293,22 @@ class ModelBuilder:
         """Elementwise activation `kind` with its parameters `alpha`, `beta` (format.ACT_PARAMS)."""
         return self._simple("act", x, name, **_act(kind, alpha, beta))
 
+    def scale_bias(self, x: str, scale: Any = None, bias: Any = None, *, act: str = "none",
+                   act_alpha: float | None = None, act_beta: float | None = None, name: str | None = None) -> str:
+        """act(scale * x + bias) with one scale and bias per channel (per feature of a rank-2
+        input): a batch norm that no conv absorbs. Per-profile epilogues as for a conv."""
+        name = self._new_name("scale_bias", name)
+        if x not in self._shapes:
+            raise ValueError(f"scale_bias input '{x}' is not a tensor of this model")
+        c = self._shapes[x][1]
+        params = {}
+        if scale is not None:
+            params["scale"] = _vector(scale, c, f"'{name}' scale")
+        if bias is not None:
+            params["bias"] = _vector(bias, c, f"'{name}' bias")
+        op = {"op": "scale_bias", "name": name, "inputs": [x], "output": name, **_act(act, act_alpha, act_beta)}
+        return self._add(op, params)
+
     def prelu(self, x: str, slope: Any, name: str | None = None) -> str:
         """PReLU with one slope per channel (per feature of a rank-2 input): x > 0 ? x : slope * x."""
         name = self._new_name("prelu", name)
@@ -332,11 +348,11 @@ class ModelBuilder:
             raise ValueError(f"profile '{name}' already exists")
 
     def epilogue(self, op_name: str, profile_name: str, scale: Any, bias: Any) -> None:
-        """Per-profile epilogue of a conv or linear: scale and/or bias (None: keep the op's),
+        """Per-profile epilogue of a conv, linear or scale_bias: scale and/or bias (None: keep the op's),
         each of the op's active output width at that profile."""
         op = next((o for o in self._ops if o["name"] == op_name), None)
-        if op is None or op["op"] not in ("conv", "linear"):
-            raise ValueError(f"epilogue: '{op_name}' is not a conv or linear op of this model")
+        if op is None or op["op"] not in fmt.EPILOGUED:
+            raise ValueError(f"epilogue: '{op_name}' is not a conv, linear or scale_bias op of this model")
         for which, values in (("scale", scale), ("bias", bias)):
             if values is not None:
                 array = np.ascontiguousarray(np.asarray(values, dtype=np.float32))

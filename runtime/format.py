@@ -55,11 +55,13 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
     "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle", "prelu")
+            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias")
 # Kinds whose output keeps the channel map of their (single) input.
-MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu")
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
-WEIGHTED = ("conv", "linear", "prelu")
+WEIGHTED = ("conv", "linear", "prelu", "scale_bias")
+# Kinds with an epilogue (scale, bias), which a profile may replace ("<op>.scale@<profile>").
+EPILOGUED = ("conv", "linear", "scale_bias")
 
 Shape = tuple[int, ...]
 Run = tuple[int, int]
@@ -429,6 +431,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "maxpool": ("kernel", "stride", "pads"),
     "avgpool": ("kernel", "stride", "pads"),
     "act": ("act",),
+    "scale_bias": ("act",),
     "shuffle": ("groups",),
 }
 
@@ -609,7 +612,7 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "shuffle" and ins[0][1] % op.groups:
         raise InvalidModelError(f"{where}: groups {op.groups} must divide its {ins[0][1]} input "
                                 "channels")
-    if op.kind in ("softmax", "prelu") and len(ins[0]) < 2:
+    if op.kind in ("softmax", "prelu", "scale_bias") and len(ins[0]) < 2:
         raise InvalidModelError(f"{where} needs an input of rank >= 2")
     return ins[0]
 
@@ -670,9 +673,12 @@ def _shapes(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
 
 def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, Shape]:
     """Shapes of the tensors of an op of a WEIGHTED kind: the weight and the optional scale / bias
-    of a conv or linear, the slopes of a prelu (one per input channel)."""
+    of a conv or linear, the optional scale / bias of a scale_bias and the slopes of a prelu (one
+    per input channel)."""
     if op.kind == "prelu":
         return {"slope": (in_shape[1],)}
+    if op.kind == "scale_bias":
+        return {"scale": (in_shape[1],), "bias": (in_shape[1],)}
     if op.kind == "linear":
         cout = groups[op.out_group].size  # type: ignore[index]
         weight: Shape = (in_shape[1], cout)
@@ -843,9 +849,10 @@ def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
         if op.kind == "prelu":
             params += infos[op.inputs[0]].width
             continue
-        if op.kind not in ("conv", "linear"):
+        if op.kind not in EPILOGUED:
             continue
-        op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output])
+        op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output]) if op.kind != "scale_bias" \
+            else (0, 0)
         macs += op_macs
         out_w = infos[op.output].width
         present = sum(1 for which in ("scale", "bias")

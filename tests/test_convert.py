@@ -716,6 +716,125 @@ def pad_converted():
     return net, x, torch_to_slim(net, x, widths={"small": {"c1.1": 5, "c2": 3}, "0.5": 0.5, "1.0": 1.0})
 
 
+class PreActBlock(torch.nn.Module):
+    """Pre-activation ResNet (He et al., 2016b): BN -> ReLU -> conv, twice, on the residual branch
+    of an identity shortcut, and a final BN -> ReLU before the pool; the first BN reads the block
+    input, which the shortcut reads too, so no conv can absorb it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 13, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(13), nn.Conv2d(13, 21, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(21), nn.Conv2d(21, 13, 3, padding=1, bias=False)
+        self.bn, self.fc = nn.BatchNorm2d(13), nn.Linear(13, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = x + self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        return self.fc(torch.relu(self.bn(y)).mean((2, 3)))
+
+
+class Caffe2Style(torch.nn.Module):
+    """Per-channel constants written as Mul / Add / Sub / Div: input normalisation, a scale after
+    a conv (folds into it), a shift after a ReLU (stays), one with zero shift before a padded conv
+    (folds forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 13, 3, padding=1), nn.Conv2d(13, 11, 3, padding=1), \
+            nn.Conv2d(11, 7, 3, padding=1)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 13).view(1, 13, 1, 1))
+        self.register_buffer("shift", torch.linspace(-0.3, 0.3, 13).view(1, 13, 1, 1))
+        self.register_buffer("k", torch.linspace(0.7, 1.3, 11).view(1, 11, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1((x - self.mean) / self.std) * self.gain + self.shift
+        y = torch.relu(y) + self.shift
+        y = self.c2(y)
+        return self.c3(torch.relu(y) * self.k)
+
+
+@pytest.fixture(scope="module")
+def preact_converted():
+    torch.manual_seed(24)
+    net = PreActBlock().eval()
+    randomize_bn(net, 25)
+    x = np.random.default_rng(26).standard_normal((2, 3, 10, 9)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"stem": 5, "conv1": 7}, "0.5": 0.5, "1.0": 1.0})
+
+
+class TestScaleBias:
+    def test_preact_batch_norms_become_scale_bias_ops_with_their_relu(self, preact_converted) -> None:
+        _, _, slim = preact_converted
+        ops = [op for op in slim.meta["ops"] if op["op"] == "scale_bias"]
+        assert [(op["act"], sorted(k for k in slim.tensors if k.startswith(op["name"] + "."))) for op in ops] == \
+            [("relu", [f"{op['name']}.bias", f"{op['name']}.scale"]) for op in ops]
+        assert len(ops) == 2  # bn1 and the final bn; bn2 folds into conv1 before it
+        assert any(op["name"] == "conv1" and op["act"] == "relu" for op in slim.meta["ops"])
+
+    def test_full_width_equals_the_source_module(self, preact_converted) -> None:
+        net, x, slim = preact_converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, preact_converted) -> None:
+        _, x, slim = preact_converted
+        check_all_profiles(slim, x)
+
+    def test_per_channel_constants(self) -> None:
+        torch.manual_seed(27)
+        net = Caffe2Style().eval()
+        x = np.random.default_rng(28).standard_normal((1, 3, 8, 9)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"c1": 5, "c2": 3}, "1.0": 1.0})
+        kinds = [op["op"] for op in slim.meta["ops"]]
+        # the normalisation stays (the padded c1 reads it), gain and shift fold into c1, the shift after
+        # the ReLU stays, k (no shift) folds into c3
+        assert kinds == ["scale_bias", "conv", "scale_bias", "conv", "conv"]
+        assert slim.meta["ops"][1]["act"] == "relu" and slim.meta["ops"][3]["act"] == "relu"
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_shift_free_or_unpadded_input_affine_folds_forward(self) -> None:
+        class Fold(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c1, self.bn = torch.nn.Conv2d(3, 13, 1), torch.nn.BatchNorm2d(13)
+                self.c2, self.c3 = torch.nn.Conv2d(13, 9, 3, padding=1), torch.nn.Conv2d(13, 9, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.bn(torch.relu(self.c1(x * 2.0 - 1.0)))  # the network input, unpadded 1x1 reader
+                return self.c2(y) + self.c3(y)                    # a BN with no shift, read by two convs
+
+        net = Fold().eval()
+        with torch.no_grad():
+            net.bn.running_mean.zero_()
+            net.bn.bias.zero_()
+            net.bn.weight.copy_(torch.linspace(0.5, 2.0, 13))
+        x = np.random.default_rng(29).standard_normal((1, 3, 6, 7)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"c1": 5}, "1.0": 1.0})
+        assert [op["op"] for op in slim.meta["ops"]] == ["conv", "conv", "conv", "add"]
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_final_batch_norm_at_the_output(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
+        randomize_bn(net, 30)
+        x = np.random.default_rng(31).standard_normal((1, 3, 4, 4)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths=(1.0,))
+        assert [op["op"] for op in slim.meta["ops"]] == ["conv", "scale_bias"]
+        with torch.no_grad():
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), net(torch.from_numpy(x)).numpy()) < RTOL
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 
@@ -955,10 +1074,11 @@ class TestUnsupported:
         with pytest.raises(ConversionError, match=r"Clip 'hardtanh' clips to \[-1.0, 1.0\]"):
             onnx_to_slim(_single_node_model(node, [1, 8, 4, 4], inits))
 
-    def test_batchnorm_without_a_conv_before_it(self) -> None:
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
-        with pytest.raises(ConversionError, match="BatchNormalization '.*' does not directly follow"):
-            torch_to_slim(net, np.zeros((1, 3, 4, 4), np.float32))
+    def test_constant_varying_over_the_image_is_refused(self) -> None:
+        inits = [_init("k", np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))]
+        node = helper.make_node("Mul", ["c", "k"], ["y"], name="ramp")
+        with pytest.raises(ConversionError, match=r"Mul 'ramp' applies a constant of shape \(1, 1, 4, 4\)"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4], inits), (1.0,))
 
     def test_non_silu_mul(self) -> None:
         node = helper.make_node("Mul", ["c", "c"], ["y"], name="square")

@@ -628,6 +628,31 @@ def test_prelu_needs_one_slope_per_channel_and_counts_its_active_slopes() -> Non
     assert engine_error(data) == "tensor 'p.slope' has shape [8], op 'p' needs [16]"
 
 
+# -- scale_bias -------------------------------------------------------------------------------------
+
+def test_scale_bias_vectors_and_profile_epilogues_are_checked_by_both_readers() -> None:
+    import json
+
+    import safetensors.numpy
+
+    b = ModelBuilder("sb", input_shape=(1, 3, 4, 4), min_multiplier=0.5)
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(ValueError, match="'s' bias must have shape \\(16,\\)"):
+        b.scale_bias(x, bias=np.ones(3), name="s")
+    b.scale_bias(x, np.ones(16), act="relu", name="s")
+    b.uniform_profiles((0.5, 1.0))
+    b.epilogue("s", "0.5", np.full(8, 2.0), np.zeros(8))
+    slim = b.build()
+    # params: the conv's weights, the scale's active values, and the profile's own bias at 0.5
+    assert [p["params"] for p in slim.meta["profiles"]] == [3 * 8 + 2 * 8, 3 * 16 + 16]
+    bad = dict(slim.tensors, **{"s.bias@0.5": np.zeros(16, np.float32)})
+    expect = "tensor 's.bias@0.5' has shape [16], op 's' at profile '0.5' needs [8]"
+    with pytest.raises(InvalidModelError, match=re.escape(expect)):
+        fmt.validate(fmt.SlimFile(slim.meta, bad))
+    data = safetensors.numpy.save(bad, metadata={"slimrt": json.dumps(slim.meta)})
+    assert engine_error(data) == expect
+
+
 # -- channel shuffle ----------------------------------------------------------------------------
 
 def shuffle_builder(fixed: bool) -> ModelBuilder:

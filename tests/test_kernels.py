@@ -396,3 +396,32 @@ def test_softmax_over_the_channels_of_every_pixel(threads):
         assert got.shape == want.shape == (2, sum(p["widths"]), 9, 11)
         np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
         assert float(np.abs(got - want).max()) <= 1e-5, p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scale_bias_every_width_with_profile_epilogues(isa, threads):
+    """A standalone per-channel affine (+ activation) on a prefix, on a concat's runs and on the
+    features of a flatten; shared vectors gathered per channel map, a profile's own in its order."""
+    rng = np.random.default_rng(37)
+    b = ModelBuilder("scale_bias", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    pa = b.scale_bias(a, vec(rng, 7, 1.0), vec(rng, 7), act="hardswish", name="pa")
+    p = b.scale_bias(b.concat([pa, c]), vec(rng, 20, 1.0), vec(rng, 20), act="relu6", name="p")
+    q = b.scale_bias(p, bias=vec(rng, 20), name="q")
+    y = b.scale_bias(b.flatten(b.avgpool(q, 2)), vec(rng, 120, 1.0), name="y")
+    b.set_output(y)
+    pairs = [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)] + [(w, 13 - w) for w in range(2, 7)]
+    for wa, wc in pairs:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    b.epilogue("p", "3-5", vec(rng, 8, 1.0), vec(rng, 8))
+    b.epilogue("pa", "1-1", None, vec(rng, 1))
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
+        ok = ~np.isnan(want)
+        assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]

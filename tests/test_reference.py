@@ -52,12 +52,15 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     s = b.act(s, "gelu")
     s = b.act(s, "hardsigmoid")
     s = b.prelu(b.act(s, "leaky_relu"), rng.normal(size=13))
+    s = b.scale_bias(s, rng.uniform(0.5, 1.5, 13), rng.normal(size=13), act="relu6", name="sb")
+    s = b.scale_bias(s, bias=rng.normal(size=13))
     f = b.flatten(b.global_avgpool(b.act(s, "elu")))
     f = b.prelu(f, rng.normal(size=13))
     f = b.linear(f, rng.normal(size=(11, 13)), out_group=b.group("h", 11), act="gelu")
     b.linear(f, rng.normal(size=(5, 11)), out_group=b.group("cls", 5, fixed=True), act="tanh")
     b.uniform_profiles((0.1, 0.5, 1.0))
     b.profile("odd", {"a": 5, "h": 3})
+    b.epilogue("sb", "odd", rng.uniform(0.5, 1.5, 5), rng.normal(size=5))
     return b.build()
 
 
@@ -201,6 +204,10 @@ class PrunedTorch:
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return activation(op, x), idx, channels
+
+    def scale_bias(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        return self.epilogue(op, x, idx), idx, channels
 
     def prelu(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

@@ -84,12 +84,15 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     v = b.conv(u, w(13, 13, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6, act_beta=0.5, **sb(13))
     s = b.act(b.add(t, v, act="tanh"), "gelu")
     s = b.prelu(s, rng.uniform(-0.5, 0.5, 13))
+    s = b.scale_bias(s, act="relu", name="bn", **sb(13))
+    s = b.scale_bias(s, bias=rng.standard_normal(13) * 0.1)
     f = b.flatten(b.global_avgpool(b.act(s, "elu", alpha=0.3)))
     f = b.prelu(f, rng.uniform(-0.5, 0.5, 13))
     f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
     b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
     b.uniform_profiles((0.2, 0.5, 1.0))
     b.profile("uneven", {"a": 5, "h": 3})
+    b.epilogue("bn", "uneven", rng.uniform(0.5, 1.5, 5), rng.standard_normal(5) * 0.1)
     return b.build()
 
 
@@ -178,8 +181,9 @@ def test_to_slim_round_trips_the_function(case) -> None:
     assert [p["macs"] for p in again.meta["profiles"]] == [p["macs"] for p in slim.meta["profiles"]]
 
 
-def test_trained_bn_statistics_become_per_profile_epilogues() -> None:
-    slim = odd_net(5)
+@pytest.mark.parametrize("make", [odd_net, act_net], ids=["odd", "acts"])
+def test_trained_bn_statistics_become_per_profile_epilogues(make) -> None:
+    slim = make(5)
     net = Supernet.from_slim(slim)
     x = torch.from_numpy(_input(slim, n=16, seed=4))
     net.recalibrate([x[:8], x[8:]])

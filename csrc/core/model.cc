@@ -36,6 +36,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Act: return "act";
     case OpKind::Shuffle: return "shuffle";
     case OpKind::Prelu: return "prelu";
+    case OpKind::ScaleBias: return "scale_bias";
   }
   return "?";
 }
@@ -150,12 +151,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
-      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}};
+      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu)");
+             "prelu, scale_bias)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -542,12 +543,14 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       checked_entry(table, op.name + ".slope", {op.cin}, user);
       continue;
     }
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
     op.cin = shapes.in_channels[i];
     std::vector<int64_t> weight_shape;
     if (op.kind == OpKind::Linear) {
       op.cout = groups_[op.out_group].size;
       weight_shape = {op.cin, op.cout};
+    } else if (op.kind == OpKind::ScaleBias) {
+      op.cout = op.cin;  // no weight: the epilogue vectors, one per input channel
     } else if (op.groups == 1) {
       op.conv_type = ConvType::Dense;
       op.cout = groups_[op.out_group].size;
@@ -567,7 +570,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
       weight_shape = {op.kh, op.kw, op.cin / op.groups, op.cout};
     }
-    checked_entry(table, op.name + ".weight", weight_shape, user);
+    if (op.kind != OpKind::ScaleBias) checked_entry(table, op.name + ".weight", weight_shape, user);
     op.has_scale = table.count(op.name + ".scale") > 0;
     op.has_bias = table.count(op.name + ".bias") > 0;
     if (op.has_scale) checked_entry(table, op.name + ".scale", {op.cout}, user);
@@ -580,10 +583,12 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       weight_bytes_ += sizeof(float) * op.weights.size();
       continue;
     }
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
     const std::string wname = op.name + ".weight";
     const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
-    if (op.kind == OpKind::Linear) {
+    if (op.kind == OpKind::ScaleBias) {
+      // the epilogue below is all it has
+    } else if (op.kind == OpKind::Linear) {
       op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
       use_tensor(table, wname, {op.cin, op.cout}, user,
                  [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
@@ -622,7 +627,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     }
     for (size_t i = 0; i < ops_.size(); ++i) {
       Op& op = ops_[i];
-      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
       op.profile_epilogue.resize(profiles_.size());
       const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
       const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;

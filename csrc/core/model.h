@@ -91,6 +91,13 @@
 //   softmax         over axis 1: of each row of a rank-2 input, of each pixel's
 //                   channels of a rank-4 one (its active channels at a profile)
 //   act             elementwise "act"
+//   scale_bias      "act". y[c] = act(scale[c] * x[c] + bias[c]) (rank 2 or 4; c
+//                   the channel, or the feature of a rank-2 input): a batch norm
+//                   that no conv absorbs, per-channel constants. Optional tensors
+//                   "<name>.scale", "<name>.bias" [C], C the input's full
+//                   channels (missing scale is 1, missing bias 0); per-profile
+//                   epilogues as a conv's (below). A profile reads the values of
+//                   the input's active channels.
 //   prelu           y[c] = x[c] > 0 ? x[c] : slope[c] * x[c] (rank 2 or 4; c the
 //                   channel, or the feature of a rank-2 input). Tensor
 //                   "<name>.slope" [C], C the input's full channels: a profile
@@ -109,7 +116,7 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, act, prelu and softmax keep their input's map. add of two
+// Depthwise conv, pools, act, scale_bias, prelu and softmax keep their input's map. add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
 // takes one full run and gives one full run. flatten maps a channel run (o, k) of
@@ -126,9 +133,10 @@
 // widths, that profile is used (with its epilogues).
 //
 // Per-profile epilogues (per-width BN statistics): optional tensors
-// "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>", of
-// length equal to the op's active output width at that profile, replace the
-// op's scale/bias when that profile runs.
+// "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>" of a
+// conv, linear or scale_bias, of length equal to the op's active output width
+// at that profile (one value per active channel, in the order the channel map
+// stores them), replace the op's scale/bias when that profile runs.
 //
 // MACs (at the default input shape, per sample): dense conv OH*OW*cout*kh*kw*
 // cin; depthwise OH*OW*c*kh*kw; grouped OH*OW*Cout*kh*kw*Cin/g; linear in*out;
@@ -168,7 +176,9 @@ using kernels::Activation;
 constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
-enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu };
+enum class OpKind {
+  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias
+};
 
 const char* op_kind_name(OpKind kind);
 
@@ -214,7 +224,7 @@ struct Op {
   int32_t out_group = -1;  // -1 for depthwise
   int32_t cin = 0;         // full input channels (linear: full input features)
   int32_t cout = 0;        // full output channels
-  bool has_scale = false, has_bias = false;
+  bool has_scale = false, has_bias = false;  // conv, linear, scale_bias
   // Weights, owned: dense conv and linear packed in panels (kernels::pack_conv);
   // depthwise [taps][round_up(C, 16)]; grouped in the file layout; prelu the
   // slopes [round_up(C, 16)].

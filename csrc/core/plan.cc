@@ -181,6 +181,13 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
       case OpKind::Act:
         y = x;
         break;
+      case OpKind::ScaleBias:
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " has " + std::to_string(op.cin) + " channels, its input has " +
+                        std::to_string(x.c_full) + (x.rank == 2 ? " features" : " channels"));
+        y = x;
+        plan.params += (op.has_scale + op.has_bias) * static_cast<int64_t>(x.c);
+        break;
       case OpKind::Prelu:
         // op.cin is 0 while loading: the full shapes give it.
         if (op.cin > 0 && x.c_full != op.cin)

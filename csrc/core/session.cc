@@ -13,7 +13,7 @@ namespace slimrt {
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu };
+                      Prelu, ScaleBias };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -27,8 +27,8 @@ struct Session::Step {
   // generic operands for the simple kernels
   const float* x = nullptr;
   const float* x2 = nullptr;
-  const float* v1 = nullptr;  // per-channel vectors in active-position order: prelu slopes
-  const float* v2 = nullptr;
+  const float* v1 = nullptr;  // per-channel vectors in active-position order: prelu slopes,
+  const float* v2 = nullptr;  // scale_bias scale and bias
   float* y = nullptr;
   int32_t c = 0, c2 = 0, hw = 0, y_stride = 0;
   int64_t count = 0;  // pixels, rows or elements
@@ -380,6 +380,20 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c2 = op.groups;
         s.count = x.n * x.h * x.w;
         break;
+      case OpKind::ScaleBias:
+        s.kind = StepKind::ScaleBias;
+        s.c = x.c;
+        s.count = x.n * x.h * x.w;
+        // A profile's own epilogue is in active-position order; the shared one is
+        // gathered when the channels are not a prefix.
+        if (epi != &op.epilogue || is_prefix(x)) {
+          s.v1 = epi->scale.data();
+          s.v2 = epi->bias.data();
+        } else {
+          s.scale = gather_active(epi->scale, x);  // v1, v2 are set below, once the steps stay put
+          s.bias = gather_active(epi->bias, x);
+        }
+        break;
       case OpKind::Prelu:
         s.kind = StepKind::Prelu;
         s.c = x.c;
@@ -406,8 +420,9 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.dw.scale = s.scale.data();
         s.dw.bias = s.bias.data();
       }
-    } else if (s.kind == StepKind::Prelu && !s.scale.empty()) {
+    } else if ((s.kind == StepKind::Prelu || s.kind == StepKind::ScaleBias) && !s.scale.empty()) {
       s.v1 = s.scale.data();
+      s.v2 = s.bias.data();
     }
   }
   plan->output = sp.tensors[model_->output_tensor()];
@@ -586,6 +601,10 @@ void Session::execute(const Step& s) {
       break;
     case StepKind::Prelu:
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::prelu(s.x, s.c, s.v1, s.y, b, e); });
+      break;
+    case StepKind::ScaleBias:
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::scale_bias(s.x, s.c, s.v1, s.v2, s.y, s.act, b, e); });
       break;
   }
 }

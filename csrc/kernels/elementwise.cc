@@ -1,4 +1,4 @@
-// Elementwise ops, prelu, concat copies, channel shuffle, softmax and layout changes.
+// Elementwise ops, prelu, scale_bias, concat copies, channel shuffle, softmax and layout changes.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -93,6 +93,17 @@ void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_be
     float* py = y + m * c;
     for (int32_t k = 0; k < c; ++k) py[k] = px[k] > 0.0f ? px[k] : slope[k] * px[k];
   }
+}
+
+void scale_bias(const float* x, int32_t c, const float* scale, const float* bias, float* y, const Activation& act,
+                int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* px = x + m * c;
+    float* py = y + m * c;
+    for (int32_t k = 0; k < c; ++k) py[k] = scale[k] * px[k] + bias[k];
+  }
+  // one stretch: the activation's loop runs over every pixel at once
+  act_span(y + m_begin * c, (m_end - m_begin) * c, act);
 }
 
 void activate(float* x, const Activation& act, int64_t begin, int64_t end) { act_span(x + begin, end - begin, act); }

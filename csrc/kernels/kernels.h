@@ -193,6 +193,12 @@ void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_
 // stays NaN. y may alias x.
 void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_begin, int64_t m_end);
 
+// y[m][k] = act(scale[k] * x[m][k] + bias[k]) for pixels [m_begin, m_end),
+// pixel stride c; scale and bias hold c values (active-position order). y may
+// alias x.
+void scale_bias(const float* x, int32_t c, const float* scale, const float* bias, float* y, const Activation& act,
+                int64_t m_begin, int64_t m_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, const Activation& act, int64_t begin, int64_t end);
 

@@ -100,6 +100,15 @@ def pruned_layer(view: ProfileView, op: fmt.Op) -> PrunedLayer:
     return PrunedLayer(np.ascontiguousarray(weight, dtype=np.float32), bias.astype(np.float32), groups)
 
 
+def channel_affine(view: ProfileView, op: fmt.Op) -> tuple[np.ndarray, np.ndarray]:
+    """The (scale, bias) of a scale_bias op for its input's active channels, float32."""
+    active = view.infos[op.inputs[0]].channel_index()
+    scale = _epilogue(view, op, "scale", active)
+    bias = _epilogue(view, op, "bias", active)
+    return (np.ones(len(active), np.float32) if scale is None else scale.astype(np.float32),
+            np.zeros(len(active), np.float32) if bias is None else bias.astype(np.float32))
+
+
 def _epilogue(view: ProfileView, op: fmt.Op, which: str, cols: np.ndarray) -> np.ndarray | None:
     t = view.slim.tensors
     if view.name is not None:
@@ -189,6 +198,13 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "scale_bias":
+        scale, bias = channel_affine(view, op)
+        shape = (1, -1) + (1,) * (len(view.infos[op.inputs[0]].shape) - 2)
+        y = g.node("Mul", [x[0], g.const(f"{op.name}.scale", scale.reshape(shape))], g.temp(op.output), op.name)
+        out = g.temp(op.output) if op.act != "none" else op.output
+        g.node("Add", [y, g.const(f"{op.name}.bias", bias.reshape(shape))], out, f"{op.name}.bias")
+        _act(g, op, out, op.output)
     elif op.kind == "prelu":
         info = view.infos[op.inputs[0]]
         slope = view.slim.tensors[f"{op.name}.slope"][info.channel_index()]

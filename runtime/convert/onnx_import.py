@@ -26,7 +26,7 @@ from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
              "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
-             "Mul, Div, Add, Sub by per-channel constants", "Pad (zeros on H, W, before a Conv or pool)",
+             "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
              "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
@@ -276,21 +276,11 @@ class _Importer:
             self.affine[out] = view
 
     def materialize(self, t: str) -> None:
-        """A pending affine map becomes part of the graph: folded into the conv or linear that
-        produced its source, when nothing else reads that layer's output."""
+        """A pending affine map becomes a ``scale_bias`` node (which fuse() folds into the layer
+        next to it where that is exact)."""
         view = self.affine.pop(t)
-        src = self.producer.get(view.source)
-        if src is None or src.kind not in ("conv", "linear") or src.attrs.get("act", "none") != "none":
-            raise ConversionError(
-                f"{view.op} '{view.node}' applies a per-channel constant to '{view.source}'; slimrt folds such "
-                "constants into the Conv, Gemm or MatMul right before them only")
-        params = dict(src.params)
-        shape = (-1,) + (1,) * (params["weight"].ndim - 1)
-        params["weight"] = (params["weight"] * view.scale.reshape(shape)).astype(np.float32)
-        bias = params.get("bias", np.zeros(len(view.scale), np.float32)).astype(np.float64)
-        params["bias"] = (bias * view.scale + view.bias).astype(np.float32)
-        self.emit(_Ctx(view.op, view.node, [], [t], {}), src.kind, list(src.inputs), dict(src.attrs), params,
-                  name=self.unique(src.name, ""))
+        self.emit(_Ctx(view.op, view.node, [], [t], {}), "scale_bias", [view.source], {"act": "none"},
+                  {"scale": view.scale, "bias": view.bias})
 
     def const(self, ctx: _Ctx, i: int, what: str) -> np.ndarray:
         t = ctx.inputs[i] if i < len(ctx.inputs) else ""

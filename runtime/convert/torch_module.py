@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import format as fmt
-from .export import ModelLike, ProfileView, profile_view
+from .export import ModelLike, ProfileView, channel_affine, profile_view
 from .ir import ConversionError
 
 def activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -94,11 +94,26 @@ class PrunedNet(nn.Module):
             return torch.softmax(xs[0], dim=1)
         if step.kind == "prelu":
             return self.layers[step.layer](xs[0])
+        if step.kind == "scale_bias":
+            return act(self.layers[step.layer](xs[0]))
         if step.kind == "shuffle":
             n, c, h, w = xs[0].shape
             g = a["groups"]
             return xs[0].reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
         raise ConversionError(f"op kind '{step.kind}' has no PyTorch equivalent")
+
+
+class ChannelAffine(nn.Module):
+    """y = weight * x + bias per channel (a scale_bias op), trainable."""
+
+    def __init__(self, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(scale)
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
 def _pad_channels(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -133,6 +148,10 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return _pool_step(op, base)
     if op.kind == "shuffle":
         return Step(attrs=(("groups", op.groups),), **base)
+    if op.kind == "scale_bias":
+        scale, bias = channel_affine(view, op)
+        layers[key] = ChannelAffine(torch.from_numpy(scale.copy()), torch.from_numpy(bias.copy()))
+        return Step(layer=key, **base)
     if op.kind == "prelu":
         slope = view.slim.tensors[f"{op.name}.slope"][view.infos[op.inputs[0]].channel_index()]
         layer = nn.PReLU(len(slope))

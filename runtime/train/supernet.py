@@ -7,7 +7,8 @@ parameters, with the channel maps of :mod:`slimrt.format` (the same groups, zero
 adds and concat segments as the engine), so training and inference cannot disagree about which
 channels a profile uses.
 
-Batch norm. A conv or linear whose .slim op carries a ``scale`` vector is a conv + batch norm:
+Batch norm. A conv or linear whose .slim op carries a ``scale`` vector is a conv + batch norm
+(a ``scale_bias`` op with a ``scale`` is a batch norm on its own):
 the affine (gamma, beta) is shared by every width, the running statistics are private per named
 profile (switchable BN, Slimmable Networks), plus one *shared* row used for widths that are not
 a named profile, exactly as the engine uses the op's shared ``scale``/``bias`` there.
@@ -178,18 +179,19 @@ class Supernet(nn.Module):
                 slope = slim.tensors[f"{op.name}.slope"].astype(np.float32).copy()
                 self.slopes[_key(op.name)] = nn.Parameter(torch.from_numpy(slope))
                 continue
-            if op.kind not in ("conv", "linear"):
+            if op.kind not in fmt.EPILOGUED:
                 continue
             key = _key(op.name)
-            w = slim.tensors[f"{op.name}.weight"].astype(np.float32)
-            if op.kind == "linear":
-                self._kinds[op.name] = "linear"
-                tw = w.T  # [Out, In]
-            else:
-                kind = fmt.conv_kind(op, shapes[op.inputs[0]][1])
-                self._kinds[op.name] = kind
-                tw = w.transpose(2, 0, 1)[:, None] if kind == "depthwise" else w.transpose(3, 2, 0, 1)
-            self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(tw)))
+            if op.kind != "scale_bias":  # a scale_bias has only its epilogue: batch norm, or a bias
+                w = slim.tensors[f"{op.name}.weight"].astype(np.float32)
+                if op.kind == "linear":
+                    self._kinds[op.name] = "linear"
+                    tw = w.T  # [Out, In]
+                else:
+                    kind = fmt.conv_kind(op, shapes[op.inputs[0]][1])
+                    self._kinds[op.name] = kind
+                    tw = w.transpose(2, 0, 1)[:, None] if kind == "depthwise" else w.transpose(3, 2, 0, 1)
+                self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(tw)))
             cout = shapes[op.output][1]
             scale = slim.tensors.get(f"{op.name}.scale")
             bias = slim.tensors.get(f"{op.name}.bias")
@@ -370,6 +372,8 @@ class Supernet(nn.Module):
             return _act(op, self._epilogue(op, p.out_rows, z, train, row, momentum))
         if op.kind == "prelu":
             return F.prelu(ins[0], _take(self.slopes[_key(op.name)], p.in_rows))
+        if op.kind == "scale_bias":
+            return _act(op, self._epilogue(op, p.out_rows, self._shift(op, p.out_rows, ins[0]), train, row, momentum))
         if op.kind == "add":
             a, b = ins
             if a.shape[1] < b.shape[1]:
@@ -394,6 +398,13 @@ class Supernet(nn.Module):
         else:
             weight, groups = _take(_take(w, p.out_rows), p.in_rows, 1), 1
         return _conv2d(op, x, weight, bias, groups)
+
+    def _shift(self, op: fmt.Op, rows: Any, z: torch.Tensor) -> torch.Tensor:
+        """z plus a scale_bias's plain bias (one without batch norm), if it has one."""
+        bias = self.biases[_key(op.name)] if _key(op.name) in self.biases else None
+        if bias is None:
+            return z
+        return z + _take(bias, rows).reshape((1, -1) + (1,) * (z.dim() - 2))
 
     def _epilogue(self, op: fmt.Op, rows: Any, z: torch.Tensor, train: bool, row: int | None,
                   momentum: float | None) -> torch.Tensor:
@@ -462,8 +473,9 @@ class Supernet(nn.Module):
         full = slice(None)
         for op in self.ops:
             ins = [values[t] for t in op.inputs]
-            if op.kind in ("conv", "linear"):
-                z = self._linear_or_conv_full(op, ins[0])
+            if op.kind in fmt.EPILOGUED:
+                z = self._linear_or_conv_full(op, ins[0]) if op.kind != "scale_bias" else \
+                    self._shift(op, full, ins[0])
                 key = _key(op.name)
                 if key in self.norms:
                     parts = torch.split(z, list(sizes), 0)
@@ -606,18 +618,19 @@ class Supernet(nn.Module):
             if op.kind == "prelu":
                 tensors[f"{op.name}.slope"] = self.slopes[_key(op.name)].detach().cpu().numpy().astype(np.float32)
                 continue
-            if op.kind not in ("conv", "linear"):
+            if op.kind not in fmt.EPILOGUED:
                 continue
             key = _key(op.name)
-            w = self.weights[key].detach().cpu().numpy()
-            kind = self._kinds[op.name]
-            if kind == "linear":
-                fw = w.T
-            elif kind == "depthwise":
-                fw = w[:, 0].transpose(1, 2, 0)
-            else:
-                fw = w.transpose(2, 3, 1, 0)
-            tensors[f"{op.name}.weight"] = np.ascontiguousarray(fw, dtype=np.float32)
+            if op.kind != "scale_bias":
+                w = self.weights[key].detach().cpu().numpy()
+                kind = self._kinds[op.name]
+                if kind == "linear":
+                    fw = w.T
+                elif kind == "depthwise":
+                    fw = w[:, 0].transpose(1, 2, 0)
+                else:
+                    fw = w.transpose(2, 3, 1, 0)
+                tensors[f"{op.name}.weight"] = np.ascontiguousarray(fw, dtype=np.float32)
             if key in self.biases:
                 tensors[f"{op.name}.bias"] = self.biases[key].detach().numpy().astype(np.float32).copy()
             if key not in self.norms:
