@@ -243,6 +243,12 @@ class ModelBuilder:
         return self._add({"op": "add", "name": name, "inputs": [a, c], "output": name,
                           **_act(act, act_alpha, act_beta)})
 
+    def mul(self, x: str, gate: str, name: str | None = None) -> str:
+        """Channel gate x * gate with gate [N, C, 1, 1] (squeeze-and-excitation). The gate must
+        have x's channels at every width: the layer that makes it writes x's channel group."""
+        name = self._new_name("mul", name)
+        return self._add({"op": "mul", "name": name, "inputs": [x, gate], "output": name})
+
     def concat(self, inputs: Sequence[str], name: str | None = None) -> str:
         """Concatenation along channels."""
         name = self._new_name("concat", name)

@@ -55,7 +55,7 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
     "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias")
+            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul")
 # Kinds whose output keeps the channel map of their (single) input.
 MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
@@ -479,9 +479,9 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
     inputs = _need(entry, "inputs", where)
     if not isinstance(inputs, list) or not all(isinstance(t, str) and t for t in inputs):
         raise InvalidModelError(f"{where}: \"inputs\" must be a list of tensor names")
-    expected = {"add": "2", "concat": "at least 1"}.get(kind, "1")
-    if (kind == "add" and len(inputs) != 2) or (kind == "concat" and not inputs) or \
-            (kind not in ("add", "concat") and len(inputs) != 1):
+    expected = {"add": "2", "mul": "2", "concat": "at least 1"}.get(kind, "1")
+    if (kind in ("add", "mul") and len(inputs) != 2) or (kind == "concat" and not inputs) or \
+            (kind not in ("add", "mul", "concat") and len(inputs) != 1):
         raise InvalidModelError(f"{where} ({kind}) has {len(inputs)} inputs, expected {expected}")
     for key in _OP_FIELDS.get(kind, ()):
         _need(entry, key, where)
@@ -593,6 +593,12 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
             raise InvalidModelError(f"{where} adds tensors of shapes {list(a)} and {list(b)}; "
                                     "only their channel counts may differ")
         return (a[0], max(a[1], b[1])) + a[2:]
+    if op.kind == "mul":
+        x, g = ins
+        if len(x) != 4 or g != (x[0], x[1], 1, 1):
+            raise InvalidModelError(f"{where} multiplies {list(x)} by {list(g)}; the gate (input 2) must be "
+                                    "[N, C, 1, 1] of its input's N and C, the input [N, C, H, W]")
+        return x
     if op.kind == "concat":
         first = ins[0]
         for tensor, shape in zip(op.inputs, ins):
@@ -780,6 +786,12 @@ def _op_runs(op: Op, ins: list[TensorInfo], widths: Sequence[int],
             runs.extend((offset + shift, count) for offset, count in info.runs)
             shift += info.shape[1]
         return _merge(runs)
+    if op.kind == "mul":
+        if ins[0].runs != ins[1].runs:
+            raise InvalidModelError(f"mul '{op.name}': its gate '{op.inputs[1]}' has the channel runs "
+                                    f"{list(ins[1].runs)}, its input '{op.inputs[0]}' {list(ins[0].runs)}; "
+                                    "the gate must have its input's channels")
+        return ins[0].runs
     if op.kind == "shuffle":
         if ins[0].runs != ((0, ins[0].shape[1]),):
             raise InvalidModelError(f"shuffle '{op.name}': its input '{op.inputs[0]}' is not at full "
@@ -910,12 +922,15 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
                          shapes: Mapping[str, Shape]) -> None:
     """Rules that must hold at every width assignment, uniform multipliers included.
 
-    Per tensor: is it always at full width, and is its channel map always a single prefix?
+    Per tensor: is it always at full width, and is its channel map always a single prefix? And
+    what decides its channel map (a signature: equal signatures mean equal maps at every width)?
     """
     source = meta["input"]["name"]
     full, prefix = {source: True}, {source: True}
+    sig: dict[str, Any] = {source: "full"}
     for op in ops:
         ins = op.inputs
+        sig[op.output] = _map_signature(op, sig, shapes, groups)
         if op.kind == "linear" or (op.kind == "conv"
                                    and conv_kind(op, shapes[ins[0]][1]) != "depthwise"):
             full[op.output] = groups[op.out_group].fixed  # type: ignore[index]
@@ -933,6 +948,13 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
         elif op.kind == "concat":
             full[op.output] = all(full[t] for t in ins)
             prefix[op.output] = all(full[t] for t in ins[:-1]) and prefix[ins[-1]]
+        elif op.kind == "mul":
+            if sig[ins[0]] is None or sig[ins[0]] != sig[ins[1]]:
+                raise InvalidModelError(
+                    f"mul '{op.name}': its gate '{ins[1]}' and its input '{ins[0]}' must have the same "
+                    "channels at every width: the layer making the gate must write its input's channel "
+                    "group (or both must be fixed)")
+            full[op.output], prefix[op.output] = full[ins[0]], prefix[ins[0]]
         elif op.kind == "shuffle":
             if not full[ins[0]]:
                 raise InvalidModelError(
@@ -948,6 +970,30 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
                     f"grouped conv '{op.name}' (groups {op.groups}) must run at full width: "
                     f"its out_group '{group.name}' must be fixed and its input "
                     f"'{ins[0]}' must come from fixed groups")
+
+
+def _map_signature(op: Op, sig: Mapping[str, Any], shapes: Mapping[str, Shape],
+                   groups: Sequence[Group]) -> Any:
+    """What decides the channel map of ``op``'s output: "full" (always every channel), ("group", g)
+    (the prefix of group g's width), a structure of those for concat and flatten, or None when it
+    depends on several groups (the wider operand of an add)."""
+    ins = op.inputs
+    if op.kind == "linear" or (op.kind == "conv" and conv_kind(op, shapes[ins[0]][1]) != "depthwise"):
+        return "full" if groups[op.out_group].fixed else ("group", op.out_group)  # type: ignore[index]
+    if op.kind == "add":
+        if sig[ins[0]] == sig[ins[1]]:
+            return sig[ins[0]]
+        c = shapes[op.output][1]
+        return "full" if any(sig[t] == "full" and shapes[t][1] == c for t in ins) else None
+    if op.kind == "concat":
+        parts = tuple(sig[t] for t in ins)
+        return "full" if all(p == "full" for p in parts) else None if None in parts else ("concat", parts)
+    if op.kind == "shuffle":
+        return "full"
+    if op.kind == "flatten" and len(shapes[ins[0]]) == 4:
+        pixels = shapes[ins[0]][2] * shapes[ins[0]][3]
+        return sig[ins[0]] if pixels == 1 or sig[ins[0]] in ("full", None) else ("flatten", sig[ins[0]], pixels)
+    return sig[ins[0]]
 
 
 def _check_profiles(meta: Mapping[str, Any], groups: Sequence[Group]) -> list[dict[str, Any]]:

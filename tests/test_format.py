@@ -653,6 +653,46 @@ def test_scale_bias_vectors_and_profile_epilogues_are_checked_by_both_readers() 
     assert engine_error(data) == expect
 
 
+# -- channel gate ---------------------------------------------------------------------------------
+
+def gate_builder() -> ModelBuilder:
+    b = ModelBuilder("gate", input_shape=(1, 3, 6, 6), min_multiplier=0.5)
+    rng = np.random.default_rng(5)
+    a = b.group("a", 16)
+    x = b.conv(b.input, rng.normal(size=(16, 3, 1, 1)), out_group=a, name="x")
+    s = b.conv(b.global_avgpool(x), rng.normal(size=(8, 16, 1, 1)), out_group=b.group("se", 8), act="relu")
+    g = b.conv(s, rng.normal(size=(16, 8, 1, 1)), out_group=a, act="sigmoid", name="g")
+    b.mul(x, g, name="m")
+    b.uniform_profiles((0.5, 1.0))
+    return b.build()
+
+
+def test_gate_must_be_n_c_1_1_of_its_input() -> None:
+    b = ModelBuilder("gate", input_shape=(1, 3, 6, 6))
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(InvalidModelError, match=r"multiplies \[1, 16, 6, 6\] by \[1, 16, 6, 6\]; the gate"):
+        b.mul(x, x)
+
+
+def test_gate_from_another_group_is_refused_by_both_readers() -> None:
+    import json
+
+    import safetensors.numpy
+
+    slim = gate_builder()
+    assert fmt.channel_maps(slim.meta, [8, 4])["m"].runs == ((0, 8),)
+    meta = copy.deepcopy(slim.meta)
+    meta["groups"].append({"name": "other", "size": 16, "fixed": False, "why": ""})
+    next(op for op in meta["ops"] if op["name"] == "g")["out_group"] = 2
+    for p in meta["profiles"]:
+        p["widths"].append(p["widths"][0])
+    meta["profiles"].insert(0, {"name": "skew", "widths": [8, 8, 16], "macs": 0, "params": 0})
+    with pytest.raises(InvalidModelError, match="mul 'm': its gate 'g' and its input 'x' must have the same channels"):
+        fmt.validate(fmt.SlimFile(meta, slim.tensors))
+    data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    assert "profile 'skew'" in engine_error(data) and "the gate must have its input's channels" in engine_error(data)
+
+
 # -- channel shuffle ----------------------------------------------------------------------------
 
 def shuffle_builder(fixed: bool) -> ModelBuilder:

@@ -425,3 +425,28 @@ def test_scale_bias_every_width_with_profile_epilogues(isa, threads):
         assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
         ok = ~np.isnan(want)
         assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c,r", [(3, 1), (13, 5), (37, 11), (127, 7)])
+def test_channel_gate_every_width(isa, threads, c, r):
+    """Squeeze-and-excitation: pool -> conv -> relu -> conv -> hardsigmoid gates the depthwise
+    output; the gate's conv writes the gated group, the reduced channels are a group of their own;
+    every width of both."""
+    rng = np.random.default_rng(41 + c)
+    b = ModelBuilder("se", input_shape=(2, 3, 7, 9), min_multiplier=0.01)
+    a, ga = stem(b, rng, 3, c, "a")
+    d = b.conv(a, weights(rng, c, 1, 3, 3), groups=c, padding=1, bias=vec(rng, c), act="relu6")
+    s = b.conv(b.global_avgpool(d), weights(rng, r, c, 1, 1), out_group=b.group("se", r), bias=vec(rng, r), act="relu")
+    g = b.conv(s, 3 * weights(rng, c, r, 1, 1), out_group=ga, bias=vec(rng, c), act="hardsigmoid", act_alpha=1 / 6)
+    y = b.mul(d, g)
+    b.set_output(b.conv(y, weights(rng, 5, c, 1, 1), out_group=b.group("o", 5, fixed=True)))
+    pairs = {(wa, r) for wa in range(1, c + 1, max(1, c // 13))} | {(c, ws) for ws in range(1, r + 1)}
+    for wa, ws in sorted(pairs):
+        b.profile(f"{wa}-{ws}", {"a": wa, "se": ws})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max()), p["name"]

@@ -49,6 +49,9 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     z = b.conv(y, rng.normal(size=(13, 13, 1, 1)) / 4, out_group=a, act="hardsigmoid", act_alpha=1 / 6,
                act_beta=0.5)
     s = b.add(x, z, act="tanh")
+    gate = b.conv(b.global_avgpool(s), rng.normal(size=(7, 13, 1, 1)) / 4, out_group=b.group("se", 7), act="relu")
+    gate = b.conv(gate, rng.normal(size=(13, 7, 1, 1)), out_group=a, act="sigmoid")
+    s = b.mul(s, gate)
     s = b.act(s, "gelu")
     s = b.act(s, "hardsigmoid")
     s = b.prelu(b.act(s, "leaky_relu"), rng.normal(size=13))
@@ -59,7 +62,7 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     f = b.linear(f, rng.normal(size=(11, 13)), out_group=b.group("h", 11), act="gelu")
     b.linear(f, rng.normal(size=(5, 11)), out_group=b.group("cls", 5, fixed=True), act="tanh")
     b.uniform_profiles((0.1, 0.5, 1.0))
-    b.profile("odd", {"a": 5, "h": 3})
+    b.profile("odd", {"a": 5, "h": 3, "se": 3})
     b.epilogue("sb", "odd", rng.uniform(0.5, 1.5, 5), rng.normal(size=5))
     return b.build()
 
@@ -204,6 +207,10 @@ class PrunedTorch:
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return activation(op, x), idx, channels
+
+    def mul(self, op: dict[str, Any], x: tuple, gate: tuple) -> tuple:
+        assert torch.equal(x[1], gate[1]), "a gate has its input's channels"
+        return x[0] * gate[0], x[1], x[2]
 
     def scale_bias(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

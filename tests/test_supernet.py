@@ -83,6 +83,8 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     u = b.conv(t, w(13, 1, 3, 3), groups=13, padding=1, act="elu", act_alpha=0.6, **sb(13))
     v = b.conv(u, w(13, 13, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6, act_beta=0.5, **sb(13))
     s = b.act(b.add(t, v, act="tanh"), "gelu")
+    gate = b.conv(b.global_avgpool(s), w(7, 13, 1, 1), out_group=b.group("se", 7), act="relu", **sb(7))
+    s = b.mul(s, b.conv(gate, w(13, 7, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6))
     s = b.prelu(s, rng.uniform(-0.5, 0.5, 13))
     s = b.scale_bias(s, act="relu", name="bn", **sb(13))
     s = b.scale_bias(s, bias=rng.standard_normal(13) * 0.1)
@@ -91,7 +93,7 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
     b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
     b.uniform_profiles((0.2, 0.5, 1.0))
-    b.profile("uneven", {"a": 5, "h": 3})
+    b.profile("uneven", {"a": 5, "h": 3, "se": 2})
     b.epilogue("bn", "uneven", rng.uniform(0.5, 1.5, 5), rng.standard_normal(5) * 0.1)
     return b.build()
 

@@ -37,6 +37,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Shuffle: return "shuffle";
     case OpKind::Prelu: return "prelu";
     case OpKind::ScaleBias: return "scale_bias";
+    case OpKind::Mul: return "mul";
   }
   return "?";
 }
@@ -151,12 +152,13 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
-      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias}};
+      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
+      {"mul", OpKind::Mul}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu, scale_bias)");
+             "prelu, scale_bias, mul)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -441,7 +443,8 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(where + " reads tensor '" + tname + "', which no earlier op produces");
       op.inputs.push_back(t->second);
     }
-    const size_t want_inputs = op.kind == OpKind::Add ? 2 : (op.kind == OpKind::Concat ? 0 : 1);
+    const size_t want_inputs =
+        op.kind == OpKind::Add || op.kind == OpKind::Mul ? 2 : (op.kind == OpKind::Concat ? 0 : 1);
     if (want_inputs && op.inputs.size() != want_inputs)
       fail_model(where + " takes " + std::to_string(want_inputs) + " input(s), got " + std::to_string(op.inputs.size()));
     const std::string out = as_string(member(j, "output", where), where + " output");

@@ -84,6 +84,11 @@
 //                   different channel widths; the sum has the wider one and the
 //                   narrower operand counts as zeros beyond its width.
 //   concat          rank-4 inputs concatenated along channels (axis 1).
+//   mul             two inputs x [N, C, H, W] and a gate g [N, C, 1, 1]:
+//                   y = x * g, each channel of each image scaled by its gate
+//                   value (squeeze-and-excitation). x and g must have the same
+//                   channel map at every profile: the same channels in the same
+//                   order (a converter puts them in one channel group).
 //   maxpool         "kernel", "stride", "pads", "ceil_mode" (bool, default false)
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
@@ -116,7 +121,8 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, act, scale_bias, prelu and softmax keep their input's map. add of two
+// Depthwise conv, pools, act, scale_bias, prelu and softmax keep their input's
+// map; mul keeps x's (which is g's). add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
 // takes one full run and gives one full run. flatten maps a channel run (o, k) of
@@ -177,7 +183,7 @@ constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
-  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias
+  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul
 };
 
 const char* op_kind_name(OpKind kind);

@@ -13,7 +13,7 @@ namespace slimrt {
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu, ScaleBias };
+                      Prelu, ScaleBias, Mul };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -380,6 +380,13 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c2 = op.groups;
         s.count = x.n * x.h * x.w;
         break;
+      case OpKind::Mul:
+        s.kind = StepKind::Mul;
+        s.x2 = buf(op.inputs[1]);
+        s.c = x.c;
+        s.hw = static_cast<int32_t>(x.h * x.w);
+        s.count = x.n * x.h * x.w;
+        break;
       case OpKind::ScaleBias:
         s.kind = StepKind::ScaleBias;
         s.c = x.c;
@@ -601,6 +608,9 @@ void Session::execute(const Step& s) {
       break;
     case StepKind::Prelu:
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::prelu(s.x, s.c, s.v1, s.y, b, e); });
+      break;
+    case StepKind::Mul:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::channel_mul(s.x, s.c, s.hw, s.x2, s.y, b, e); });
       break;
     case StepKind::ScaleBias:
       parallel(s.count,

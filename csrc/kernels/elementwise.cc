@@ -1,4 +1,4 @@
-// Elementwise ops, prelu, scale_bias, concat copies, channel shuffle, softmax and layout changes.
+// Elementwise ops, prelu, scale_bias, channel gates, concat copies, channel shuffle, softmax and layout changes.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -92,6 +92,20 @@ void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_be
     const float* px = x + m * c;
     float* py = y + m * c;
     for (int32_t k = 0; k < c; ++k) py[k] = px[k] > 0.0f ? px[k] : slope[k] * px[k];
+  }
+}
+
+void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float* y, int64_t m_begin,
+                 int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end;) {
+    // the pixels of one image share its gate vector
+    const int64_t image = m / hw, end = std::min(m_end, (image + 1) * hw);
+    const float* g = gate + image * c;
+    for (; m < end; ++m) {
+      const float* px = x + m * c;
+      float* py = y + m * c;
+      for (int32_t k = 0; k < c; ++k) py[k] = px[k] * g[k];
+    }
   }
 }
 

@@ -199,6 +199,12 @@ void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_be
 void scale_bias(const float* x, int32_t c, const float* scale, const float* bias, float* y, const Activation& act,
                 int64_t m_begin, int64_t m_end);
 
+// Channel gate (squeeze-and-excitation) in one pass: y[m][k] = x[m][k] *
+// gate[m / hw][k] for pixels [m_begin, m_end), pixel stride c, hw pixels per
+// image; gate holds c values per image. y may alias x.
+void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float* y, int64_t m_begin,
+                 int64_t m_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, const Activation& act, int64_t begin, int64_t end);
 

@@ -15,6 +15,7 @@ Node kinds and their fields:
 ``act``             attrs ``kind``: one of :data:`ACTIVATIONS`
 ``add``             two inputs; attrs ``act``
 ``concat``          inputs joined along channels
+``mul``             inputs x [N, C, H, W] and a gate [N, C, 1, 1]: x * gate (squeeze-and-excitation)
 ``maxpool``         attrs ``kernel``, ``stride``, ``pads``, ``ceil_mode``
 ``avgpool``         as maxpool plus ``count_include_pad``
 ``global_avgpool``  [N, C, H, W] -> [N, C, 1, 1]
@@ -49,7 +50,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "t
                "elu")
 ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul")
 
 
 class ConversionError(InvalidModelError):

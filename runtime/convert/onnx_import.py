@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
+             "Mul (x * g, g [N, C, 1, 1]: a channel gate)",
              "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
              "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
@@ -422,16 +423,35 @@ def _mul(imp: _Importer, ctx: _Ctx) -> None:
                     and src.inputs[0] == x):
                 imp.emit(ctx, "act", [x], {"kind": "silu"})
                 return
+            if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "hardsigmoid"
+                    and src.inputs[0] == x and np.isclose(src.attrs["act_alpha"], 1 / 6)
+                    and np.isclose(src.attrs["act_beta"], 0.5)):
+                imp.emit(ctx, "act", [x], {"kind": "hardswish"})
+                return
         for e, other in ((a, b), (b, a)):
             if e in imp.erf and _gelu_product(imp, ctx, imp.erf[e], other):
                 return
-        raise ConversionError(f"Mul '{ctx.name}' is not x * Sigmoid(x) (SiLU) nor part of GELU; slimrt converts "
-                              "no other product of two activations")
+        _channel_gate(imp, ctx)
+        return
     x, c = (a, b) if imp.is_value(a) else (b, a)
     if not imp.is_value(x):
         raise ConversionError(f"Mul '{ctx.name}' has no activation input")
     value = imp.const(ctx, ctx.inputs.index(c), "factor")
     _constant_arith(imp, ctx, x, value, 1.0)
+
+
+def _channel_gate(imp: _Importer, ctx: _Ctx) -> None:
+    """x * g with g [N, C, 1, 1]: a squeeze-and-excitation gate (either operand order)."""
+    a, b = (imp.act_input(ctx, i) for i in range(2))
+    sa, sb = imp.shapes[a], imp.shapes[b]
+    for x, g in ((a, b), (b, a)):
+        sx, sg = imp.shapes[x], imp.shapes[g]
+        if len(sx) == 4 and sg == (sx[0], sx[1], 1, 1):
+            imp.emit(ctx, "mul", [x, g])
+            return
+    raise ConversionError(f"Mul '{ctx.name}' multiplies activations of shapes {sa} and {sb}; slimrt converts "
+                          "x * Sigmoid(x) (SiLU), x * HardSigmoid(x) (HardSwish), GELU and a channel gate "
+                          "x * g with g [N, C, 1, 1] (squeeze-and-excitation) only")
 
 
 def _div(imp: _Importer, ctx: _Ctx) -> None:

@@ -129,6 +129,8 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.softmax(xs[0], name=name)
     if node.kind == "shuffle":
         return b.shuffle(xs[0], a["groups"], name=name)
+    if node.kind == "mul":
+        return b.mul(xs[0], xs[1], name=name)
     if node.kind == "scale_bias":
         return b.scale_bias(xs[0], _f32(node.params["scale"]), _f32(node.params["bias"]), name=name,
                             **act_attrs(node))

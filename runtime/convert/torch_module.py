@@ -79,6 +79,8 @@ class PrunedNet(nn.Module):
             return act(xs[0])
         if step.kind == "concat":
             return torch.cat(xs, dim=1)
+        if step.kind == "mul":
+            return xs[0] * xs[1]
         if step.kind == "maxpool":
             x = F.pad(xs[0], step.pad, value=float("-inf")) if step.pad else xs[0]
             return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])

@@ -419,6 +419,8 @@ class Supernet(nn.Module):
         x = ins[0]
         if op.kind == "concat":
             return torch.cat(ins, dim=1)
+        if op.kind == "mul":
+            return x * ins[1]
         if op.kind == "maxpool":
             return _pool(op, x, self._out_hw(op, x), "max")
         if op.kind == "avgpool":
