@@ -52,6 +52,19 @@ def _pads(padding: Padding) -> list[int]:
                      f"got {padding!r}")
 
 
+def _act(act: str, alpha: float | None, beta: float | None) -> dict[str, Any]:
+    """The "act" fields of an op: the parameters the activation reads are always written (given
+    or default, format.ACT_PARAMS); a parameter it does not read is refused when the op is added."""
+    fields: dict[str, Any] = {"act": act}
+    defaults = fmt.ACT_PARAMS.get(act, {})
+    for key, value in (("act_alpha", alpha), ("act_beta", beta)):
+        if value is not None:
+            fields[key] = float(value)
+        elif key in defaults:
+            fields[key] = defaults[key]
+    return fields
+
+
 def _vector(values: Any, length: int, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float32)
     if array.shape != (length,):
@@ -149,8 +162,10 @@ class ModelBuilder:
     def conv(self, x: str, weight: np.ndarray, *, out_group: GroupRef | None = None,
              scale: Any = None, bias: Any = None, stride: int | Sequence[int] = 1,
              padding: Padding = 0, dilation: int | Sequence[int] = 1, groups: int = 1,
-             act: str = "none", name: str | None = None) -> str:
-        """Conv2d with weight [Cout, Cin/groups, kh, kw] and optional per-channel scale, bias.
+             act: str = "none", act_alpha: float | None = None, act_beta: float | None = None,
+             name: str | None = None) -> str:
+        """Conv2d with weight [Cout, Cin/groups, kh, kw] and optional per-channel scale, bias, then
+        activation ``act`` (``act_alpha``, ``act_beta``: its parameters, see format.ACT_PARAMS).
 
         Depthwise when groups == Cin == Cout (out_group must then be None). A dense conv given
         no out_group gets a new group named after the op; a grouped conv (other groups) gets a
@@ -171,7 +186,8 @@ class ModelBuilder:
         op: dict[str, Any] = {
             "op": "conv", "name": name, "inputs": [x], "output": name,
             "kernel": [kh, kw], "stride": _pair(stride, "stride"), "pads": _pads(padding),
-            "dilation": _pair(dilation, "dilation"), "groups": int(groups), "act": act,
+            "dilation": _pair(dilation, "dilation"), "groups": int(groups),
+            **_act(act, act_alpha, act_beta),
         }
         n_groups = len(self._groups)
         try:
@@ -208,22 +224,30 @@ class ModelBuilder:
         return params
 
     def linear(self, x: str, weight: np.ndarray, *, out_group: GroupRef, scale: Any = None,
-               bias: Any = None, act: str = "none", name: str | None = None) -> str:
-        """Linear with weight [Out, In] on a rank-2 input [N, In]."""
+               bias: Any = None, act: str = "none", act_alpha: float | None = None,
+               act_beta: float | None = None, name: str | None = None) -> str:
+        """Linear with weight [Out, In] on a rank-2 input [N, In]; activation as in conv()."""
         w = np.asarray(weight, dtype=np.float32)
         if w.ndim != 2:
             raise ValueError(f"linear weight must be [Out, In], got shape {w.shape}")
         name = self._new_name("linear", name)
-        op = {"op": "linear", "name": name, "inputs": [x], "output": name, "act": act,
+        op = {"op": "linear", "name": name, "inputs": [x], "output": name, **_act(act, act_alpha, act_beta),
               "out_group": self._out_group(name, out_group, w.shape[0], fixed=False)}
         params = self._params(np.ascontiguousarray(w.T), scale, bias, w.shape[0], name)
         return self._add(op, params)
 
-    def add(self, a: str, c: str, act: str = "none", name: str | None = None) -> str:
+    def add(self, a: str, c: str, act: str = "none", name: str | None = None, *,
+            act_alpha: float | None = None, act_beta: float | None = None) -> str:
         """Residual add with zero padding match: the operands' widths may differ."""
         name = self._new_name("add", name)
         return self._add({"op": "add", "name": name, "inputs": [a, c], "output": name,
-                          "act": act})
+                          **_act(act, act_alpha, act_beta)})
+
+    def mul(self, x: str, gate: str, name: str | None = None) -> str:
+        """Channel gate x * gate with gate [N, C, 1, 1] (squeeze-and-excitation). The gate must
+        have x's channels at every width: the layer that makes it writes x's channel group."""
+        name = self._new_name("mul", name)
+        return self._add({"op": "mul", "name": name, "inputs": [x, gate], "output": name})
 
     def concat(self, inputs: Sequence[str], name: str | None = None) -> str:
         """Concatenation along channels."""
@@ -270,9 +294,34 @@ class ModelBuilder:
         """Softmax over the channel axis."""
         return self._simple("softmax", x, name)
 
-    def act(self, x: str, kind: str, name: str | None = None) -> str:
-        """Elementwise activation `kind`."""
-        return self._simple("act", x, name, act=kind)
+    def act(self, x: str, kind: str, name: str | None = None, *, alpha: float | None = None,
+            beta: float | None = None) -> str:
+        """Elementwise activation `kind` with its parameters `alpha`, `beta` (format.ACT_PARAMS)."""
+        return self._simple("act", x, name, **_act(kind, alpha, beta))
+
+    def scale_bias(self, x: str, scale: Any = None, bias: Any = None, *, act: str = "none",
+                   act_alpha: float | None = None, act_beta: float | None = None, name: str | None = None) -> str:
+        """act(scale * x + bias) with one scale and bias per channel (per feature of a rank-2
+        input): a batch norm that no conv absorbs. Per-profile epilogues as for a conv."""
+        name = self._new_name("scale_bias", name)
+        if x not in self._shapes:
+            raise ValueError(f"scale_bias input '{x}' is not a tensor of this model")
+        c = self._shapes[x][1]
+        params = {}
+        if scale is not None:
+            params["scale"] = _vector(scale, c, f"'{name}' scale")
+        if bias is not None:
+            params["bias"] = _vector(bias, c, f"'{name}' bias")
+        op = {"op": "scale_bias", "name": name, "inputs": [x], "output": name, **_act(act, act_alpha, act_beta)}
+        return self._add(op, params)
+
+    def prelu(self, x: str, slope: Any, name: str | None = None) -> str:
+        """PReLU with one slope per channel (per feature of a rank-2 input): x > 0 ? x : slope * x."""
+        name = self._new_name("prelu", name)
+        if x not in self._shapes:
+            raise ValueError(f"prelu input '{x}' is not a tensor of this model")
+        params = {"slope": _vector(slope, self._shapes[x][1], f"'{name}' slope")}
+        return self._add({"op": "prelu", "name": name, "inputs": [x], "output": name}, params)
 
     def shuffle(self, x: str, groups: int, name: str | None = None) -> str:
         """Channel shuffle of a rank-4 tensor in `groups` groups (groups divides C). Its input
@@ -305,11 +354,11 @@ class ModelBuilder:
             raise ValueError(f"profile '{name}' already exists")
 
     def epilogue(self, op_name: str, profile_name: str, scale: Any, bias: Any) -> None:
-        """Per-profile epilogue of a conv or linear: scale and/or bias (None: keep the op's),
+        """Per-profile epilogue of a conv, linear or scale_bias: scale and/or bias (None: keep the op's),
         each of the op's active output width at that profile."""
         op = next((o for o in self._ops if o["name"] == op_name), None)
-        if op is None or op["op"] not in ("conv", "linear"):
-            raise ValueError(f"epilogue: '{op_name}' is not a conv or linear op of this model")
+        if op is None or op["op"] not in fmt.EPILOGUED:
+            raise ValueError(f"epilogue: '{op_name}' is not a conv, linear or scale_bias op of this model")
         for which, values in (("scale", scale), ("bias", bias)):
             if values is not None:
                 array = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
@@ -317,19 +366,23 @@ class ModelBuilder:
                     raise ValueError(f"epilogue {which} of '{op_name}' must be 1-D")
                 self._tensors[fmt.epilogue_tensor_name(op_name, which, profile_name)] = array
 
+    def resolve_widths(self, widths: Mapping[GroupRef, int] | Sequence[int], name: str = "") -> list[int]:
+        """One width per declared group from a mapping (fixed groups may be omitted) or a sequence,
+        as :meth:`profile` takes them; ProfileError names a group the mapping leaves out."""
+        if isinstance(widths, Mapping):
+            resolved = [g["size"] if g["fixed"] else None for g in self._groups]
+            for ref, w in widths.items():
+                resolved[self._group_index(ref)] = int(w)
+            missing = [g["name"] for g, w in zip(self._groups, resolved) if w is None]
+            if missing:
+                raise ProfileError(f"profile '{name}' gives no width for groups {', '.join(missing)}")
+            return resolved  # type: ignore[return-value]
+        return [int(w) for w in widths]
+
     def _resolve(self, spec: _ProfileSpec, meta: Mapping[str, Any]) -> list[int]:
         if spec.widths is None:
             return fmt.uniform_widths(meta, spec.multiplier)
-        if isinstance(spec.widths, Mapping):
-            widths = [g["size"] if g["fixed"] else None for g in self._groups]
-            for ref, w in spec.widths.items():
-                widths[self._group_index(ref)] = int(w)
-            missing = [g["name"] for g, w in zip(self._groups, widths) if w is None]
-            if missing:
-                raise ProfileError(f"profile '{spec.name}' gives no width for groups "
-                                   f"{', '.join(missing)}")
-            return widths  # type: ignore[return-value]
-        return [int(w) for w in spec.widths]
+        return self.resolve_widths(spec.widths, spec.name)
 
     # -- output ---------------------------------------------------------------------------
 

@@ -62,21 +62,23 @@ class Session:
     def threads(self) -> int:
         return self._core.threads
 
-    def run(self, x: np.ndarray, profile: ProfileKey = 0) -> np.ndarray:
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
         """Run on float32 NCHW input ``x`` at ``profile``.
 
         ``profile`` is a profile name (str), an index into ``model.profiles`` (int),
         a :class:`Profile`, or a uniform width multiplier (float) in
-        ``[model.min_multiplier, 1]``. Returns a new float32 array: NCHW for a
-        spatial output, ``[N, F]`` otherwise.
+        ``[model.min_multiplier, 1]``; None (the default) runs the most expensive
+        profile, the full model. Returns a new float32 array: NCHW for a spatial
+        output, ``[N, F]`` otherwise.
         """
         x = self._check_input(x)
         index, multiplier = self.model._resolve(profile)
         return self._core.run(x, index, multiplier)
 
+    def profile_ops(self, x: np.ndarray, profile: ProfileKey | None = None) -> list[tuple[str, float]]:
+        """Run once and return the wall time of every op: ``[(op name, seconds), ...]``.
 
-    def profile_ops(self, x: np.ndarray, profile: ProfileKey = 0) -> list[tuple[str, float]]:
-        """Run once and return the wall time of every op: ``[(op name, seconds), ...]``."""
+        ``profile`` as in :meth:`run` (default: the most expensive profile)."""
         x = self._check_input(x)
         index, multiplier = self.model._resolve(profile)
         return self._core.profile_ops(x, index, multiplier)
@@ -140,23 +142,26 @@ class Model:
             return self.profiles[int(key)]
         raise ProfileError(f"a profile is a name, an index or a Profile, got {key!r}")
 
-    def widths(self, profile: ProfileKey) -> tuple[int, ...]:
+    def widths(self, profile: ProfileKey | None = None) -> tuple[int, ...]:
         """Channel widths per group that ``profile`` runs."""
         index, multiplier = self._resolve(profile)
         if multiplier > 0:
             return tuple(self._core.uniform_widths(multiplier))
         return self.profiles[index].widths
 
-    def macs(self, profile: ProfileKey, input_hw: tuple[int, int] | None = None) -> int:
-        """Multiply-accumulates per sample at the default input shape, or at input size
-        ``input_hw`` = (H, W). Raises ValueError when the model cannot run that size (for
-        example a flatten whose size no longer matches the linear layer after it)."""
+    def macs(self, profile: ProfileKey | None = None, input_hw: tuple[int, int] | None = None) -> int:
+        """Multiply-accumulates per sample of ``profile`` (default: the most expensive) at the
+        default input shape, or at input size ``input_hw`` = (H, W). Raises ValueError when the
+        model cannot run that size (for example a flatten whose size no longer matches the
+        linear layer after it)."""
         h, w = (0, 0) if input_hw is None else (int(input_hw[0]), int(input_hw[1]))
         if input_hw is not None and (h < 1 or w < 1):
             raise ValueError(f"input size {h}x{w} is not valid")
         return int(self._core.cost(list(self.widths(profile)), h, w)[0])
 
-    def _resolve(self, profile: ProfileKey) -> tuple[int, float]:
+    def _resolve(self, profile: ProfileKey | None) -> tuple[int, float]:
+        if profile is None:  # the most expensive profile, or the full widths of a model without profiles
+            return (len(self.profiles) - 1, 0.0) if self.profiles else (0, 1.0)
         if isinstance(profile, (float, np.floating)):
             m = float(profile)
             if not (self.min_multiplier - 1e-6 <= m <= 1.0 + 1e-6):
@@ -170,8 +175,10 @@ class Model:
         """A new session with its own scratch memory and ``threads`` threads."""
         return Session(self, threads)
 
-    def run(self, x: np.ndarray, profile: ProfileKey = 0) -> np.ndarray:
-        """Convenience: run on a single-threaded session cached per calling thread."""
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
+        """Convenience: run on a single-threaded session cached per calling thread.
+
+        ``profile`` as in :meth:`Session.run` (default: the most expensive profile)."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self.session(1)

@@ -33,7 +33,7 @@ from safetensors import safe_open
 from slimrt.errors import InvalidModelError, ProfileError
 
 __all__ = [
-    "FORMAT_VERSION", "ACTIVATIONS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
+    "FORMAT_VERSION", "ACTIVATIONS", "ACT_PARAMS", "OP_KINDS", "SlimFile", "Op", "Group", "TensorInfo",
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
@@ -46,11 +46,22 @@ MAX_JSON_DEPTH = 64  # nesting of arrays and objects in the header JSON and in t
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
                "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
                "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid")
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "tanh", "gelu",
+               "hardsigmoid", "elu")
+# The parameters an activation reads, with their defaults (model.h; as in ONNX).
+ACT_PARAMS: dict[str, dict[str, float]] = {
+    "leaky_relu": {"act_alpha": 0.01},
+    "elu": {"act_alpha": 1.0},
+    "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
+}
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle")
+            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul")
 # Kinds whose output keeps the channel map of their (single) input.
-MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act")
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias")
+# Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
+WEIGHTED = ("conv", "linear", "prelu", "scale_bias")
+# Kinds with an epilogue (scale, bias), which a profile may replace ("<op>.scale@<profile>").
+EPILOGUED = ("conv", "linear", "scale_bias")
 
 Shape = tuple[int, ...]
 Run = tuple[int, int]
@@ -88,6 +99,8 @@ class Op:
     inputs: tuple[str, ...]
     output: str
     act: str = "none"
+    act_alpha: float = 0.0  # the activation's parameters (ACT_PARAMS), defaults filled in
+    act_beta: float = 0.0
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -418,6 +431,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "maxpool": ("kernel", "stride", "pads"),
     "avgpool": ("kernel", "stride", "pads"),
     "act": ("act",),
+    "scale_bias": ("act",),
     "shuffle": ("groups",),
 }
 
@@ -465,19 +479,15 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
     inputs = _need(entry, "inputs", where)
     if not isinstance(inputs, list) or not all(isinstance(t, str) and t for t in inputs):
         raise InvalidModelError(f"{where}: \"inputs\" must be a list of tensor names")
-    expected = {"add": "2", "concat": "at least 1"}.get(kind, "1")
-    if (kind == "add" and len(inputs) != 2) or (kind == "concat" and not inputs) or \
-            (kind not in ("add", "concat") and len(inputs) != 1):
+    expected = {"add": "2", "mul": "2", "concat": "at least 1"}.get(kind, "1")
+    if (kind in ("add", "mul") and len(inputs) != 2) or (kind == "concat" and not inputs) or \
+            (kind not in ("add", "mul", "concat") and len(inputs) != 1):
         raise InvalidModelError(f"{where} ({kind}) has {len(inputs)} inputs, expected {expected}")
     for key in _OP_FIELDS.get(kind, ()):
         _need(entry, key, where)
     fields: dict[str, Any] = {}
     if "act" in _OP_FIELDS.get(kind, ()):
-        act = entry["act"]
-        if act not in ACTIVATIONS:
-            raise InvalidModelError(
-                f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
-        fields["act"] = act
+        fields.update(_act_fields(entry, where))
     if kind in ("conv", "maxpool", "avgpool"):
         fields["kernel"] = _ints_field(entry, "kernel", where, 2, 1)
         fields["stride"] = _ints_field(entry, "stride", where, 2, 1)
@@ -499,6 +509,27 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["count_include_pad"] = _bool_field(entry, "count_include_pad", where, False)
     output = _str_field(entry, "output", where)
     return Op(kind=kind, name=name, inputs=tuple(inputs), output=output, **fields)
+
+
+def _act_fields(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """"act" and the parameters it reads ("act_alpha", "act_beta"), defaults filled in."""
+    act = entry["act"]
+    if act not in ACTIVATIONS:
+        raise InvalidModelError(
+            f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
+    fields: dict[str, Any] = {"act": act}
+    takes = ACT_PARAMS.get(act, {})
+    for key in ("act_alpha", "act_beta"):
+        if key not in entry:
+            fields[key] = takes.get(key, 0.0)
+            continue
+        if key not in takes:
+            raise InvalidModelError(f"{where} has \"{key}\", which activation '{act}' does not take")
+        value = entry[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidModelError(f"{where} field \"{key}\" must be a finite number")
+        fields[key] = float(value)
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +593,12 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
             raise InvalidModelError(f"{where} adds tensors of shapes {list(a)} and {list(b)}; "
                                     "only their channel counts may differ")
         return (a[0], max(a[1], b[1])) + a[2:]
+    if op.kind == "mul":
+        x, g = ins
+        if len(x) != 4 or g != (x[0], x[1], 1, 1):
+            raise InvalidModelError(f"{where} multiplies {list(x)} by {list(g)}; the gate (input 2) must be "
+                                    "[N, C, 1, 1] of its input's N and C, the input [N, C, H, W]")
+        return x
     if op.kind == "concat":
         first = ins[0]
         for tensor, shape in zip(op.inputs, ins):
@@ -581,7 +618,7 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "shuffle" and ins[0][1] % op.groups:
         raise InvalidModelError(f"{where}: groups {op.groups} must divide its {ins[0][1]} input "
                                 "channels")
-    if op.kind == "softmax" and len(ins[0]) < 2:
+    if op.kind in ("softmax", "prelu", "scale_bias") and len(ins[0]) < 2:
         raise InvalidModelError(f"{where} needs an input of rank >= 2")
     return ins[0]
 
@@ -641,7 +678,13 @@ def _shapes(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequence[Op],
 
 
 def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, Shape]:
-    """Shapes of the weight and of the optional scale / bias of a conv or linear."""
+    """Shapes of the tensors of an op of a WEIGHTED kind: the weight and the optional scale / bias
+    of a conv or linear, the optional scale / bias of a scale_bias and the slopes of a prelu (one
+    per input channel)."""
+    if op.kind == "prelu":
+        return {"slope": (in_shape[1],)}
+    if op.kind == "scale_bias":
+        return {"scale": (in_shape[1],), "bias": (in_shape[1],)}
     if op.kind == "linear":
         cout = groups[op.out_group].size  # type: ignore[index]
         weight: Shape = (in_shape[1], cout)
@@ -743,6 +786,12 @@ def _op_runs(op: Op, ins: list[TensorInfo], widths: Sequence[int],
             runs.extend((offset + shift, count) for offset, count in info.runs)
             shift += info.shape[1]
         return _merge(runs)
+    if op.kind == "mul":
+        if ins[0].runs != ins[1].runs:
+            raise InvalidModelError(f"mul '{op.name}': its gate '{op.inputs[1]}' has the channel runs "
+                                    f"{list(ins[1].runs)}, its input '{op.inputs[0]}' {list(ins[0].runs)}; "
+                                    "the gate must have its input's channels")
+        return ins[0].runs
     if op.kind == "shuffle":
         if ins[0].runs != ((0, ins[0].shape[1]),):
             raise InvalidModelError(f"shuffle '{op.name}': its input '{op.inputs[0]}' is not at full "
@@ -811,9 +860,13 @@ def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
     infos = _channel_maps(meta, groups, ops, widths, shapes)
     macs = params = 0
     for op in ops:
-        if op.kind not in ("conv", "linear"):
+        if op.kind == "prelu":
+            params += infos[op.inputs[0]].width
             continue
-        op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output])
+        if op.kind not in EPILOGUED:
+            continue
+        op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output]) if op.kind != "scale_bias" \
+            else (0, 0)
         macs += op_macs
         out_w = infos[op.output].width
         present = sum(1 for which in ("scale", "bias")
@@ -871,12 +924,15 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
                          shapes: Mapping[str, Shape]) -> None:
     """Rules that must hold at every width assignment, uniform multipliers included.
 
-    Per tensor: is it always at full width, and is its channel map always a single prefix?
+    Per tensor: is it always at full width, and is its channel map always a single prefix? And
+    what decides its channel map (a signature: equal signatures mean equal maps at every width)?
     """
     source = meta["input"]["name"]
     full, prefix = {source: True}, {source: True}
+    sig: dict[str, Any] = {source: "full"}
     for op in ops:
         ins = op.inputs
+        sig[op.output] = _map_signature(op, sig, shapes, groups)
         if op.kind == "linear" or (op.kind == "conv"
                                    and conv_kind(op, shapes[ins[0]][1]) != "depthwise"):
             full[op.output] = groups[op.out_group].fixed  # type: ignore[index]
@@ -894,6 +950,13 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
         elif op.kind == "concat":
             full[op.output] = all(full[t] for t in ins)
             prefix[op.output] = all(full[t] for t in ins[:-1]) and prefix[ins[-1]]
+        elif op.kind == "mul":
+            if sig[ins[0]] is None or sig[ins[0]] != sig[ins[1]]:
+                raise InvalidModelError(
+                    f"mul '{op.name}': its gate '{ins[1]}' and its input '{ins[0]}' must have the same "
+                    "channels at every width: the layer making the gate must write its input's channel "
+                    "group (or both must be fixed)")
+            full[op.output], prefix[op.output] = full[ins[0]], prefix[ins[0]]
         elif op.kind == "shuffle":
             if not full[ins[0]]:
                 raise InvalidModelError(
@@ -909,6 +972,30 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
                     f"grouped conv '{op.name}' (groups {op.groups}) must run at full width: "
                     f"its out_group '{group.name}' must be fixed and its input "
                     f"'{ins[0]}' must come from fixed groups")
+
+
+def _map_signature(op: Op, sig: Mapping[str, Any], shapes: Mapping[str, Shape],
+                   groups: Sequence[Group]) -> Any:
+    """What decides the channel map of ``op``'s output: "full" (always every channel), ("group", g)
+    (the prefix of group g's width), a structure of those for concat and flatten, or None when it
+    depends on several groups (the wider operand of an add)."""
+    ins = op.inputs
+    if op.kind == "linear" or (op.kind == "conv" and conv_kind(op, shapes[ins[0]][1]) != "depthwise"):
+        return "full" if groups[op.out_group].fixed else ("group", op.out_group)  # type: ignore[index]
+    if op.kind == "add":
+        if sig[ins[0]] == sig[ins[1]]:
+            return sig[ins[0]]
+        c = shapes[op.output][1]
+        return "full" if any(sig[t] == "full" and shapes[t][1] == c for t in ins) else None
+    if op.kind == "concat":
+        parts = tuple(sig[t] for t in ins)
+        return "full" if all(p == "full" for p in parts) else None if None in parts else ("concat", parts)
+    if op.kind == "shuffle":
+        return "full"
+    if op.kind == "flatten" and len(shapes[ins[0]]) == 4:
+        pixels = shapes[ins[0]][2] * shapes[ins[0]][3]
+        return sig[ins[0]] if pixels == 1 or sig[ins[0]] in ("full", None) else ("flatten", sig[ins[0]], pixels)
+    return sig[ins[0]]
 
 
 def _check_profiles(meta: Mapping[str, Any], groups: Sequence[Group]) -> list[dict[str, Any]]:
@@ -947,16 +1034,18 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
     known: set[str] = set()
     maps = [_channel_maps(slim.meta, groups, ops, p["widths"], shapes) for p in profiles]
     for op in ops:
-        if op.kind not in ("conv", "linear"):
+        if op.kind not in WEIGHTED:
             continue
         for which, shape in param_shapes(op, shapes[op.inputs[0]], groups).items():
             name = f"{op.name}.{which}"
             known.add(name)
             if name in slim.tensors:
                 _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
-            elif which == "weight":
+            elif which in ("weight", "slope"):
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
+        if op.kind == "prelu":
+            continue
         for p, infos in zip(profiles, maps):
             for which in ("scale", "bias"):
                 name = epilogue_tensor_name(op.name, which, p["name"])

@@ -8,13 +8,14 @@ physically pruned layer) and a plain dense op runs on it.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping
 
 import numpy as np
 
 from slimrt import format as fmt
 
-__all__ = ["run_reference", "ACTIVATION_FUNCTIONS"]
+__all__ = ["run_reference", "activate", "ACTIVATION_FUNCTIONS"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -22,14 +23,28 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": lambda x: x,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "relu6": lambda x: np.clip(x, 0.0, 6.0),
-    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "silu": lambda x: x * _sigmoid(x),
-    "sigmoid": _sigmoid,
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+# name -> f(x, alpha, beta): the activations of model.h; alpha and beta are the op's act_alpha
+# and act_beta (format.ACT_PARAMS). NaN stays NaN through every one of them.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]] = {
+    "none": lambda x, a, b: x,
+    "relu": lambda x, a, b: np.maximum(x, 0.0),
+    "relu6": lambda x, a, b: np.clip(x, 0.0, 6.0),
+    "hardswish": lambda x, a, b: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "silu": lambda x, a, b: x * _sigmoid(x),
+    "sigmoid": lambda x, a, b: _sigmoid(x),
+    "leaky_relu": lambda x, a, b: np.where(x > 0, x, a * x),
+    "tanh": lambda x, a, b: np.tanh(x),
+    "gelu": lambda x, a, b: x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0))),
+    "hardsigmoid": lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),
+    "elu": lambda x, a, b: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))),
 }
+
+
+def activate(op: fmt.Op, x: np.ndarray) -> np.ndarray:
+    """``op``'s activation applied to ``x``."""
+    return ACTIVATION_FUNCTIONS[op.act](x, op.act_alpha, op.act_beta)
 
 
 def run_reference(slim: fmt.SlimFile, x: np.ndarray, profile: str | int | float) -> np.ndarray:
@@ -56,13 +71,12 @@ def run_reference(slim: fmt.SlimFile, x: np.ndarray, profile: str | int | float)
 
 def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.TensorInfo],
             tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
-    act = ACTIVATION_FUNCTIONS[op.act]
     if op.kind == "conv":
-        return act(_conv(op, inputs[0], infos, tensors, profile))
+        return activate(op, _conv(op, inputs[0], infos, tensors, profile))
     if op.kind == "linear":
-        return act(_linear(op, inputs[0], infos, tensors, profile))
+        return activate(op, _linear(op, inputs[0], infos, tensors, profile))
     if op.kind == "add":
-        return act(_add(inputs[0], inputs[1]))
+        return activate(op, _add(inputs[0], inputs[1]))
     if op.kind == "concat":
         return np.concatenate(inputs, axis=1)
     if op.kind == "maxpool":
@@ -75,11 +89,21 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if op.kind == "shuffle":
         return _shuffle(inputs[0], op.groups)
+    if op.kind == "mul":
+        return inputs[0] * inputs[1]  # the gate [N, C, 1, 1] broadcasts over H, W
+    if op.kind == "scale_bias":
+        scale, bias = _epilogue(tensors, op, profile, infos[op.inputs[0]].channel_index())
+        shape = (1, -1) + (1,) * (inputs[0].ndim - 2)
+        return activate(op, inputs[0] * scale.reshape(shape) + bias.reshape(shape))
+    if op.kind == "prelu":
+        slope = tensors[f"{op.name}.slope"].astype(np.float64)[infos[op.inputs[0]].channel_index()]
+        x = inputs[0]
+        return np.where(x > 0, x, slope.reshape((1, -1) + (1,) * (x.ndim - 2)) * x)
     if op.kind == "softmax":
         shifted = inputs[0] - inputs[0].max(axis=1, keepdims=True)
         e = np.exp(shifted)
         return e / e.sum(axis=1, keepdims=True)
-    return act(inputs[0])
+    return activate(op, inputs[0])
 
 
 # -- pruning ----------------------------------------------------------------------------------

@@ -212,6 +212,22 @@ def unknown_activation(data: bytes) -> Corruption:
     return Corruption("unknown_activation", _edit_model(data, edit), "gelu_tanh")
 
 
+def activation_parameter_not_taken(data: bytes) -> Corruption:
+    """An "act_beta" on an op whose activation reads no parameter."""
+    def edit(model: dict[str, Any]) -> None:
+        op = next(op for op in model["ops"] if "act" in op)
+        op["act"], op["act_beta"] = "relu", 0.5
+    return Corruption("activation_parameter_not_taken", _edit_model(data, edit),
+                      "\"act_beta\", which activation 'relu' does not take")
+
+
+def activation_parameter_not_a_number(data: bytes) -> Corruption:
+    def edit(model: dict[str, Any]) -> None:
+        op = next(op for op in model["ops"] if "act" in op)
+        op["act"], op["act_alpha"] = "leaky_relu", "0.1"
+    return Corruption("activation_parameter_not_a_number", _edit_model(data, edit), "act_alpha")
+
+
 def profile_width_count(data: bytes) -> Corruption:
     """A profile with one width more than the model has groups."""
     count = len(_model(data)["groups"]) + 1
@@ -287,7 +303,7 @@ def all_corruptions(data: bytes) -> list[Corruption]:
     """Every corrupted variant of `data` (the bytes of a valid model)."""
     singles = [header_length_past_end, non_json_header, missing_model_json, missing_tensor,
                wrong_size, wrong_shape, wrong_dtype, unknown_op, unknown_activation,
-               profile_width_count, profile_width_out_of_range, used_before_produced,
+               activation_parameter_not_taken, activation_parameter_not_a_number, profile_width_count, profile_width_out_of_range, used_before_produced,
                newer_version, linear_without_out_group, huge_group, overlapping_tensors,
                shape_overflow, deep_model_json, deep_header_json, output_is_input]
     return (truncations(data) + [make(data) for make in singles]

@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import slimrt
 from onnx import TensorProto, helper, numpy_helper
-from slimrt.convert import ConversionError, from_onnx, from_torch, onnx_to_slim, to_onnx, to_torch, torch_to_slim
+from slimrt.convert import ConversionError, DuplicateProfileWarning, from_onnx, from_torch, onnx_to_slim, to_onnx, to_torch, torch_to_slim
 from slimrt.convert.cli import add_commands, format_info
 from slimrt.convert.export import count_macs
 from slimrt.errors import ProfileError
@@ -176,7 +176,9 @@ class TestOnnxImport:
         assert rel_err(model.run(x, profile="1.0"), run_ort(proto, x)) < RTOL
 
     def test_handmade_every_profile_agrees_across_oracles(self) -> None:
-        slim = onnx_to_slim(handmade_onnx(), widths=(0.25, 0.5, 1.0))
+        widths = {"0.5": 0.5, "narrow": {"conv1": 3, "conv3": 5, "gemm": 9}, "1.0": 1.0}
+        slim = onnx_to_slim(handmade_onnx(), widths=widths)
+        assert len(slim.meta["profiles"]) == 3
         check_all_profiles(slim, np.random.default_rng(2).standard_normal((1, 3, 12, 12)).astype(np.float32))
 
     def test_from_path_with_input_shape_override(self, tmp_path: Path) -> None:
@@ -274,7 +276,7 @@ class TestChannelGroups:
                                   torch.nn.ReLU(), torch.nn.Conv2d(32, 16, 1), torch.nn.Flatten(),
                                   torch.nn.Linear(16 * 6 * 6, 4)).eval()
         x = np.random.default_rng(4).standard_normal((1, 3, 10, 10)).astype(np.float32)
-        slim = torch_to_slim(net, x)
+        slim = torch_to_slim(net, x, widths=(0.5, 1.0))
         groups = list(_groups(slim).values())
         assert [g["fixed"] for g in groups] == [True, True, False, True]
         assert "input of grouped conv" in groups[0]["why"] and "output of grouped conv" in groups[1]["why"]
@@ -291,7 +293,7 @@ class TestChannelGroups:
                 return torch.cat([self.a(x), self.b(x)], 1) + self.c(x)
 
         x = np.random.default_rng(5).standard_normal((1, 3, 4, 4)).astype(np.float32)
-        slim = torch_to_slim(CatAdd().eval(), x)
+        slim = torch_to_slim(CatAdd().eval(), x, widths=(1.0,))
         assert all(g["fixed"] and "concat" in g["why"] for g in slim.meta["groups"])
         check_all_profiles(slim, x, engine=False)
 
@@ -368,6 +370,564 @@ class TestChannelShuffle:
         assert ops[i - 1:i + 2] == ["Reshape", "Transpose", "Reshape"]
 
 
+# ---- activations -------------------------------------------------------------------------
+
+
+class ActNet(torch.nn.Module):
+    """Every activation PyTorch exports: LeakyReLU, Tanh, GELU (written out with Erf by the
+    exporter), Hardsigmoid, ELU, after convs (fused) and on their own, on odd channel counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Sequential(nn.Conv2d(3, 13, 3, padding=1), nn.BatchNorm2d(13), nn.LeakyReLU(0.2))
+        self.c2 = nn.Sequential(nn.Conv2d(13, 13, 3, padding=1, groups=13), nn.BatchNorm2d(13), nn.ELU(0.7))
+        self.c3 = nn.Sequential(nn.Conv2d(13, 21, 1), nn.GELU())
+        self.c4 = nn.Sequential(nn.Conv2d(21, 13, 3, padding=1), nn.Hardsigmoid())
+        self.fc = nn.Sequential(nn.Linear(13, 17), nn.Tanh(), nn.Linear(17, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(x)
+        y = torch.tanh(y + self.c4(self.c3(self.c2(y))))
+        y = torch.nn.functional.gelu(torch.nn.functional.elu(y))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def act_converted():
+    torch.manual_seed(3)
+    net = ActNet().eval()
+    randomize_bn(net, 4)
+    x = np.random.default_rng(5).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"0.25": 0.25, "odd": {"c1.0": 5, "c3.0": 11, "fc.0": 3}, "1.0": 1.0})
+
+
+def _gelu_pattern(order: str) -> onnx.ModelProto:
+    """conv -> GELU written out with Erf as exporters write it, in several factor orders."""
+    rng = np.random.default_rng(6)
+    n = helper.make_node
+    inits = [_init("w", rng.standard_normal((7, 3, 3, 3)).astype(np.float32)),
+             _init("sqrt2", np.array(np.sqrt(2), np.float32)), _init("rsqrt2", np.array(1 / np.sqrt(2), np.float32)),
+             _init("one", np.array(1, np.float32)), _init("half", np.array(0.5, np.float32))]
+    nodes = [n("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    if order == "torch":       # ((x * (erf(x / sqrt2) + 1)) * 0.5
+        nodes += [n("Div", ["c", "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                  n("Mul", ["c", "p"], ["m"]), n("Mul", ["m", "half"], ["y"])]
+    elif order == "half_first":  # (0.5 * x) * (1 + erf(x * rsqrt2))
+        nodes += [n("Mul", ["c", "rsqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["one", "e"], ["p"]),
+                  n("Mul", ["half", "c"], ["h"]), n("Mul", ["h", "p"], ["y"])]
+    else:                       # x * ((1 + erf(x / sqrt2)) * 0.5)
+        nodes += [n("Div", ["c", "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                  n("Mul", ["p", "half"], ["q"]), n("Mul", ["q", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 7, 6, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _opset20_acts() -> onnx.ModelProto:
+    """The ONNX Gelu op (opset 20) and the parameterised activations with their default attributes."""
+    rng = np.random.default_rng(7)
+    n = helper.make_node
+    inits = [_init("w1", rng.standard_normal((9, 3, 3, 3)).astype(np.float32)),
+             _init("w2", rng.standard_normal((9, 9, 1, 1)).astype(np.float32))]
+    nodes = [n("Conv", ["x", "w1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("Gelu", ["c1"], ["g"], name="gelu"), n("LeakyRelu", ["g"], ["l"], name="leaky"),
+             n("Conv", ["l", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+             n("HardSigmoid", ["c2"], ["h"], name="hsig"), n("Elu", ["h"], ["y"], name="elu")]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9, 5, 6])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+
+
+class TestActivations:
+    def test_full_width_equals_the_source_module(self, act_converted) -> None:
+        net, x, slim = act_converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_activations_fuse_into_their_layers(self, act_converted) -> None:
+        _, _, slim = act_converted
+        fused = {op["name"]: (op["act"], op.get("act_alpha")) for op in slim.meta["ops"] if op["op"] in ("conv", "linear")}
+        assert fused["c1.0"] == ("leaky_relu", pytest.approx(0.2)) and fused["c2.0"] == ("elu", pytest.approx(0.7))
+        assert fused["c3.0"] == ("gelu", None) and fused["fc.0"] == ("tanh", None)
+        assert fused["c4.0"][0] == "hardsigmoid"
+        assert [o["act"] for o in slim.meta["ops"] if o["op"] == "add"] == ["tanh"]
+        assert [o["act"] for o in slim.meta["ops"] if o["op"] == "act"] == ["elu", "gelu"]
+
+    def test_hardsigmoid_keeps_torchs_parameters(self, act_converted) -> None:
+        _, _, slim = act_converted
+        op = next(o for o in slim.meta["ops"] if o["name"] == "c4.0")
+        assert op["act_alpha"] == pytest.approx(1 / 6) and op["act_beta"] == pytest.approx(0.5)
+
+    def test_every_profile_engine_onnxruntime_torch(self, act_converted) -> None:
+        _, x, slim = act_converted
+        assert sorted(p["name"] for p in slim.meta["profiles"]) == ["0.25", "1.0", "odd"]
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("order", ["torch", "half_first", "half_last"])
+    def test_gelu_written_out_with_erf_becomes_one_activation(self, order: str) -> None:
+        proto = _gelu_pattern(order)
+        slim = onnx_to_slim(proto, widths=(1.0,))
+        assert [(op["op"], op["act"]) for op in slim.meta["ops"]] == [("conv", "gelu")]
+        x = np.random.default_rng(8).standard_normal((1, 3, 6, 5)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+
+    def test_gelu_op_and_default_attributes(self) -> None:
+        proto = _opset20_acts()
+        slim = onnx_to_slim(proto, widths={"small": {"conv1": 3}, "1.0": 1.0})
+        acts = [(op["act"], op.get("act_alpha"), op.get("act_beta")) for op in slim.meta["ops"]]
+        assert acts == [("gelu", None, None), ("leaky_relu", pytest.approx(0.01), None),
+                        ("hardsigmoid", pytest.approx(0.2), pytest.approx(0.5)), ("elu", 1.0, None)]
+        x = np.random.default_rng(9).standard_normal((1, 3, 5, 6)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_export_writes_gelu_with_erf_for_opset_17(self, act_converted) -> None:
+        _, _, slim = act_converted
+        ops = [n.op_type for n in to_onnx(slim, "odd").graph.node]
+        assert "Erf" in ops and "Gelu" not in ops
+        assert {"LeakyRelu", "Elu", "HardSigmoid", "Tanh"} <= set(ops)
+
+    def test_tanh_approximation_of_gelu_is_refused(self) -> None:
+        node = helper.make_node("Gelu", ["c"], ["y"], name="fast_gelu", approximate="tanh")
+        model = _single_node_model(node, [1, 8, 4, 4])
+        model.opset_import[0].version = 20
+        with pytest.raises(ConversionError, match="Gelu 'fast_gelu' has approximate='tanh'"):
+            onnx_to_slim(model, (1.0,))
+
+    def test_erf_outside_gelu_is_refused(self) -> None:
+        nodes = [helper.make_node("Erf", ["c"], ["y"], name="erf")]
+        with pytest.raises(ConversionError, match="Erf 'erf' is not the Erf of GELU"):
+            onnx_to_slim(_single_node_model(nodes[0], [1, 8, 4, 4]), (1.0,))
+
+
+class PReluNet(torch.nn.Module):
+    """PReLU with a slope per channel (a prelu op, sliced with the group) and with one slope
+    (LeakyRelu, fused into the conv before it), on a residual and after a concat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Sequential(nn.Conv2d(3, 13, 3, padding=1), nn.BatchNorm2d(13), nn.PReLU(13))
+        self.b = nn.Sequential(nn.Conv2d(13, 13, 3, padding=1), nn.BatchNorm2d(13), nn.PReLU())
+        self.c = nn.Conv2d(3, 7, 1)
+        self.act = nn.PReLU(20)
+        self.fc = nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = self.act(torch.cat([y + self.b(y), self.c(x)], 1))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def prelu_converted():
+    torch.manual_seed(11)
+    net = PReluNet().eval()
+    randomize_bn(net, 12)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape) - 0.5)
+    x = np.random.default_rng(13).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"a.0": 3, "c": 5}, "0.5": 0.5, "1.0": 1.0})
+
+
+class TestPRelu:
+    @pytest.fixture
+    def converted(self, prelu_converted):
+        return prelu_converted
+
+    def test_per_channel_slopes_become_prelu_ops_and_one_slope_a_fused_leaky_relu(self, converted) -> None:
+        net, _, slim = converted
+        prelus = [op for op in slim.meta["ops"] if op["op"] == "prelu"]
+        assert len(prelus) == 2
+        b = next(op for op in slim.meta["ops"] if op["name"] == "b.0")
+        assert b["act"] == "leaky_relu" and b["act_alpha"] == pytest.approx(float(net.b[2].weight.detach()))
+
+    def test_full_width_equals_the_source_module(self, converted) -> None:
+        net, x, slim = converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_slopes_follow_the_channel_sort(self, converted) -> None:
+        net, _, slim = converted
+        first = next(op for op in slim.meta["ops"] if op["op"] == "prelu")["name"]
+        assert sorted(slim.tensors[first + ".slope"]) == pytest.approx(sorted(net.a[2].weight.detach().numpy()))
+        assert not np.allclose(slim.tensors[first + ".slope"], net.a[2].weight.detach().numpy())
+
+    def test_every_profile_engine_onnxruntime_torch(self, converted) -> None:
+        _, x, slim = converted
+        check_all_profiles(slim, x)
+        assert "PRelu" in [n.op_type for n in to_onnx(slim, "small").graph.node]
+
+
+class SegHead(torch.nn.Module):
+    """A per-pixel classifier: convs, then softmax over the channels of an NCHW map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(3, 21, 3, padding=1), nn.BatchNorm2d(21), nn.ReLU(),
+                                  nn.Conv2d(21, 13, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(13, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.body(x)), dim=1)
+
+
+def _softmax_model(axis: int, opset: int, shape: list[int]) -> onnx.ModelProto:
+    model = _single_node_model(helper.make_node("Softmax", ["c"], ["y"], name="sm", axis=axis), [1, 8] + shape[2:])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = shape[2]
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = shape[3]
+    model.opset_import[0].version = opset
+    return model
+
+
+class TestSpatialSoftmax:
+    def test_every_profile_engine_onnxruntime_torch(self) -> None:
+        torch.manual_seed(14)
+        net = SegHead().eval()
+        randomize_bn(net, 15)
+        x = np.random.default_rng(16).standard_normal((2, 3, 9, 7)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"body.0": 5, "body.3": 3}, "0.5": 0.5, "1.0": 1.0})
+        assert slim.meta["ops"][-1]["op"] == "softmax"
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("axis,opset,shape,ok", [
+        (1, 17, [1, 4, 4, 4], True), (-3, 13, [1, 4, 4, 4], True), (1, 11, [1, 4, 1, 1], True),
+        (1, 11, [1, 4, 4, 4], False), (-1, 17, [1, 4, 4, 4], False), (2, 17, [1, 4, 4, 4], False)])
+    def test_only_the_channel_axis(self, axis: int, opset: int, shape: list[int], ok: bool) -> None:
+        model = _softmax_model(axis, opset, shape)
+        if ok:
+            slim = onnx_to_slim(model, (1.0,))
+            x = np.random.default_rng(17).standard_normal(shape).astype(np.float32)
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(model, x)) < RTOL
+        else:
+            with pytest.raises(ConversionError, match=r"Softmax 'sm' over .* slimrt converts the softmax over the "
+                                                      r"channels \(axis 1\)"):
+                onnx_to_slim(model, (1.0,))
+
+
+class PadNet(torch.nn.Module):
+    """Zero padding written as its own op (TensorFlow-style 'SAME' on strided convs, padded pools):
+    ZeroPad2d and F.pad before convs (dense, depthwise), an AveragePool and a MaxPool after a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1 = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 13, 3, stride=2), nn.BatchNorm2d(13),
+                                nn.ReLU())
+        self.pool = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(3, stride=2))
+        self.dw = nn.Sequential(nn.ZeroPad2d((1, 2, 2, 1)), nn.Conv2d(13, 13, 4, groups=13), nn.BatchNorm2d(13))
+        self.avg = nn.AvgPool2d(4, stride=1, padding=1)  # count_include_pad=True, PyTorch's default
+        self.c2 = nn.Conv2d(13, 7, 3, padding=1)
+        self.fc = nn.Linear(7, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.pool(self.c1(x)))
+        y = self.c2(self.avg(torch.nn.functional.pad(y, (1, 0, 0, 1))) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+def _pad_model(pads: list[int], mode: str = "constant", value: float = 0.0, then: str = "Conv") -> onnx.ModelProto:
+    """conv -> relu? -> Pad -> Conv | MaxPool | AveragePool | Relu."""
+    n = helper.make_node
+    inits = [_init("w", np.random.default_rng(18).standard_normal((8, 4, 1, 1)).astype(np.float32)),
+             _init("w2", np.random.default_rng(19).standard_normal((5, 8, 3, 3)).astype(np.float32)),
+             _init("pads", np.array(pads, np.int64)), _init("value", np.array(value, np.float32))]
+    nodes = [n("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1])]
+    src = "c"
+    if then == "MaxPool+relu":
+        nodes.append(n("Relu", ["c"], ["r"], name="relu"))
+        src = "r"
+    nodes.append(n("Pad", [src, "pads", "value"], ["p"], name="pad", mode=mode))
+    if then == "Conv":
+        nodes.append(n("Conv", ["p", "w2"], ["y"], name="conv2", kernel_shape=[3, 3]))
+    elif then.startswith("MaxPool"):
+        nodes.append(n("MaxPool", ["p"], ["y"], name="pool", kernel_shape=[3, 3]))
+    elif then == "AveragePool":
+        nodes.append(n("AveragePool", ["p"], ["y"], name="pool", kernel_shape=[2, 2], pads=[1, 1, 0, 0]))
+    else:
+        nodes.append(n(then, ["p"], ["y"], name="after"))
+    graph = helper.make_graph(nodes, "pad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class TestZeroPad:
+    @pytest.fixture
+    def converted(self, pad_converted):
+        return pad_converted
+
+    def test_no_pad_op_is_left_and_convs_and_pools_carry_it(self, converted) -> None:
+        _, _, slim = converted
+        ops = {op["name"]: op for op in slim.meta["ops"]}
+        assert ops["c1.1"]["pads"] == [0, 0, 1, 1] and ops["dw.1"]["pads"] == [2, 1, 1, 2]
+        pools = [op for op in slim.meta["ops"] if op["op"] in ("maxpool", "avgpool")]
+        assert [(p["op"], p["pads"]) for p in pools] == [("maxpool", [1, 1, 1, 1]), ("avgpool", [1, 2, 2, 1])]
+        assert pools[1]["count_include_pad"]
+
+    def test_full_width_equals_the_source_module(self, converted) -> None:
+        net, x, slim = converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, converted) -> None:
+        _, x, slim = converted
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("then", ["Conv", "MaxPool+relu"])
+    def test_onnx_pad_folds(self, then: str) -> None:
+        proto = _pad_model([0, 0, 1, 2, 0, 0, 2, 1], then=then)
+        slim = onnx_to_slim(proto, (1.0,))
+        assert [op["pads"] for op in slim.meta["ops"] if "pads" in op][-1] == [1, 2, 2, 1]
+        x = np.random.default_rng(20).standard_normal((1, 4, 6, 6)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(proto, x)) < RTOL
+
+    @pytest.mark.parametrize("pads,mode,value,then,expect", [
+        ([0, 0, 1, 1, 0, 0, 1, 1], "reflect", 0.0, "Conv", r"Pad 'pad' with mode 'reflect'"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "edge", 0.0, "Conv", r"Pad 'pad' with mode 'edge'"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 1.0, "Conv", r"Pad 'pad' with value 1.0"),
+        ([0, 1, 0, 0, 0, 0, 0, 0], "constant", 0.0, "Conv", r"Pad 'pad' with pads \[0, 1, 0, 0, 0, 0, 0, 0\]"),
+        ([0, 0, -1, 0, 0, 0, 0, 0], "constant", 0.0, "Conv", r"Pad 'pad' with pads"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "Relu", r"Pad 'pad' feeds Relu 'after'; slimrt folds"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "MaxPool", r"a zero can be the maximum of a window"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], "constant", 0.0, "AveragePool", r"AveragePool 'pool' has pads \[1, 1, 0, 0\] it does "
+                                                                     r"not count, after Pad 'pad'"),
+    ], ids=["reflect", "edge", "value", "channels", "negative", "read-by-relu", "maxpool-of-signed", "avgpool-uncounted"])
+    def test_other_pads_are_refused_naming_the_node(self, pads, mode, value, then, expect) -> None:
+        with pytest.raises(ConversionError, match=expect):
+            onnx_to_slim(_pad_model(pads, mode, value, then), (1.0,))
+
+
+@pytest.fixture(scope="module")
+def pad_converted():
+    torch.manual_seed(21)
+    net = PadNet().eval()
+    randomize_bn(net, 22)
+    x = np.random.default_rng(23).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"c1.1": 5, "c2": 3}, "0.5": 0.5, "1.0": 1.0})
+
+
+class PreActBlock(torch.nn.Module):
+    """Pre-activation ResNet (He et al., 2016b): BN -> ReLU -> conv, twice, on the residual branch
+    of an identity shortcut, and a final BN -> ReLU before the pool; the first BN reads the block
+    input, which the shortcut reads too, so no conv can absorb it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, 13, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(13), nn.Conv2d(13, 21, 3, padding=1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(21), nn.Conv2d(21, 13, 3, padding=1, bias=False)
+        self.bn, self.fc = nn.BatchNorm2d(13), nn.Linear(13, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = x + self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        return self.fc(torch.relu(self.bn(y)).mean((2, 3)))
+
+
+class Caffe2Style(torch.nn.Module):
+    """Per-channel constants written as Mul / Add / Sub / Div: input normalisation, a scale after
+    a conv (folds into it), a shift after a ReLU (stays), one with zero shift before a padded conv
+    (folds forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 13, 3, padding=1), nn.Conv2d(13, 11, 3, padding=1), \
+            nn.Conv2d(11, 7, 3, padding=1)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 13).view(1, 13, 1, 1))
+        self.register_buffer("shift", torch.linspace(-0.3, 0.3, 13).view(1, 13, 1, 1))
+        self.register_buffer("k", torch.linspace(0.7, 1.3, 11).view(1, 11, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1((x - self.mean) / self.std) * self.gain + self.shift
+        y = torch.relu(y) + self.shift
+        y = self.c2(y)
+        return self.c3(torch.relu(y) * self.k)
+
+
+@pytest.fixture(scope="module")
+def preact_converted():
+    torch.manual_seed(24)
+    net = PreActBlock().eval()
+    randomize_bn(net, 25)
+    x = np.random.default_rng(26).standard_normal((2, 3, 10, 9)).astype(np.float32)
+    return net, x, torch_to_slim(net, x, widths={"small": {"stem": 5, "conv1": 7}, "0.5": 0.5, "1.0": 1.0})
+
+
+class TestScaleBias:
+    def test_preact_batch_norms_become_scale_bias_ops_with_their_relu(self, preact_converted) -> None:
+        _, _, slim = preact_converted
+        ops = [op for op in slim.meta["ops"] if op["op"] == "scale_bias"]
+        assert [(op["act"], sorted(k for k in slim.tensors if k.startswith(op["name"] + "."))) for op in ops] == \
+            [("relu", [f"{op['name']}.bias", f"{op['name']}.scale"]) for op in ops]
+        assert len(ops) == 2  # bn1 and the final bn; bn2 folds into conv1 before it
+        assert any(op["name"] == "conv1" and op["act"] == "relu" for op in slim.meta["ops"])
+
+    def test_full_width_equals_the_source_module(self, preact_converted) -> None:
+        net, x, slim = preact_converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, preact_converted) -> None:
+        _, x, slim = preact_converted
+        check_all_profiles(slim, x)
+
+    def test_per_channel_constants(self) -> None:
+        torch.manual_seed(27)
+        net = Caffe2Style().eval()
+        x = np.random.default_rng(28).standard_normal((1, 3, 8, 9)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"c1": 5, "c2": 3}, "1.0": 1.0})
+        kinds = [op["op"] for op in slim.meta["ops"]]
+        # the normalisation stays (the padded c1 reads it), gain and shift fold into c1, the shift after
+        # the ReLU stays, k (no shift) folds into c3
+        assert kinds == ["scale_bias", "conv", "scale_bias", "conv", "conv"]
+        assert slim.meta["ops"][1]["act"] == "relu" and slim.meta["ops"][3]["act"] == "relu"
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_shift_free_or_unpadded_input_affine_folds_forward(self) -> None:
+        class Fold(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c1, self.bn = torch.nn.Conv2d(3, 13, 1), torch.nn.BatchNorm2d(13)
+                self.c2, self.c3 = torch.nn.Conv2d(13, 9, 3, padding=1), torch.nn.Conv2d(13, 9, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = self.bn(torch.relu(self.c1(x * 2.0 - 1.0)))  # the network input, unpadded 1x1 reader
+                return self.c2(y) + self.c3(y)                    # a BN with no shift, read by two convs
+
+        net = Fold().eval()
+        with torch.no_grad():
+            net.bn.running_mean.zero_()
+            net.bn.bias.zero_()
+            net.bn.weight.copy_(torch.linspace(0.5, 2.0, 13))
+        x = np.random.default_rng(29).standard_normal((1, 3, 6, 7)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"c1": 5}, "1.0": 1.0})
+        assert [op["op"] for op in slim.meta["ops"]] == ["conv", "conv", "conv", "add"]
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_final_batch_norm_at_the_output(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
+        randomize_bn(net, 30)
+        x = np.random.default_rng(31).standard_normal((1, 3, 4, 4)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths=(1.0,))
+        assert [op["op"] for op in slim.meta["ops"]] == ["conv", "scale_bias"]
+        with torch.no_grad():
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), net(torch.from_numpy(x)).numpy()) < RTOL
+
+
+class SqueezeExcite(torch.nn.Module):
+    """Squeeze-and-excitation as MobileNetV3 (torchvision) and EfficientNet write it: global pool,
+    1x1 conv, activation, 1x1 conv, (hard) sigmoid, then ``scale * input``."""
+
+    def __init__(self, channels: int, reduced: int, act: type[torch.nn.Module], gate: type[torch.nn.Module]) -> None:
+        super().__init__()
+        self.fc1, self.act = torch.nn.Conv2d(channels, reduced, 1), act()
+        self.fc2, self.gate = torch.nn.Conv2d(reduced, channels, 1), gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return scale * x
+
+
+class SENet(torch.nn.Module):
+    """Inverted residuals with SE on the depthwise output (hardsigmoid and sigmoid gates), an SE on
+    a residual sum, odd channel counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 13, 3, padding=1), nn.BatchNorm2d(13), nn.Hardswish())
+        self.expand = nn.Sequential(nn.Conv2d(13, 37, 1), nn.BatchNorm2d(37), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(37, 37, 3, padding=1, groups=37), nn.BatchNorm2d(37), nn.Hardswish())
+        self.se1 = SqueezeExcite(37, 11, nn.ReLU, nn.Hardsigmoid)
+        self.project = nn.Sequential(nn.Conv2d(37, 13, 1), nn.BatchNorm2d(13))
+        self.se2 = SqueezeExcite(13, 5, nn.SiLU, nn.Sigmoid)
+        self.fc = nn.Linear(13, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.project(self.se1(self.dw(self.expand(x))))
+        return self.fc(self.se2(x).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def se_converted():
+    torch.manual_seed(32)
+    net = SENet().eval()
+    randomize_bn(net, 33)
+    x = np.random.default_rng(34).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    widths = {"small": {"stem.0": 5, "expand.0": 9, "se1.fc1": 3, "se2.fc1": 2}, "0.5": 0.5, "1.0": 1.0}
+    return net, x, torch_to_slim(net, x, widths=widths)
+
+
+class TestChannelGate:
+    def test_se_blocks_become_mul_ops_whose_gate_writes_the_input_group(self, se_converted) -> None:
+        _, _, slim = se_converted
+        ops = {op["name"]: op for op in slim.meta["ops"]}
+        muls = [op for op in slim.meta["ops"] if op["op"] == "mul"]
+        assert len(muls) == 2
+        groups = slim.meta["groups"]
+        assert ops["se1.fc2"]["out_group"] == ops["expand.0"]["out_group"]
+        assert ops["se2.fc2"]["out_group"] == ops["stem.0"]["out_group"]
+        reduced = {groups[ops[n]["out_group"]]["name"]: groups[ops[n]["out_group"]] for n in ("se1.fc1", "se2.fc1")}
+        assert {g["size"] for g in reduced.values()} == {11, 5} and not any(g["fixed"] for g in reduced.values())
+        assert ops["se1.fc2"]["act"] == "hardsigmoid" and ops["se2.fc2"]["act"] == "sigmoid"
+        assert ops["se2.fc1"]["act"] == "silu"
+
+    def test_full_width_equals_the_source_module(self, se_converted) -> None:
+        net, x, slim = se_converted
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), want) < RTOL
+
+    def test_every_profile_engine_onnxruntime_torch(self, se_converted) -> None:
+        _, x, slim = se_converted
+        check_all_profiles(slim, x)
+
+    def test_gate_over_a_concat_fixes_its_groups(self) -> None:
+        class CatSE(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.a, self.b = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(3, 8, 1)
+                self.se = SqueezeExcite(16, 4, torch.nn.ReLU, torch.nn.Sigmoid)
+                self.c = torch.nn.Conv2d(16, 8, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.c(self.se(torch.cat([self.a(x), self.b(x)], 1)))
+
+        x = np.random.default_rng(35).standard_normal((1, 3, 5, 5)).astype(np.float32)
+        slim = torch_to_slim(CatSE().eval(), x, widths={"small": {"se.fc1": 2}, "1.0": 1.0})
+        fixed = [g for g in slim.meta["groups"] if "channel gate" in g["why"]]
+        assert len(fixed) == 3 and all(g["fixed"] for g in fixed)
+        check_all_profiles(slim, x)
+
+    def test_product_of_two_maps_is_refused(self) -> None:
+        node = helper.make_node("Mul", ["c", "c"], ["y"], name="square")
+        with pytest.raises(ConversionError, match=r"Mul 'square' multiplies activations of shapes \(1, 8, 4, 4\) and "
+                                                  r"\(1, 8, 4, 4\).*channel gate"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]), (1.0,))
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 
@@ -423,7 +983,7 @@ class TestImportance:
         with torch.no_grad():
             net[1].weight.copy_(gamma)
         x = np.random.default_rng(11).standard_normal((1, 3, 6, 6)).astype(np.float32)
-        slim = torch_to_slim(net, x, importance="bn")
+        slim = torch_to_slim(net, x, widths=(0.5, 1.0), importance="bn")
         op = next(o for o in slim.meta["ops"] if o["op"] == "conv")
         stored = slim.tensors[op["name"] + ".scale"]
         order = np.argsort(-np.abs(gamma.numpy()), kind="stable")
@@ -521,6 +1081,27 @@ class TestProfiles:
         with pytest.raises(ProfileError):
             torch_to_slim(small_net, x16, widths=widths)
 
+    def test_identical_profiles_are_written_once_with_a_warning(self) -> None:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(16 * 4 * 4, 3)).eval()
+        x = np.random.default_rng(13).standard_normal((1, 3, 6, 6)).astype(np.float32)
+        with pytest.warns(DuplicateProfileWarning) as caught:
+            slim = torch_to_slim(net, x, widths=(0.25, 0.5, 0.75, 1.0))
+        assert [str(w.message) for w in caught] == [
+            "profile '0.5' comes out identical to profile '0.25' (the same width in every channel group of this "
+            "model), so the file holds '0.25' only; multiplier 0.5 still runs it",
+            "profile '1.0' comes out identical to profile '0.75' (the same width in every channel group of this "
+            "model), so the file holds '0.75' only; multiplier 1.0 still runs it"]
+        assert [(p["name"], p["widths"]) for p in slim.meta["profiles"]] == [("0.25", [8, 3]), ("0.75", [16, 3])]
+        model = slimrt.load(to_bytes(slim))
+        np.testing.assert_array_equal(model.run(x, 0.5), model.run(x, "0.25"))
+
+    def test_identical_explicit_profiles_are_written_once(self, small_net, x16) -> None:
+        same = {"stem.0": 8, "side": 16}
+        with pytest.warns(DuplicateProfileWarning, match="profile 'b' comes out identical to profile 'a'.*holds 'a' only$"):
+            slim = torch_to_slim(small_net, x16, widths={"a": same, "b": dict(same), "1.0": 1.0})
+        assert [p["name"] for p in slim.meta["profiles"]] == ["a", "1.0"]
+
     def test_unknown_profile_on_export(self, small_net, x16) -> None:
         slim = torch_to_slim(small_net, x16)
         with pytest.raises(ProfileError, match="unknown profile 'huge'"):
@@ -586,22 +1167,18 @@ class TestUnsupported:
         with pytest.raises(ConversionError, match=r"Clip 'hardtanh' clips to \[-1.0, 1.0\]"):
             onnx_to_slim(_single_node_model(node, [1, 8, 4, 4], inits))
 
-    def test_batchnorm_without_a_conv_before_it(self) -> None:
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(8)).eval()
-        with pytest.raises(ConversionError, match="BatchNormalization '.*' does not directly follow"):
-            torch_to_slim(net, np.zeros((1, 3, 4, 4), np.float32))
-
-    def test_non_silu_mul(self) -> None:
-        node = helper.make_node("Mul", ["c", "c"], ["y"], name="square")
-        with pytest.raises(ConversionError, match="Mul 'square' is not x \\* Sigmoid\\(x\\)"):
-            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]))
+    def test_constant_varying_over_the_image_is_refused(self) -> None:
+        inits = [_init("k", np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))]
+        node = helper.make_node("Mul", ["c", "k"], ["y"], name="ramp")
+        with pytest.raises(ConversionError, match=r"Mul 'ramp' applies a constant of shape \(1, 1, 4, 4\)"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 4, 4], inits), (1.0,))
 
     def test_symbolic_spatial_input_needs_input_shape(self) -> None:
         model = _single_node_model(helper.make_node("Relu", ["c"], ["y"], name="r"), [1, 8, 4, 4])
         model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
         with pytest.raises(ConversionError, match="pass input_shape"):
             onnx_to_slim(model)
-        assert onnx_to_slim(model, input_shape=(1, 4, 5, 5)).meta["input"]["shape"] == [1, 4, 5, 5]
+        assert onnx_to_slim(model, (1.0,), input_shape=(1, 4, 5, 5)).meta["input"]["shape"] == [1, 4, 5, 5]
 
 
 # ---- command line -----------------------------------------------------------------------
@@ -629,6 +1206,14 @@ class TestCli:
         assert _cli(["export-onnx", str(slim_path), "--profile", "0.5", "-o", str(out)]) == 0
         x = np.random.default_rng(12).standard_normal((1, 3, 12, 12)).astype(np.float32)
         assert rel_err(run_ort(onnx.load(str(out)), x), run_reference(slim, x, "0.5")) < RTOL
+
+    def test_convert_prints_identical_profiles(self, tmp_path: Path, capsys) -> None:
+        src, slim_path = tmp_path / "in.onnx", tmp_path / "m.slim"
+        onnx.save(handmade_onnx(), str(src))
+        assert _cli(["convert", str(src), "-o", str(slim_path), "--widths", "0.25,0.5,1.0", "-q"]) == 0
+        err = capsys.readouterr().err
+        assert "slimrt: warning: profile '0.5' comes out identical to profile '0.25'" in err
+        assert [p["name"] for p in read(slim_path).meta["profiles"]] == ["0.25", "1.0"]
 
     def test_errors_are_reported_not_raised(self, tmp_path: Path, capsys) -> None:
         assert _cli(["info", str(tmp_path / "missing.slim")]) == 2

@@ -10,6 +10,7 @@ import pytest
 import corrupt
 import slimrt
 from slimrt import models
+from slimrt.builder import ModelBuilder
 from slimrt.format import profile_cost, to_bytes
 from slimrt.reference import run_reference
 
@@ -95,6 +96,29 @@ def test_profile_keys_are_equivalent(default_model):
     np.testing.assert_array_equal(default_model.run(x, 0.5), default_model.run(x, uniform.name))
 
 
+def test_no_profile_runs_the_most_expensive_one(default_model):
+    x = np.random.default_rng(4).standard_normal(default_model.input_shape).astype(np.float32)
+    full = default_model.profiles[-1]
+    assert full.macs == max(p.macs for p in default_model.profiles)
+    want = default_model.run(x, full.name)
+    np.testing.assert_array_equal(default_model.run(x), want)
+    np.testing.assert_array_equal(default_model.session().run(x), want)
+    np.testing.assert_array_equal(default_model.run(x, None), want)
+    assert default_model.widths() == full.widths and default_model.macs() == full.macs
+    assert [name for name, _ in default_model.session().profile_ops(x)] == \
+        [name for name, _ in default_model.session().profile_ops(x, full.name)]
+
+
+def test_no_profile_on_a_model_without_profiles_runs_full_width():
+    b = ModelBuilder("bare", input_shape=(1, 3, 6, 6))
+    b.conv(b.input, np.ones((4, 3, 1, 1), np.float32), out_group=b.group("a", 4), act="relu")
+    slim = b.build()
+    model = slimrt.load(to_bytes(slim))
+    assert model.profiles == []
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(model.run(x), run_reference(slim, x, 1.0), rtol=1e-5)
+
+
 def test_switching_profiles_gives_identical_results(default_model):
     x = np.random.default_rng(3).standard_normal(default_model.input_shape).astype(np.float32)
     session = default_model.session()
@@ -170,7 +194,7 @@ def test_unknown_profiles(default_model):
     with pytest.raises(slimrt.ProfileError, match="outside this model's range"):
         default_model.run(x, 1.5)
     with pytest.raises(slimrt.ProfileError):
-        default_model.run(x, None)
+        default_model.run(x, "")
     assert default_model.run(x, 0).shape[0] == 1
 
 

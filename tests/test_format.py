@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -207,7 +208,7 @@ VGG_CASES: list[tuple[str, Mutation, str]] = [
     ("duplicate_op", duplicate_op_name, "used by an earlier op"),
     ("duplicate_output", duplicate_output, "already exists"),
     ("unknown_kind", set_op("c2", op="conv3d"), "'conv3d'"),
-    ("unknown_act", set_op("c2", act="gelu"), "'gelu'"),
+    ("unknown_act", set_op("c2", act="gelu_tanh"), "'gelu_tanh'"),
     ("missing_kernel", drop_field("c2", "kernel"), "\"kernel\""),
     ("bad_stride", set_op("c2", stride=[0, 1]), "\"stride\""),
     ("bad_pads", set_op("c2", pads=[1, 1, 1]), "\"pads\""),
@@ -570,6 +571,143 @@ def test_builder_duplicate_profile() -> None:
         b.profile("0.5", [1, 1, 8])
 
 
+# -- activations with parameters ----------------------------------------------------------------
+
+def test_activation_parameters_default_as_in_onnx() -> None:
+    b = ModelBuilder("acts", input_shape=(1, 3, 4, 4))
+    x = b.conv(b.input, np.ones((4, 3, 1, 1)), out_group=b.group("a", 4), act="hardsigmoid")
+    x = b.act(x, "leaky_relu", name="leaky")
+    x = b.act(x, "elu", alpha=0.5, name="elu")
+    b.act(x, "gelu", name="gelu")
+    slim = b.build()
+    written = {op["name"]: {k: v for k, v in op.items() if k.startswith("act_")} for op in slim.meta["ops"]}
+    assert written == {"conv0": {"act_alpha": 0.2, "act_beta": 0.5}, "leaky": {"act_alpha": 0.01},
+                       "elu": {"act_alpha": 0.5}, "gelu": {}}
+    meta = copy.deepcopy(slim.meta)
+    for op in meta["ops"]:
+        op.pop("act_alpha", None)
+        op.pop("act_beta", None)
+    ops = {op.name: op for op in fmt.parse_ops(meta)}
+    assert (ops["conv0"].act_alpha, ops["conv0"].act_beta) == (0.2, 0.5)
+    assert (ops["leaky"].act_alpha, ops["elu"].act_alpha, ops["gelu"].act_alpha) == (0.01, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("act,extra,expect", [
+    ("relu", {"act_alpha": 0.1}, "op 'a' has \"act_alpha\", which activation 'relu' does not take"),
+    ("leaky_relu", {"act_beta": 0.1}, "op 'a' has \"act_beta\", which activation 'leaky_relu' does not take"),
+    ("elu", {"act_alpha": "0.5"}, "op 'a' field \"act_alpha\" must be a finite number"),
+    ("hardsigmoid", {"act_beta": True}, "op 'a' field \"act_beta\" must be a finite number"),
+])
+def test_activation_parameters_are_checked_by_both_readers(act: str, extra: dict, expect: str) -> None:
+    import json
+
+    import safetensors.numpy
+
+    b = ModelBuilder("acts", input_shape=(1, 3, 4, 4))
+    b.conv(b.input, np.ones((4, 3, 1, 1)), out_group=b.group("a", 4), name="a")
+    slim = b.build()
+    meta = copy.deepcopy(slim.meta)
+    meta["ops"][0].update(act=act, **extra)
+    with pytest.raises(InvalidModelError, match=re.escape(expect)):
+        fmt.parse_ops(meta)
+    data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    assert engine_error(data) == expect
+    meta["ops"][0].update(act="leaky_relu", act_alpha=float("nan"))
+    meta["ops"][0].pop("act_beta", None)
+    with pytest.raises(InvalidModelError, match="must be a finite number"):
+        fmt.parse_ops(meta)
+
+
+# -- prelu ----------------------------------------------------------------------------------------
+
+def test_prelu_needs_one_slope_per_channel_and_counts_its_active_slopes() -> None:
+    b = ModelBuilder("prelu", input_shape=(1, 3, 4, 4), min_multiplier=0.5)
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(ValueError, match="'p' slope must have shape \\(16,\\)"):
+        b.prelu(x, np.ones(15), name="p")
+    b.prelu(x, np.ones(16), name="p")
+    b.uniform_profiles((0.5, 1.0))
+    slim = b.build()
+    assert [p["params"] for p in slim.meta["profiles"]] == [3 * 8 + 8, 3 * 16 + 16]
+    broken = fmt.SlimFile(slim.meta, {k: v for k, v in slim.tensors.items() if k != "p.slope"})
+    with pytest.raises(InvalidModelError, match="op 'p' needs tensor 'p.slope'"):
+        fmt.validate(broken)
+    short = fmt.SlimFile(slim.meta, dict(slim.tensors, **{"p.slope": np.ones(8, np.float32)}))
+    with pytest.raises(InvalidModelError, match="tensor 'p.slope' has shape \\[8\\], op 'p' needs \\[16\\]"):
+        fmt.validate(short)
+    import json
+
+    import safetensors.numpy
+
+    data = safetensors.numpy.save(dict(short.tensors), metadata={"slimrt": json.dumps(slim.meta)})
+    assert engine_error(data) == "tensor 'p.slope' has shape [8], op 'p' needs [16]"
+
+
+# -- scale_bias -------------------------------------------------------------------------------------
+
+def test_scale_bias_vectors_and_profile_epilogues_are_checked_by_both_readers() -> None:
+    import json
+
+    import safetensors.numpy
+
+    b = ModelBuilder("sb", input_shape=(1, 3, 4, 4), min_multiplier=0.5)
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(ValueError, match="'s' bias must have shape \\(16,\\)"):
+        b.scale_bias(x, bias=np.ones(3), name="s")
+    b.scale_bias(x, np.ones(16), act="relu", name="s")
+    b.uniform_profiles((0.5, 1.0))
+    b.epilogue("s", "0.5", np.full(8, 2.0), np.zeros(8))
+    slim = b.build()
+    # params: the conv's weights, the scale's active values, and the profile's own bias at 0.5
+    assert [p["params"] for p in slim.meta["profiles"]] == [3 * 8 + 2 * 8, 3 * 16 + 16]
+    bad = dict(slim.tensors, **{"s.bias@0.5": np.zeros(16, np.float32)})
+    expect = "tensor 's.bias@0.5' has shape [16], op 's' at profile '0.5' needs [8]"
+    with pytest.raises(InvalidModelError, match=re.escape(expect)):
+        fmt.validate(fmt.SlimFile(slim.meta, bad))
+    data = safetensors.numpy.save(bad, metadata={"slimrt": json.dumps(slim.meta)})
+    assert engine_error(data) == expect
+
+
+# -- channel gate ---------------------------------------------------------------------------------
+
+def gate_builder() -> ModelBuilder:
+    b = ModelBuilder("gate", input_shape=(1, 3, 6, 6), min_multiplier=0.5)
+    rng = np.random.default_rng(5)
+    a = b.group("a", 16)
+    x = b.conv(b.input, rng.normal(size=(16, 3, 1, 1)), out_group=a, name="x")
+    s = b.conv(b.global_avgpool(x), rng.normal(size=(8, 16, 1, 1)), out_group=b.group("se", 8), act="relu")
+    g = b.conv(s, rng.normal(size=(16, 8, 1, 1)), out_group=a, act="sigmoid", name="g")
+    b.mul(x, g, name="m")
+    b.uniform_profiles((0.5, 1.0))
+    return b.build()
+
+
+def test_gate_must_be_n_c_1_1_of_its_input() -> None:
+    b = ModelBuilder("gate", input_shape=(1, 3, 6, 6))
+    x = b.conv(b.input, np.ones((16, 3, 1, 1)), out_group=b.group("a", 16))
+    with pytest.raises(InvalidModelError, match=r"multiplies \[1, 16, 6, 6\] by \[1, 16, 6, 6\]; the gate"):
+        b.mul(x, x)
+
+
+def test_gate_from_another_group_is_refused_by_both_readers() -> None:
+    import json
+
+    import safetensors.numpy
+
+    slim = gate_builder()
+    assert fmt.channel_maps(slim.meta, [8, 4])["m"].runs == ((0, 8),)
+    meta = copy.deepcopy(slim.meta)
+    meta["groups"].append({"name": "other", "size": 16, "fixed": False, "why": ""})
+    next(op for op in meta["ops"] if op["name"] == "g")["out_group"] = 2
+    for p in meta["profiles"]:
+        p["widths"].append(p["widths"][0])
+    meta["profiles"].insert(0, {"name": "skew", "widths": [8, 8, 16], "macs": 0, "params": 0})
+    with pytest.raises(InvalidModelError, match="mul 'm': its gate 'g' and its input 'x' must have the same channels"):
+        fmt.validate(fmt.SlimFile(meta, slim.tensors))
+    data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    assert "profile 'skew'" in engine_error(data) and "the gate must have its input's channels" in engine_error(data)
+
+
 # -- channel shuffle ----------------------------------------------------------------------------
 
 def shuffle_builder(fixed: bool) -> ModelBuilder:
@@ -687,6 +825,11 @@ SAME_ERROR_CASES: dict[str, Callable[[bytes], tuple[bytes, str]]] = {
     "deep_model_json_65": lambda d: (corrupt.deep_model_json(d, 65).data, DEEP_MODEL),
     "deep_header_json_1000": lambda d: (corrupt.deep_header_json(d, 1000).data, DEEP_HEADER),
     "deep_header_json_65": lambda d: (corrupt.deep_header_json(d, 65).data, DEEP_HEADER),
+    "activation_parameter_not_taken": lambda d: (
+        corrupt.activation_parameter_not_taken(d).data,
+        "op 'stem' has \"act_beta\", which activation 'relu' does not take"),
+    "activation_parameter_not_a_number": lambda d: (
+        corrupt.activation_parameter_not_a_number(d).data, "op 'stem' field \"act_alpha\" must be a finite number"),
     "output_is_input": lambda d: (corrupt.output_is_input(d).data,
                                   "the model's output is its input 'input': the output must be "
                                   "produced by an op"),

@@ -53,6 +53,14 @@ def check_all_profiles(builder: ModelBuilder, x: np.ndarray, rtol: float = 1e-4)
     return len(model.profiles)
 
 
+# Every activation, the parameterised ones with their defaults and with other values.
+ACTIVATIONS = [("none", {}), ("relu", {}), ("relu6", {}), ("hardswish", {}), ("silu", {}), ("sigmoid", {}),
+               ("leaky_relu", {}), ("leaky_relu", {"act_alpha": 0.3}), ("tanh", {}), ("gelu", {}),
+               ("hardsigmoid", {}), ("hardsigmoid", {"act_alpha": 1 / 6, "act_beta": 0.5}), ("elu", {}),
+               ("elu", {"act_alpha": 0.4})]
+ACT_IDS = [a + "".join(f"-{v:.3g}" for v in kw.values()) for a, kw in ACTIVATIONS]
+
+
 def stem(b: ModelBuilder, rng, cin: int, size: int, name: str = "a") -> tuple[str, int]:
     """A 1x1 conv from the input into a new group of `size` channels."""
     g = b.group(name, size)
@@ -165,13 +173,13 @@ def test_first_conv_reads_nchw_input(isa, cin, kernel, stride, pad, threads):
         assert float(np.abs(got - want).max()) <= 1e-4 * max(float(np.abs(want).max()), 1e-6), w
 
 
-@pytest.mark.parametrize("act", ["none", "relu", "relu6", "hardswish", "silu", "sigmoid"])
-def test_fused_activations(isa, act):
+@pytest.mark.parametrize("act,params", ACTIVATIONS, ids=ACT_IDS)
+def test_fused_activations(isa, act, params):
     rng = np.random.default_rng(7)
     b = ModelBuilder("act", input_shape=(1, 3, 9, 9), min_multiplier=0.1)
     a, _ = stem(b, rng, 3, 19)
     g = b.group("b", 21)
-    y = b.conv(a, 3 * weights(rng, 21, 19, 3, 3), out_group=g, bias=vec(rng, 21), padding=1, act=act)
+    y = b.conv(a, 3 * weights(rng, 21, 19, 3, 3), out_group=g, bias=vec(rng, 21), padding=1, act=act, **params)
     b.set_output(y)
     for wa, wb in [(19, 21), (3, 17), (1, 1), (11, 5)]:
         b.profile(f"{wa}x{wb}", {"a": wa, "b": wb})
@@ -281,12 +289,12 @@ def test_linear_after_flatten_every_width(isa, spatial):
     check_all_profiles(b, rng.standard_normal((3, 3, hw, hw)).astype(np.float32))
 
 
-@pytest.mark.parametrize("act", ["relu", "relu6", "hardswish", "silu", "sigmoid"])
-def test_standalone_activation(act):
+@pytest.mark.parametrize("act,params", ACTIVATIONS, ids=ACT_IDS)
+def test_standalone_activation(act, params):
     rng = np.random.default_rng(2)
     b = ModelBuilder("act", input_shape=(1, 3, 5, 5), min_multiplier=0.01)
     a = b.conv(b.input, 4 * weights(rng, 9, 3, 1, 1), out_group=b.group("a", 9))
-    b.set_output(b.act(a, act))
+    b.set_output(b.act(a, act, alpha=params.get("act_alpha"), beta=params.get("act_beta")))
     for w in (1, 4, 9):
         b.profile(str(w), {"a": w})
     check_all_profiles(b, rng.standard_normal((1, 3, 5, 5)).astype(np.float32))
@@ -306,3 +314,139 @@ def test_channel_shuffle_between_fixed_and_sliceable_groups(c, groups):
     for w in range(1, out + 1):
         b.profile(str(w), {"b": w})
     assert check_all_profiles(b, rng.standard_normal((2, 3, 5, 7)).astype(np.float32)) == out
+
+
+@pytest.mark.parametrize("act,params", ACTIVATIONS, ids=ACT_IDS)
+def test_activations_of_every_kernel_propagate_nan(isa, act, params):
+    """One NaN input pixel: every kernel that applies an activation (dense, depthwise and grouped
+    conv epilogues, add, the act op, linear) gives NaN exactly where numpy does, and the
+    reference's values elsewhere, at every width of the odd-sized group."""
+    rng = np.random.default_rng(23)
+    b = ModelBuilder("nan", input_shape=(2, 3, 7, 19), min_multiplier=0.01)
+    g = b.group("a", 13)
+    a = b.conv(b.input, 3 * weights(rng, 13, 3, 3, 3), out_group=g, bias=vec(rng, 13), padding=1, act=act,
+               **params)
+    d = b.conv(a, 3 * weights(rng, 13, 1, 3, 3), groups=13, bias=vec(rng, 13), padding=1, act=act, **params)
+    s = b.add(a, d, act=act, **params)
+    t = b.act(s, act, alpha=params.get("act_alpha"), beta=params.get("act_beta"))
+    fixed = b.group("fixed", 12, fixed=True, why="grouped conv")
+    q = b.conv(b.input, 3 * weights(rng, 12, 3, 1, 1), out_group=fixed)
+    q = b.conv(q, 3 * weights(rng, 12, 4, 3, 3), out_group=b.group("grouped", 12, fixed=True, why="grouped conv"),
+               groups=3, padding=1, act=act, **params)
+    h = b.linear(b.flatten(b.global_avgpool(t)), 3 * weights(rng, 11, 13), out_group=b.group("fc", 11), act=act,
+                 **params)
+    y = b.concat([b.conv(t, weights(rng, 5, 13, 1, 1), out_group=b.group("o", 5)),
+                  b.conv(q, weights(rng, 5, 12, 1, 1), out_group=b.group("p", 5))])
+    for w in range(1, 14):
+        b.profile(str(w), {"a": w, "fc": 11 - w % 3, "o": 5, "p": 5})
+    x = 2 * rng.standard_normal((2, 3, 7, 19)).astype(np.float32)
+    x[0, 1, 0, 0] = np.nan  # image 1 stays finite
+    for output in (y, h):
+        b.set_output(output)
+        slim = b.build()
+        model = slimrt.load(to_bytes(slim))
+        for p in model.profiles:
+            got, want = model.run(x, p.name), run_reference(slim, x, p.name)
+            assert np.array_equal(np.isnan(got), np.isnan(want)), p.name
+            assert 0 < np.isnan(want).sum() < want.size
+            ok = ~np.isnan(want)
+            assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-4 * float(np.abs(want[ok]).max()), p.name
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_prelu_every_width_after_a_concat_and_a_flatten(threads):
+    """Slopes follow the channel map: a prefix, a concat's runs, the features of a flatten."""
+    rng = np.random.default_rng(29)
+    b = ModelBuilder("prelu", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    pa = b.prelu(b.conv(a, weights(rng, 7, 7, 1, 1), out_group="a"), rng.standard_normal(7))
+    p = b.prelu(b.concat([pa, c]), rng.standard_normal(20))
+    y = b.prelu(b.flatten(b.avgpool(p, 2)), rng.standard_normal(20 * 6))
+    b.set_output(y)
+    for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1), (6, 12)]:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    x[1, 2, 3, 5] = np.nan
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
+        ok = ~np.isnan(want)
+        assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_over_the_channels_of_every_pixel(threads):
+    """Softmax of an NCHW map (a segmentation head) over the active channels of each pixel,
+    a concat's runs included, at every width."""
+    rng = np.random.default_rng(31)
+    b = ModelBuilder("softmax", input_shape=(2, 3, 9, 11), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    b.set_output(b.softmax(b.concat([a, c])))
+    for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)] + [(w, 13) for w in range(2, 7)]:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = 3 * rng.standard_normal((2, 3, 9, 11)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert got.shape == want.shape == (2, sum(p["widths"]), 9, 11)
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+        assert float(np.abs(got - want).max()) <= 1e-5, p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scale_bias_every_width_with_profile_epilogues(isa, threads):
+    """A standalone per-channel affine (+ activation) on a prefix, on a concat's runs and on the
+    features of a flatten; shared vectors gathered per channel map, a profile's own in its order."""
+    rng = np.random.default_rng(37)
+    b = ModelBuilder("scale_bias", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    pa = b.scale_bias(a, vec(rng, 7, 1.0), vec(rng, 7), act="hardswish", name="pa")
+    p = b.scale_bias(b.concat([pa, c]), vec(rng, 20, 1.0), vec(rng, 20), act="relu6", name="p")
+    q = b.scale_bias(p, bias=vec(rng, 20), name="q")
+    y = b.scale_bias(b.flatten(b.avgpool(q, 2)), vec(rng, 120, 1.0), name="y")
+    b.set_output(y)
+    pairs = [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)] + [(w, 13 - w) for w in range(2, 7)]
+    for wa, wc in pairs:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    b.epilogue("p", "3-5", vec(rng, 8, 1.0), vec(rng, 8))
+    b.epilogue("pa", "1-1", None, vec(rng, 1))
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(want).any()
+        ok = ~np.isnan(want)
+        assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-5 * float(np.abs(want[ok]).max()), p["name"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c,r", [(3, 1), (13, 5), (37, 11), (127, 7)])
+def test_channel_gate_every_width(isa, threads, c, r):
+    """Squeeze-and-excitation: pool -> conv -> relu -> conv -> hardsigmoid gates the depthwise
+    output; the gate's conv writes the gated group, the reduced channels are a group of their own;
+    every width of both."""
+    rng = np.random.default_rng(41 + c)
+    b = ModelBuilder("se", input_shape=(2, 3, 7, 9), min_multiplier=0.01)
+    a, ga = stem(b, rng, 3, c, "a")
+    d = b.conv(a, weights(rng, c, 1, 3, 3), groups=c, padding=1, bias=vec(rng, c), act="relu6")
+    s = b.conv(b.global_avgpool(d), weights(rng, r, c, 1, 1), out_group=b.group("se", r), bias=vec(rng, r), act="relu")
+    g = b.conv(s, 3 * weights(rng, c, r, 1, 1), out_group=ga, bias=vec(rng, c), act="hardsigmoid", act_alpha=1 / 6)
+    y = b.mul(d, g)
+    b.set_output(b.conv(y, weights(rng, 5, c, 1, 1), out_group=b.group("o", 5, fixed=True)))
+    pairs = {(wa, r) for wa in range(1, c + 1, max(1, c // 13))} | {(c, ws) for ws in range(1, r + 1)}
+    for wa, ws in sorted(pairs):
+        b.profile(f"{wa}-{ws}", {"a": wa, "se": ws})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max()), p["name"]

@@ -37,10 +37,50 @@ def shuffle_net(seed: int = 0) -> fmt.SlimFile:
     return b.build()
 
 
+def act_net(seed: int = 0) -> fmt.SlimFile:
+    """Every activation with parameters: fused into dense, depthwise and linear layers, an add and
+    the act op; odd group sizes."""
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("act_net", input_shape=(1, 3, 9, 7), min_multiplier=0.1)
+    a = b.group("a", 13)
+    x = b.conv(b.input, rng.normal(size=(13, 3, 3, 3)), out_group=a, padding=1, act="leaky_relu",
+               act_alpha=0.2, bias=rng.normal(size=13))
+    y = b.conv(x, rng.normal(size=(13, 1, 3, 3)), groups=13, padding=1, act="elu", act_alpha=0.7)
+    z = b.conv(y, rng.normal(size=(13, 13, 1, 1)) / 4, out_group=a, act="hardsigmoid", act_alpha=1 / 6,
+               act_beta=0.5)
+    s = b.add(x, z, act="tanh")
+    gate = b.conv(b.global_avgpool(s), rng.normal(size=(7, 13, 1, 1)) / 4, out_group=b.group("se", 7), act="relu")
+    gate = b.conv(gate, rng.normal(size=(13, 7, 1, 1)), out_group=a, act="sigmoid")
+    s = b.mul(s, gate)
+    s = b.act(s, "gelu")
+    s = b.act(s, "hardsigmoid")
+    s = b.prelu(b.act(s, "leaky_relu"), rng.normal(size=13))
+    s = b.scale_bias(s, rng.uniform(0.5, 1.5, 13), rng.normal(size=13), act="relu6", name="sb")
+    s = b.scale_bias(s, bias=rng.normal(size=13))
+    f = b.flatten(b.global_avgpool(b.act(s, "elu")))
+    f = b.prelu(f, rng.normal(size=13))
+    f = b.linear(f, rng.normal(size=(11, 13)), out_group=b.group("h", 11), act="gelu")
+    b.linear(f, rng.normal(size=(5, 11)), out_group=b.group("cls", 5, fixed=True), act="tanh")
+    b.uniform_profiles((0.1, 0.5, 1.0))
+    b.profile("odd", {"a": 5, "h": 3, "se": 3})
+    b.epilogue("sb", "odd", rng.uniform(0.5, 1.5, 5), rng.normal(size=5))
+    return b.build()
+
+
 MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net,
-          "shuffle_net": shuffle_net}
-ACTS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
-        "silu": F.silu, "sigmoid": torch.sigmoid}
+          "shuffle_net": shuffle_net, "act_net": act_net}
+# name -> f(x, alpha, beta), with the ONNX defaults of the parameters (model.h)
+ACTS = {"none": lambda x, a, b: x, "relu": lambda x, a, b: F.relu(x), "relu6": lambda x, a, b: F.relu6(x),
+        "hardswish": lambda x, a, b: F.hardswish(x), "silu": lambda x, a, b: F.silu(x),
+        "sigmoid": lambda x, a, b: torch.sigmoid(x), "leaky_relu": lambda x, a, b: F.leaky_relu(x, a),
+        "tanh": lambda x, a, b: torch.tanh(x), "gelu": lambda x, a, b: F.gelu(x),
+        "hardsigmoid": lambda x, a, b: F.hardtanh(a * x + b, 0.0, 1.0), "elu": lambda x, a, b: F.elu(x, a)}
+DEFAULT_ALPHA = {"leaky_relu": 0.01, "elu": 1.0, "hardsigmoid": 0.2}
+
+
+def activation(op: dict[str, Any], x: Any) -> Any:
+    kind = op["act"]
+    return ACTS[kind](x, op.get("act_alpha", DEFAULT_ALPHA.get(kind, 0.0)), op.get("act_beta", 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +89,14 @@ def models() -> dict[str, fmt.SlimFile]:
 
 
 def uniform(meta: dict[str, Any], m: float) -> list[int]:
-    """The nearest multiple of 8 to size*m (halves up), within [min(8, size), size]."""
+    """The nearest of the multiples of 8 below size and size itself to size*m (halves up), at
+    least min(8, size)."""
     widths = []
     for g in meta["groups"]:
         target = g["size"] * m
-        best = min(range(0, g["size"] + 16, 8), key=lambda c: (abs(c - target), -c))
-        widths.append(g["size"] if g["fixed"] else min(max(best, min(8, g["size"])), g["size"]))
+        candidates = list(range(0, g["size"], 8)) + [g["size"]]
+        best = min(candidates, key=lambda c: (abs(c - target), -c))
+        widths.append(g["size"] if g["fixed"] else max(best, min(8, g["size"])))
     return widths
 
 
@@ -88,7 +130,7 @@ class PrunedTorch:
             values = own if own is not None else base[idx] if base is not None else None
             if values is not None:
                 y = y * values.reshape(shape) if which == "scale" else y + values.reshape(shape)
-        return ACTS[op["act"]](y)
+        return activation(op, y)
 
     def conv(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
@@ -122,7 +164,7 @@ class PrunedTorch:
         for _, idx, _ in (a, b):
             assert torch.equal(idx, torch.arange(len(idx)))
         padded = [F.pad(v, (0, 0) * (v.dim() - 2) + (0, width - v.shape[1])) for v, _, _ in (a, b)]
-        return ACTS[op["act"]](padded[0] + padded[1]), torch.arange(width), max(a[2], b[2])
+        return activation(op, padded[0] + padded[1]), torch.arange(width), max(a[2], b[2])
 
     def concat(self, op: dict[str, Any], *args: tuple) -> tuple:
         offsets = np.cumsum([0] + [c for _, _, c in args])
@@ -164,7 +206,19 @@ class PrunedTorch:
 
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
-        return ACTS[op["act"]](x), idx, channels
+        return activation(op, x), idx, channels
+
+    def mul(self, op: dict[str, Any], x: tuple, gate: tuple) -> tuple:
+        assert torch.equal(x[1], gate[1]), "a gate has its input's channels"
+        return x[0] * gate[0], x[1], x[2]
+
+    def scale_bias(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        return self.epilogue(op, x, idx), idx, channels
+
+    def prelu(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        return F.prelu(x, self.t[f"{op['name']}.slope"][idx]), idx, channels
 
     def shuffle(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

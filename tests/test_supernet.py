@@ -65,8 +65,60 @@ def odd_net(seed: int = 0) -> fmt.SlimFile:
     return b.build()
 
 
+def act_net(seed: int = 0) -> fmt.SlimFile:
+    """The parameterised and the newer activations, fused into convs, a linear and an add, and
+    as act ops, over odd group sizes; BN-like scales so the supernet has batch norm on them."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    def sb(n: int) -> dict:
+        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
+                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+
+    b = ModelBuilder("acts", input_shape=(2, 3, 9, 7), min_multiplier=0.2)
+    a = b.group("a", 13)
+    t = b.conv(b.input, w(13, 3, 3, 3), out_group=a, padding=1, act="leaky_relu", act_alpha=0.2, **sb(13))
+    u = b.conv(t, w(13, 1, 3, 3), groups=13, padding=1, act="elu", act_alpha=0.6, **sb(13))
+    v = b.conv(u, w(13, 13, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6, act_beta=0.5, **sb(13))
+    s = b.act(b.add(t, v, act="tanh"), "gelu")
+    gate = b.conv(b.global_avgpool(s), w(7, 13, 1, 1), out_group=b.group("se", 7), act="relu", **sb(7))
+    s = b.mul(s, b.conv(gate, w(13, 7, 1, 1), out_group=a, act="hardsigmoid", act_alpha=1 / 6))
+    s = b.prelu(s, rng.uniform(-0.5, 0.5, 13))
+    s = b.scale_bias(s, act="relu", name="bn", **sb(13))
+    s = b.scale_bias(s, bias=rng.standard_normal(13) * 0.1)
+    f = b.flatten(b.global_avgpool(b.act(s, "elu", alpha=0.3)))
+    f = b.prelu(f, rng.uniform(-0.5, 0.5, 13))
+    f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
+    b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
+    b.uniform_profiles((0.2, 0.5, 1.0))
+    b.profile("uneven", {"a": 5, "h": 3, "se": 2})
+    b.epilogue("bn", "uneven", rng.uniform(0.5, 1.5, 5), rng.standard_normal(5) * 0.1)
+    return b.build()
+
+
+def seg_net(seed: int = 0) -> fmt.SlimFile:
+    """An NCHW output: softmax over the channels of every pixel of a concat of two groups."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    b = ModelBuilder("seg", input_shape=(2, 3, 7, 9), min_multiplier=0.2)
+    a = b.conv(b.input, w(13, 3, 3, 3), out_group=b.group("a", 13), padding=1, act="relu",
+               scale=rng.uniform(0.5, 1.5, 13), bias=rng.standard_normal(13) * 0.1)
+    c = b.conv(a, w(11, 13, 1, 1), out_group=b.group("c", 11), bias=rng.standard_normal(11))
+    b.softmax(b.concat([a, c]))
+    b.uniform_profiles((0.2, 0.5, 1.0))
+    b.profile("uneven", {"a": 5, "c": 3})
+    return b.build()
+
+
 MODELS = {
     "odd": lambda: odd_net(0),
+    "seg": lambda: seg_net(3),
+    "acts": lambda: act_net(1),
     "tiny_resnet": lambda: tiny_resnet(1, input_hw=(16, 16)),  # per-profile epilogues
     "vgg_like": lambda: vgg_like(2),
     "concat_net": lambda: concat_net(3),
@@ -104,7 +156,11 @@ def test_parallel_slices_equal_their_own_forward(case) -> None:
         out = net.forward_parallel(x, slices, sizes=[2, 3, 2])
         for (lo, hi), key in zip([(0, 2), (2, 5), (5, 7)], slices):
             want = net(x[lo:hi], key)
-            np.testing.assert_allclose(out[lo:hi].numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+            # the output's active channels of the full-width parallel output (the rest is zero)
+            info = fmt.channel_maps(net.meta, list(net.widths(key)))[net.meta["output"]]
+            active = torch.from_numpy(info.channel_index())
+            assert not out[lo:hi].index_fill(1, active, 0).any()
+            np.testing.assert_allclose(out[lo:hi].index_select(1, active).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_parallel_training_mode_normalises_each_slice_by_itself() -> None:
@@ -127,8 +183,9 @@ def test_to_slim_round_trips_the_function(case) -> None:
     assert [p["macs"] for p in again.meta["profiles"]] == [p["macs"] for p in slim.meta["profiles"]]
 
 
-def test_trained_bn_statistics_become_per_profile_epilogues() -> None:
-    slim = odd_net(5)
+@pytest.mark.parametrize("make", [odd_net, act_net], ids=["odd", "acts"])
+def test_trained_bn_statistics_become_per_profile_epilogues(make) -> None:
+    slim = make(5)
     net = Supernet.from_slim(slim)
     x = torch.from_numpy(_input(slim, n=16, seed=4))
     net.recalibrate([x[:8], x[8:]])
@@ -196,3 +253,12 @@ def test_unknown_profile_and_bad_widths() -> None:
         net.widths(0.05)
     with pytest.raises(slimrt.ProfileError, match="group 'classes'"):
         net.widths([3, 9, 5, 11, 4])
+
+
+def test_prelu_slopes_train_on_the_active_channels_only() -> None:
+    slim = act_net(2)
+    net = Supernet.from_slim(slim).train()
+    net(torch.from_numpy(_input(slim, n=4, seed=9)), "uneven").square().sum().backward()
+    first, second = net.slopes.values()  # group "a" runs 5 channels at "uneven"
+    assert first.grad[:5].abs().sum() > 0 and first.grad[5:].abs().sum() == 0
+    assert second.grad[5:].abs().sum() == 0

@@ -35,6 +35,9 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Softmax: return "softmax";
     case OpKind::Act: return "act";
     case OpKind::Shuffle: return "shuffle";
+    case OpKind::Prelu: return "prelu";
+    case OpKind::ScaleBias: return "scale_bias";
+    case OpKind::Mul: return "mul";
   }
   return "?";
 }
@@ -100,18 +103,46 @@ std::vector<int32_t> int_list(const Json& obj, const char* key, size_t n, int32_
   return out;
 }
 
-Act parse_act(const Json& obj, const std::string& where) {
+// A finite number; absent means `dflt`.
+float opt_number(const Json& obj, const char* key, float dflt, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return dflt;
+  if (!it->is_number() || !std::isfinite(it->get<double>()))
+    fail_model(where + " field \"" + key + "\" must be a finite number");
+  return it->get<float>();
+}
+
+Activation parse_act(const Json& obj, const std::string& where) {
+  // name, kind, and the parameters it reads with their defaults (model.h)
+  struct Known {
+    const char* name;
+    Act kind;
+    int params;  // 0: none, 1: act_alpha, 2: act_alpha and act_beta
+    float alpha, beta;
+  };
+  static const Known known[] = {
+      {"none", Act::None, 0, 0, 0},           {"relu", Act::Relu, 0, 0, 0},
+      {"relu6", Act::Relu6, 0, 0, 0},         {"hardswish", Act::HardSwish, 0, 0, 0},
+      {"silu", Act::SiLU, 0, 0, 0},           {"sigmoid", Act::Sigmoid, 0, 0, 0},
+      {"leaky_relu", Act::LeakyRelu, 1, 0.01f, 0}, {"tanh", Act::Tanh, 0, 0, 0},
+      {"gelu", Act::Gelu, 0, 0, 0},           {"hardsigmoid", Act::HardSigmoid, 2, 0.2f, 0.5f},
+      {"elu", Act::Elu, 1, 1.0f, 0}};
   auto it = obj.find("act");
-  if (it == obj.end()) return Act::None;
-  const std::string a = as_string(*it, where + " field \"act\"");
-  if (a == "none") return Act::None;
-  if (a == "relu") return Act::Relu;
-  if (a == "relu6") return Act::Relu6;
-  if (a == "hardswish") return Act::HardSwish;
-  if (a == "silu") return Act::SiLU;
-  if (a == "sigmoid") return Act::Sigmoid;
+  const std::string a = it == obj.end() ? "none" : as_string(*it, where + " field \"act\"");
+  for (const Known& k : known) {
+    if (a != k.name) continue;
+    if (k.params < 1 && obj.contains("act_alpha"))
+      fail_model(where + " has \"act_alpha\", which activation '" + a + "' does not take");
+    if (k.params < 2 && obj.contains("act_beta"))
+      fail_model(where + " has \"act_beta\", which activation '" + a + "' does not take");
+    Activation act;
+    act.kind = k.kind;
+    act.alpha = opt_number(obj, "act_alpha", k.alpha, where);
+    act.beta = opt_number(obj, "act_beta", k.beta, where);
+    return act;
+  }
   fail_model(where + " has unknown activation '" + a +
-             "' (known: none, relu, relu6, hardswish, silu, sigmoid)");
+             "' (known: none, relu, relu6, hardswish, silu, sigmoid, leaky_relu, tanh, gelu, hardsigmoid, elu)");
 }
 
 OpKind parse_kind(const std::string& s, const std::string& where) {
@@ -121,11 +152,13 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"maxpool", OpKind::MaxPool}, {"avgpool", OpKind::AvgPool},
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
-      {"shuffle", OpKind::Shuffle}};
+      {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
+      {"mul", OpKind::Mul}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
-             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle)");
+             "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
+             "prelu, scale_bias, mul)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -410,7 +443,8 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(where + " reads tensor '" + tname + "', which no earlier op produces");
       op.inputs.push_back(t->second);
     }
-    const size_t want_inputs = op.kind == OpKind::Add ? 2 : (op.kind == OpKind::Concat ? 0 : 1);
+    const size_t want_inputs =
+        op.kind == OpKind::Add || op.kind == OpKind::Mul ? 2 : (op.kind == OpKind::Concat ? 0 : 1);
     if (want_inputs && op.inputs.size() != want_inputs)
       fail_model(where + " takes " + std::to_string(want_inputs) + " input(s), got " + std::to_string(op.inputs.size()));
     const std::string out = as_string(member(j, "output", where), where + " output");
@@ -506,13 +540,20 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   // op's weight.
   for (size_t i = 0; i < ops_.size(); ++i) {
     Op& op = ops_[i];
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     const std::string user = "op '" + op.name + "'";
+    if (op.kind == OpKind::Prelu) {
+      op.cin = op.cout = shapes.in_channels[i];
+      checked_entry(table, op.name + ".slope", {op.cin}, user);
+      continue;
+    }
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
     op.cin = shapes.in_channels[i];
     std::vector<int64_t> weight_shape;
     if (op.kind == OpKind::Linear) {
       op.cout = groups_[op.out_group].size;
       weight_shape = {op.cin, op.cout};
+    } else if (op.kind == OpKind::ScaleBias) {
+      op.cout = op.cin;  // no weight: the epilogue vectors, one per input channel
     } else if (op.groups == 1) {
       op.conv_type = ConvType::Dense;
       op.cout = groups_[op.out_group].size;
@@ -532,18 +573,25 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
       weight_shape = {op.kh, op.kw, op.cin / op.groups, op.cout};
     }
-    checked_entry(table, op.name + ".weight", weight_shape, user);
+    if (op.kind != OpKind::ScaleBias) checked_entry(table, op.name + ".weight", weight_shape, user);
     op.has_scale = table.count(op.name + ".scale") > 0;
     op.has_bias = table.count(op.name + ".bias") > 0;
     if (op.has_scale) checked_entry(table, op.name + ".scale", {op.cout}, user);
     if (op.has_bias) checked_entry(table, op.name + ".bias", {op.cout}, user);
   }
   for (Op& op : ops_) {
-    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
     const std::string user = "op '" + op.name + "'";
+    if (op.kind == OpKind::Prelu) {
+      op.weights = padded(read_tensor(table, op.name + ".slope", {op.cin}, user));
+      weight_bytes_ += sizeof(float) * op.weights.size();
+      continue;
+    }
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
     const std::string wname = op.name + ".weight";
     const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
-    if (op.kind == OpKind::Linear) {
+    if (op.kind == OpKind::ScaleBias) {
+      // the epilogue below is all it has
+    } else if (op.kind == OpKind::Linear) {
       op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
       use_tensor(table, wname, {op.cin, op.cout}, user,
                  [&](const float* w) { kernels::pack_conv(w, 1, op.cin, op.cout, op.weights.data()); });
@@ -582,7 +630,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     }
     for (size_t i = 0; i < ops_.size(); ++i) {
       Op& op = ops_[i];
-      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear) continue;
+      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
       op.profile_epilogue.resize(profiles_.size());
       const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
       const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;

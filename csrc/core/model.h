@@ -49,9 +49,21 @@
 // Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
 // each the model input or an earlier op's output) and "output" (a new tensor
 // name). Every field of every op is checked (kinds, names, index ranges,
-// required fields) before shapes are inferred or weights read. Activations
-// are "none" | "relu" | "relu6" | "hardswish" | "silu" | "sigmoid". Kinds and
-// their own fields:
+// required fields) before shapes are inferred or weights read.
+//
+// Activations: an op with an "act" field computes y = act(v) of its value v:
+//   "none" v; "relu" max(v, 0); "relu6" min(max(v, 0), 6); "hardswish"
+//   v * relu6(v + 3) / 6; "silu" v * sigmoid(v); "sigmoid" 1 / (1 + exp(-v));
+//   "leaky_relu" v > 0 ? v : a * v; "tanh" tanh(v); "gelu" v * 0.5 *
+//   (1 + erf(v / sqrt(2))); "hardsigmoid" max(0, min(1, a * v + b)); "elu"
+//   v > 0 ? v : a * (exp(v) - 1).
+// a and b are the op's "act_alpha" and "act_beta", finite numbers allowed only
+// with the activations that read them (leaky_relu and elu a, hardsigmoid a and
+// b), defaulting as in ONNX: leaky_relu a = 0.01, elu a = 1, hardsigmoid
+// a = 0.2, b = 0.5 (PyTorch's hardsigmoid is a = 1/6, b = 0.5). Every
+// activation maps NaN to NaN.
+//
+// Kinds and their own fields:
 //
 //   conv            "kernel": [kh, kw], "stride": [sh, sw], "pads": [top, left,
 //                   bottom, right], "dilation": [dh, dw], "groups": g, "act",
@@ -72,12 +84,29 @@
 //                   different channel widths; the sum has the wider one and the
 //                   narrower operand counts as zeros beyond its width.
 //   concat          rank-4 inputs concatenated along channels (axis 1).
+//   mul             two inputs x [N, C, H, W] and a gate g [N, C, 1, 1]:
+//                   y = x * g, each channel of each image scaled by its gate
+//                   value (squeeze-and-excitation). x and g must have the same
+//                   channel map at every profile: the same channels in the same
+//                   order (a converter puts them in one channel group).
 //   maxpool         "kernel", "stride", "pads", "ceil_mode" (bool, default false)
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
-//   softmax         over axis 1
+//   softmax         over axis 1: of each row of a rank-2 input, of each pixel's
+//                   channels of a rank-4 one (its active channels at a profile)
 //   act             elementwise "act"
+//   scale_bias      "act". y[c] = act(scale[c] * x[c] + bias[c]) (rank 2 or 4; c
+//                   the channel, or the feature of a rank-2 input): a batch norm
+//                   that no conv absorbs, per-channel constants. Optional tensors
+//                   "<name>.scale", "<name>.bias" [C], C the input's full
+//                   channels (missing scale is 1, missing bias 0); per-profile
+//                   epilogues as a conv's (below). A profile reads the values of
+//                   the input's active channels.
+//   prelu           y[c] = x[c] > 0 ? x[c] : slope[c] * x[c] (rank 2 or 4; c the
+//                   channel, or the feature of a rank-2 input). Tensor
+//                   "<name>.slope" [C], C the input's full channels: a profile
+//                   reads the slopes of the input's active channels.
 //   shuffle         "groups": g. Channel c of the output is channel
 //                   (c % g) * (C / g) + c / g of the input (C = channels,
 //                   divisible by g): the ONNX Reshape [N, g, C/g, H, W],
@@ -92,7 +121,8 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, act and softmax keep their input's map. add of two
+// Depthwise conv, pools, act, scale_bias, prelu and softmax keep their input's
+// map; mul keeps x's (which is g's). add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
 // takes one full run and gives one full run. flatten maps a channel run (o, k) of
@@ -109,14 +139,16 @@
 // widths, that profile is used (with its epilogues).
 //
 // Per-profile epilogues (per-width BN statistics): optional tensors
-// "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>", of
-// length equal to the op's active output width at that profile, replace the
-// op's scale/bias when that profile runs.
+// "<op name>.scale@<profile name>" and "<op name>.bias@<profile name>" of a
+// conv, linear or scale_bias, of length equal to the op's active output width
+// at that profile (one value per active channel, in the order the channel map
+// stores them), replace the op's scale/bias when that profile runs.
 //
 // MACs (at the default input shape, per sample): dense conv OH*OW*cout*kh*kw*
 // cin; depthwise OH*OW*c*kh*kw; grouped OH*OW*Cout*kh*kw*Cin/g; linear in*out;
 // other ops 0 (all with active widths). params: weight elements read plus the
-// active elements of the scale and bias tensors present.
+// active elements of the scale and bias tensors present, plus a prelu's active
+// slopes.
 //
 // Versions: format_version 1 is the only version; a file with a newer version
 // is refused with a message naming both versions.
@@ -145,11 +177,14 @@
 namespace slimrt {
 
 using kernels::Act;
+using kernels::Activation;
 
 constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
-enum class OpKind { Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle };
+enum class OpKind {
+  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul
+};
 
 const char* op_kind_name(OpKind kind);
 
@@ -183,7 +218,7 @@ struct Op {
   std::string name;
   std::vector<int32_t> inputs;  // tensor ids
   int32_t output = -1;
-  Act act = Act::None;
+  Activation act;
   // conv / pool geometry
   int32_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   int32_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
@@ -195,9 +230,10 @@ struct Op {
   int32_t out_group = -1;  // -1 for depthwise
   int32_t cin = 0;         // full input channels (linear: full input features)
   int32_t cout = 0;        // full output channels
-  bool has_scale = false, has_bias = false;
+  bool has_scale = false, has_bias = false;  // conv, linear, scale_bias
   // Weights, owned: dense conv and linear packed in panels (kernels::pack_conv);
-  // depthwise [taps][round_up(C, 16)]; grouped in the file layout.
+  // depthwise [taps][round_up(C, 16)]; grouped in the file layout; prelu the
+  // slopes [round_up(C, 16)].
   std::vector<float> weights;
   Epilogue epilogue;                     // full width, used unless a profile overrides
   std::vector<Epilogue> profile_epilogue;  // per profile index; empty vectors: no override

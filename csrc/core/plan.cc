@@ -125,6 +125,21 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
         y.runs = {{0, y.c}};
         break;
       }
+      case OpKind::Mul: {
+        const TensorShape& g = plan.tensors[op.inputs[1]];
+        need_rank(x, 4);
+        if (g.rank != 4 || g.h != 1 || g.w != 1 || g.n != x.n || g.c_full != x.c_full)
+          fail_argument(where + " multiplies " + dims(x) + " by " + dims(g) + "; the gate must be [N, C, 1, 1] of "
+                        "its input's N and C");
+        bool same = g.runs.size() == x.runs.size();
+        for (size_t r = 0; same && r < x.runs.size(); ++r)
+          same = g.runs[r].off == x.runs[r].off && g.runs[r].count == x.runs[r].count;
+        if (!same)
+          fail_argument(where + ": its gate runs " + std::to_string(g.c) + " channels, its input " +
+                        std::to_string(x.c) + ", or others; the gate must have its input's channels");
+        y = x;
+        break;
+      }
       case OpKind::Concat: {
         y.c = y.c_full = 0;
         for (int32_t id : op.inputs) {
@@ -180,6 +195,21 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
       case OpKind::Softmax:
       case OpKind::Act:
         y = x;
+        break;
+      case OpKind::ScaleBias:
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " has " + std::to_string(op.cin) + " channels, its input has " +
+                        std::to_string(x.c_full) + (x.rank == 2 ? " features" : " channels"));
+        y = x;
+        plan.params += (op.has_scale + op.has_bias) * static_cast<int64_t>(x.c);
+        break;
+      case OpKind::Prelu:
+        // op.cin is 0 while loading: the full shapes give it.
+        if (op.cin > 0 && x.c_full != op.cin)
+          fail_argument(where + " has " + std::to_string(op.cin) + " slopes, its input has " +
+                        std::to_string(x.c_full) + (x.rank == 2 ? " features" : " channels"));
+        y = x;
+        plan.params += x.c;
         break;
       case OpKind::Shuffle:
         need_rank(x, 4);

@@ -12,7 +12,8 @@ namespace slimrt {
 
 using kernels::ChannelRun;
 
-enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act };
+enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
+                      Prelu, ScaleBias, Mul };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -22,14 +23,16 @@ struct Session::Step {
   kernels::GroupedParams grouped{};
   kernels::PoolParams pool{};
   std::vector<ChannelRun> runs;
-  std::vector<float> scale, bias;  // gathered epilogue when not a plain prefix
+  std::vector<float> scale, bias;  // gathered epilogue (or prelu slopes) when not a plain prefix
   // generic operands for the simple kernels
   const float* x = nullptr;
   const float* x2 = nullptr;
+  const float* v1 = nullptr;  // per-channel vectors in active-position order: prelu slopes,
+  const float* v2 = nullptr;  // scale_bias scale and bias
   float* y = nullptr;
   int32_t c = 0, c2 = 0, hw = 0, y_stride = 0;
   int64_t count = 0;  // pixels, rows or elements
-  Act act = Act::None;
+  Activation act;
   bool split_panels = false;
 };
 
@@ -42,6 +45,16 @@ struct Session::Plan {
 };
 
 namespace {
+
+// The values of a per-channel vector for the active channels of `t`, in the
+// order they are stored (a concat's runs are not a prefix).
+std::vector<float> gather_active(const std::vector<float>& full, const TensorShape& t) {
+  std::vector<float> out;
+  for (const Run& r : t.runs) out.insert(out.end(), full.begin() + r.off, full.begin() + r.off + r.count);
+  return out;
+}
+
+bool is_prefix(const TensorShape& t) { return t.runs.size() == 1 && t.runs[0].off == 0; }
 
 float* aligned_floats(size_t n) {
   const size_t bytes = std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64);
@@ -105,7 +118,7 @@ std::vector<int32_t> find_fused_adds(const Model& model) {
     if (j < 0) continue;
     const Op& conv = ops[j];
     const bool dense = conv.kind == OpKind::Linear || (conv.kind == OpKind::Conv && conv.conv_type == ConvType::Dense);
-    if (dense && conv.act == Act::None && uses[conv.output] == 1 && conv.output != model.output_tensor())
+    if (dense && conv.act.kind == Act::None && uses[conv.output] == 1 && conv.output != model.output_tensor())
       fuse[j] = static_cast<int32_t>(i);
   }
   return fuse;
@@ -367,6 +380,36 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c2 = op.groups;
         s.count = x.n * x.h * x.w;
         break;
+      case OpKind::Mul:
+        s.kind = StepKind::Mul;
+        s.x2 = buf(op.inputs[1]);
+        s.c = x.c;
+        s.hw = static_cast<int32_t>(x.h * x.w);
+        s.count = x.n * x.h * x.w;
+        break;
+      case OpKind::ScaleBias:
+        s.kind = StepKind::ScaleBias;
+        s.c = x.c;
+        s.count = x.n * x.h * x.w;
+        // A profile's own epilogue is in active-position order; the shared one is
+        // gathered when the channels are not a prefix.
+        if (epi != &op.epilogue || is_prefix(x)) {
+          s.v1 = epi->scale.data();
+          s.v2 = epi->bias.data();
+        } else {
+          s.scale = gather_active(epi->scale, x);  // v1, v2 are set below, once the steps stay put
+          s.bias = gather_active(epi->bias, x);
+        }
+        break;
+      case OpKind::Prelu:
+        s.kind = StepKind::Prelu;
+        s.c = x.c;
+        s.count = x.n * x.h * x.w;
+        if (is_prefix(x))
+          s.v1 = op.weights.data();
+        else
+          s.scale = gather_active(op.weights, x);  // v1 is set below, once the steps stay put
+        break;
     }
     plan->steps.push_back(std::move(s));
   }
@@ -384,6 +427,9 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.dw.scale = s.scale.data();
         s.dw.bias = s.bias.data();
       }
+    } else if ((s.kind == StepKind::Prelu || s.kind == StepKind::ScaleBias) && !s.scale.empty()) {
+      s.v1 = s.scale.data();
+      s.v2 = s.bias.data();
     }
   }
   plan->output = sp.tensors[model_->output_tensor()];
@@ -554,11 +600,21 @@ void Session::execute(const Step& s) {
       kernels::nhwc_to_nchw(s.x, static_cast<int32_t>(s.count), s.c, s.hw, s.y);
       break;
     case StepKind::Softmax:
-      kernels::softmax(s.x, s.c, s.y, 0, s.count);
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::softmax(s.x, s.c, s.y, b, e); });
       break;
     case StepKind::Act:
       if (s.y != s.x) std::memcpy(s.y, s.x, sizeof(float) * s.count);
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::activate(s.y, s.act, b, e); });
+      break;
+    case StepKind::Prelu:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::prelu(s.x, s.c, s.v1, s.y, b, e); });
+      break;
+    case StepKind::Mul:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::channel_mul(s.x, s.c, s.hw, s.x2, s.y, b, e); });
+      break;
+    case StepKind::ScaleBias:
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::scale_bias(s.x, s.c, s.v1, s.v2, s.y, s.act, b, e); });
       break;
   }
 }

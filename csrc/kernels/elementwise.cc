@@ -1,4 +1,4 @@
-// Elementwise ops, concat copies, channel shuffle, softmax and layout changes.
+// Elementwise ops, prelu, scale_bias, channel gates, concat copies, channel shuffle, softmax and layout changes.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,24 +10,46 @@ namespace slimrt::kernels {
 namespace {
 
 // y[i] = act(y[i]) over one contiguous stretch; the switch stays outside the
-// loops so each one vectorizes.
-void act_span(float* y, int64_t n, Act act) {
-  switch (act) {
+// loops so each one vectorizes. Comparisons are written so that NaN takes the
+// branch that keeps it (model.h: every activation maps NaN to NaN).
+void act_span(float* y, int64_t n, const Activation& act) {
+  switch (act.kind) {
     case Act::None: return;
     case Act::Relu:
-      for (int64_t i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.0f ? 0.0f : y[i];
       return;
     case Act::Relu6:
       for (int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.0f ? 0.0f : (y[i] > 6.0f ? 6.0f : y[i]);
       return;
-    default:
-      for (int64_t i = 0; i < n; ++i) y[i] = apply_act(y[i], act);
+    case Act::LeakyRelu: {
+      const float alpha = act.alpha;
+      for (int64_t i = 0; i < n; ++i) y[i] = y[i] > 0.0f ? y[i] : alpha * y[i];
+      return;
+    }
+    case Act::HardSigmoid: {
+      const float alpha = act.alpha, beta = act.beta;
+      for (int64_t i = 0; i < n; ++i) {
+        const float t = alpha * y[i] + beta;
+        y[i] = t < 0.0f ? 0.0f : (t > 1.0f ? 1.0f : t);
+      }
+      return;
+    }
+    case Act::HardSwish:
+      for (int64_t i = 0; i < n; ++i) {
+        const float t = y[i] + 3.0f;
+        y[i] = y[i] * (t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t)) * (1.0f / 6.0f);
+      }
+      return;
+    default: {
+      const Activation a = act;
+      for (int64_t i = 0; i < n; ++i) y[i] = apply_act(y[i], a);
+    }
   }
 }
 
 }  // namespace
 
-void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act act, int64_t m_begin,
+void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, const Activation& act, int64_t m_begin,
          int64_t m_end) {
   const int32_t cy = ca > cb ? ca : cb;
   if (ca == cb) {  // the common case: one stretch over all pixels
@@ -65,7 +87,40 @@ void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_
   }
 }
 
-void activate(float* x, Act act, int64_t begin, int64_t end) { act_span(x + begin, end - begin, act); }
+void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* px = x + m * c;
+    float* py = y + m * c;
+    for (int32_t k = 0; k < c; ++k) py[k] = px[k] > 0.0f ? px[k] : slope[k] * px[k];
+  }
+}
+
+void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float* y, int64_t m_begin,
+                 int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end;) {
+    // the pixels of one image share its gate vector
+    const int64_t image = m / hw, end = std::min(m_end, (image + 1) * hw);
+    const float* g = gate + image * c;
+    for (; m < end; ++m) {
+      const float* px = x + m * c;
+      float* py = y + m * c;
+      for (int32_t k = 0; k < c; ++k) py[k] = px[k] * g[k];
+    }
+  }
+}
+
+void scale_bias(const float* x, int32_t c, const float* scale, const float* bias, float* y, const Activation& act,
+                int64_t m_begin, int64_t m_end) {
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    const float* px = x + m * c;
+    float* py = y + m * c;
+    for (int32_t k = 0; k < c; ++k) py[k] = scale[k] * px[k] + bias[k];
+  }
+  // one stretch: the activation's loop runs over every pixel at once
+  act_span(y + m_begin * c, (m_end - m_begin) * c, act);
+}
+
+void activate(float* x, const Activation& act, int64_t begin, int64_t end) { act_span(x + begin, end - begin, act); }
 
 void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end) {
   for (int64_t r = r_begin; r < r_end; ++r) {

@@ -15,7 +15,15 @@ namespace slimrt::kernels {
 // Output channels are packed in panels of kPanel columns.
 constexpr int kPanel = 16;
 
-enum class Act : int32_t { None = 0, Relu, Relu6, HardSwish, SiLU, Sigmoid };
+enum class Act : int32_t { None = 0, Relu, Relu6, HardSwish, SiLU, Sigmoid, LeakyRelu, Tanh, Gelu, HardSigmoid, Elu };
+
+// An activation with its parameters (model.h defines each): leaky_relu and elu
+// read alpha, hardsigmoid reads alpha and beta, the others neither. Every
+// activation maps NaN to NaN, as numpy does.
+struct Activation {
+  Act kind = Act::None;
+  float alpha = 0.0f, beta = 0.0f;
+};
 
 struct ChannelRun {
   int32_t act_off;  // first channel of the run inside an input pixel
@@ -72,7 +80,7 @@ struct ConvParams {
   const float* packed;    // from pack_conv
   const float* scale;     // >= round_up(out_channels, 16) floats, active-position order
   const float* bias;      // same length as scale
-  Act act;
+  Activation act;
   // If set, added to every output value before the activation (a fused
   // residual add): same layout and pixel stride as the output.
   const float* residual = nullptr;
@@ -110,7 +118,7 @@ struct DwParams {
   int32_t w_stride;
   const float* scale;  // channels floats, active-position order
   const float* bias;
-  Act act;
+  Activation act;
 };
 void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end);
 
@@ -125,7 +133,7 @@ struct GroupedParams {
   const float* weights;
   const float* scale;
   const float* bias;
-  Act act;
+  Activation act;
 };
 void grouped_conv(const GroupedParams& p, int64_t m_begin, int64_t m_end);
 
@@ -167,7 +175,7 @@ void global_avgpool(const float* x, int32_t hw, int32_t c, float* y, int64_t n_b
 
 // y = act(a + b) with zero padding match: a has ca channels, b has cb, y has
 // max(ca, cb); pixels [m_begin, m_end). y may alias a or b only if that operand is the widest.
-void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, Act act, int64_t m_begin,
+void add(const float* a, int32_t ca, const float* b, int32_t cb, float* y, const Activation& act, int64_t m_begin,
          int64_t m_end);
 
 // Copies `count` channels per pixel from x (stride x_stride) to y (stride
@@ -180,8 +188,25 @@ void copy_channels(const float* x, int32_t x_stride, float* y, int32_t y_stride,
 // y must not alias x.
 void channel_shuffle(const float* x, int32_t c, int32_t groups, float* y, int64_t m_begin, int64_t m_end);
 
+// y[m][k] = x[m][k] > 0 ? x[m][k] : slope[k] * x[m][k] for pixels [m_begin,
+// m_end), pixel stride c; slope holds c values (active-position order). NaN
+// stays NaN. y may alias x.
+void prelu(const float* x, int32_t c, const float* slope, float* y, int64_t m_begin, int64_t m_end);
+
+// y[m][k] = act(scale[k] * x[m][k] + bias[k]) for pixels [m_begin, m_end),
+// pixel stride c; scale and bias hold c values (active-position order). y may
+// alias x.
+void scale_bias(const float* x, int32_t c, const float* scale, const float* bias, float* y, const Activation& act,
+                int64_t m_begin, int64_t m_end);
+
+// Channel gate (squeeze-and-excitation) in one pass: y[m][k] = x[m][k] *
+// gate[m / hw][k] for pixels [m_begin, m_end), pixel stride c, hw pixels per
+// image; gate holds c values per image. y may alias x.
+void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float* y, int64_t m_begin,
+                 int64_t m_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
-void activate(float* x, Act act, int64_t begin, int64_t end);
+void activate(float* x, const Activation& act, int64_t begin, int64_t end);
 
 // Softmax over the c values of each row, rows [r_begin, r_end).
 void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end);
@@ -191,7 +216,7 @@ void nchw_to_nhwc(const float* x, int32_t n, int32_t c, int32_t hw, float* y);
 void nhwc_to_nchw(const float* x, int32_t n, int32_t c, int32_t hw, float* y);
 
 // Scalar activation, shared by every kernel.
-static inline float apply_act(float v, Act act);
+static inline float apply_act(float v, const Activation& act);
 
 }  // namespace slimrt::kernels
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from .ir import ConversionError
-from .profiles import DEFAULT_WIDTHS, WidthSpec
+from .profiles import DEFAULT_WIDTHS, DuplicateProfileWarning, WidthSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 ModelLike = Union["Model", "SlimFile", str, Path, bytes]
 ProfileKey = Union[str, int, float]
 
-__all__ = ["ConversionError", "export_onnx", "from_onnx", "from_torch", "onnx_to_slim", "to_onnx",
+__all__ = ["ConversionError", "DuplicateProfileWarning", "export_onnx", "from_onnx", "from_torch", "onnx_to_slim", "to_onnx",
            "to_torch", "torch_to_slim"]
 
 

@@ -5,7 +5,9 @@ Rules (as in DepGraph-style dependency analysis):
 * a dense conv or a linear starts a new group for its output channels; the layer reading a
   tensor takes its input rows from the groups of that tensor;
 * BN, activations, pools, softmax and depthwise convs keep their input's channels (in = out);
-* both operands of an add join one group;
+* both operands of an add join one group, and so do the input of a channel gate (``mul``) and
+  the gate: the squeeze-and-excitation layer that makes the gate writes its input's group, while
+  its reduced channels are a group of their own;
 * concat lays its inputs' groups side by side as segments;
 * flatten turns each channel of an H x W map into H*W consecutive features, so a linear after
   a (global) pool and flatten reads its rows in channel blocks.
@@ -129,7 +131,7 @@ def _visit(node: Node, graph: Graph, layouts: dict[str, list[tuple[int, int, int
         for elem, _, _ in src:
             uf.fix(elem, "input of " + why)
         return [(uf.add("output of " + why), sum(size for _, size, _ in src), 1)]
-    if node.kind == "add":
+    if node.kind in ("add", "mul"):
         return _visit_add(node, layouts, uf)
     if node.kind == "concat":
         return [seg for t in node.inputs for seg in layouts[t]]
@@ -141,12 +143,14 @@ def _visit(node: Node, graph: Graph, layouts: dict[str, list[tuple[int, int, int
 
 def _visit_add(node: Node, layouts: dict[str, list[tuple[int, int, int]]],
                uf: _UnionFind) -> list[tuple[int, int, int]]:
+    """Both operands of an add (or a channel gate) in one group; from a concat, all fixed."""
     a, b = layouts[node.inputs[0]], layouts[node.inputs[1]]
     if len(a) == 1 and len(b) == 1 and a[0][2] == b[0][2]:
         uf.union(a[0][0], b[0][0])
         return list(a)
+    what = "add" if node.kind == "add" else "channel gate"
     for elem, _, _ in a + b:
-        uf.fix(elem, f"operand of add '{node.name}', whose channels come from a concat")
+        uf.fix(elem, f"operand of {what} '{node.name}', whose channels come from a concat")
     return list(a)
 
 

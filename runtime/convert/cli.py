@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -70,10 +71,14 @@ def run_convert(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     say(f"reading {args.input}")
     try:
-        slim = onnx_to_slim(args.input, widths, args.importance, input_shape=shape, name=args.name,  # type: ignore[arg-type]
-                            seed=args.seed, progress=say)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            slim = onnx_to_slim(args.input, widths, args.importance, input_shape=shape, name=args.name,  # type: ignore[arg-type]
+                                seed=args.seed, progress=say)
     except (ValueError, FileNotFoundError) as exc:
         return _fail(str(exc))
+    for w in caught:
+        print(f"slimrt: warning: {w.message}", file=sys.stderr)
     write(slim, args.output)
     say(f"wrote {args.output}")
     if not args.quiet:

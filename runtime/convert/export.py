@@ -100,6 +100,15 @@ def pruned_layer(view: ProfileView, op: fmt.Op) -> PrunedLayer:
     return PrunedLayer(np.ascontiguousarray(weight, dtype=np.float32), bias.astype(np.float32), groups)
 
 
+def channel_affine(view: ProfileView, op: fmt.Op) -> tuple[np.ndarray, np.ndarray]:
+    """The (scale, bias) of a scale_bias op for its input's active channels, float32."""
+    active = view.infos[op.inputs[0]].channel_index()
+    scale = _epilogue(view, op, "scale", active)
+    bias = _epilogue(view, op, "bias", active)
+    return (np.ones(len(active), np.float32) if scale is None else scale.astype(np.float32),
+            np.zeros(len(active), np.float32) if bias is None else bias.astype(np.float32))
+
+
 def _epilogue(view: ProfileView, op: fmt.Op, which: str, cols: np.ndarray) -> np.ndarray | None:
     t = view.slim.tensors
     if view.name is not None:
@@ -166,14 +175,14 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         else:
             g.node("Conv", [x[0], w, b], out, op.name, kernel_shape=list(op.kernel), strides=list(op.stride),
                    pads=list(op.pads), dilations=list(op.dilation), group=layer.groups)
-        _act(g, op.act, out, op.output, op.name)
+        _act(g, op, out, op.output)
     elif op.kind == "add":
         a, b = (_pad_channels(g, view, t, view.infos[op.output].width, op.name) for t in x)
         out = g.temp(op.output) if op.act != "none" else op.output
         g.node("Add", [a, b], out, op.name)
-        _act(g, op.act, out, op.output, op.name)
+        _act(g, op, out, op.output)
     elif op.kind == "act":
-        _act(g, op.act, x[0], op.output, op.name)
+        _act(g, op, x[0], op.output)
     elif op.kind == "concat":
         g.node("Concat", x, op.output, op.name, axis=1)
     elif op.kind in ("maxpool", "avgpool"):
@@ -189,6 +198,20 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "mul":
+        g.node("Mul", x, op.output, op.name)
+    elif op.kind == "scale_bias":
+        scale, bias = channel_affine(view, op)
+        shape = (1, -1) + (1,) * (len(view.infos[op.inputs[0]].shape) - 2)
+        y = g.node("Mul", [x[0], g.const(f"{op.name}.scale", scale.reshape(shape))], g.temp(op.output), op.name)
+        out = g.temp(op.output) if op.act != "none" else op.output
+        g.node("Add", [y, g.const(f"{op.name}.bias", bias.reshape(shape))], out, f"{op.name}.bias")
+        _act(g, op, out, op.output)
+    elif op.kind == "prelu":
+        info = view.infos[op.inputs[0]]
+        slope = view.slim.tensors[f"{op.name}.slope"][info.channel_index()]
+        slope = slope.reshape((-1,) + (1,) * (len(info.shape) - 2))  # broadcast over H, W
+        g.node("PRelu", [x[0], g.const(f"{op.name}.slope", slope)], op.output, op.name)
     else:
         raise ConversionError(f"op '{op.name}' of kind '{op.kind}' has no ONNX export")
 
@@ -215,7 +238,9 @@ def _pad_channels(g: _GraphWriter, view: ProfileView, tensor: str, width: int, n
     return g.node("Pad", [tensor, p], g.temp(tensor), g.temp(f"{name}.pad"))
 
 
-def _act(g: _GraphWriter, kind: str, x: str, out: str, name: str) -> None:
+def _act(g: _GraphWriter, op: fmt.Op, x: str, out: str) -> None:
+    """``out`` = op's activation of ``x`` (nothing for "none": then ``x`` is ``out``)."""
+    kind, name = op.act, op.name
     if kind == "none":
         return
     if kind == "relu":
@@ -231,8 +256,30 @@ def _act(g: _GraphWriter, kind: str, x: str, out: str, name: str) -> None:
     elif kind == "silu":
         s = g.node("Sigmoid", [x], g.temp(x), f"{name}.sigmoid")
         g.node("Mul", [x, s], out, f"{name}.silu")
+    elif kind == "leaky_relu":
+        g.node("LeakyRelu", [x], out, f"{name}.leaky_relu", alpha=op.act_alpha)
+    elif kind == "tanh":
+        g.node("Tanh", [x], out, f"{name}.tanh")
+    elif kind == "hardsigmoid":
+        g.node("HardSigmoid", [x], out, f"{name}.hardsigmoid", alpha=op.act_alpha, beta=op.act_beta)
+    elif kind == "elu":
+        g.node("Elu", [x], out, f"{name}.elu", alpha=op.act_alpha)
+    elif kind == "gelu":
+        _gelu(g, x, out, name)
     else:
         raise ConversionError(f"activation '{kind}' of op '{name}' has no ONNX export")
+
+
+def _gelu(g: _GraphWriter, x: str, out: str, name: str) -> None:
+    """x * 0.5 * (1 + Erf(x / sqrt(2))): opset 17 has no Gelu op."""
+    def scalar(what: str, value: float) -> str:
+        return g.const(g.temp(f"{name}.{what}"), np.array(value, np.float32))
+
+    t = g.node("Div", [x, scalar("sqrt2", np.sqrt(2.0))], g.temp(x), f"{name}.gelu_div")
+    t = g.node("Erf", [t], g.temp(x), f"{name}.gelu_erf")
+    t = g.node("Add", [t, scalar("one", 1.0)], g.temp(x), f"{name}.gelu_add")
+    t = g.node("Mul", [x, t], g.temp(x), f"{name}.gelu_mul")
+    g.node("Mul", [t, scalar("half", 0.5)], out, f"{name}.gelu")
 
 
 def count_macs(proto: onnx.ModelProto) -> int:

@@ -97,6 +97,8 @@ def apply_permutations(graph: Graph, analysis: Analysis, perms: list[np.ndarray]
         if node.kind in ("conv", "linear") and not node.is_depthwise and not node.is_grouped:
             idx = analysis.channel_index(node.inputs[0], perms)
             node.params["weight"] = np.ascontiguousarray(node.params["weight"][:, idx])
+        elif node.kind in ("prelu", "scale_bias"):  # per-channel vectors follow their input's channels
+            _permute_outputs(node, analysis.channel_index(node.inputs[0], perms))
 
 
 def _permute_outputs(node: Node, perm: np.ndarray) -> None:

@@ -12,9 +12,10 @@ Node kinds and their fields:
                     (top, left, bottom, right), ``dilation`` (dh, dw), ``groups``, ``act``
 ``linear``          params ``weight`` [Out, In], optional ``bias``; attrs ``act``
 ``batchnorm``       params ``gamma``, ``beta``, ``mean``, ``var``; attrs ``eps``
-``act``             attrs ``kind``: relu | relu6 | hardswish | silu | sigmoid
+``act``             attrs ``kind``: one of :data:`ACTIVATIONS`
 ``add``             two inputs; attrs ``act``
 ``concat``          inputs joined along channels
+``mul``             inputs x [N, C, H, W] and a gate [N, C, 1, 1]: x * gate (squeeze-and-excitation)
 ``maxpool``         attrs ``kernel``, ``stride``, ``pads``, ``ceil_mode``
 ``avgpool``         as maxpool plus ``count_include_pad``
 ``global_avgpool``  [N, C, H, W] -> [N, C, 1, 1]
@@ -22,11 +23,18 @@ Node kinds and their fields:
 ``softmax``         over axis 1
 ``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
                     (c % groups) * (C / groups) + c / groups
+``prelu``           params ``slope`` [C]: x > 0 ? x : slope * x per channel
+``scale_bias``      params ``scale``, ``bias`` [C]: act(scale * x + bias) per channel; attrs ``act``
 ==================  ========================================================================
+
+An activation's parameters (``leaky_relu``, ``elu``: alpha; ``hardsigmoid``: alpha, beta; see
+:data:`slimrt.format.ACT_PARAMS`) are the attrs ``act_alpha`` / ``act_beta`` of the node that
+applies it (an ``act`` node, or a conv, linear or add with the activation fused).
 
 After :func:`fuse`, a ``conv`` or ``linear`` may also carry the BatchNormalization that
 followed it (params ``bn_gamma``, ``bn_beta``, ``bn_mean``, ``bn_var``, attr ``bn_eps``);
-:meth:`Node.epilogue` turns that into the per-channel scale and bias of the .slim format.
+:meth:`Node.epilogue` turns that into the per-channel scale and bias of the .slim format. A
+BatchNormalization that no layer absorbs becomes a ``scale_bias`` node.
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ import numpy as np
 
 from ..errors import InvalidModelError
 
-ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid")
+ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "tanh", "gelu", "hardsigmoid",
+               "elu")
+ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul")
 
 
 class ConversionError(InvalidModelError):
@@ -121,19 +131,21 @@ class Graph:
 
 
 def fuse(graph: Graph) -> None:
-    """Fold BatchNormalization into the conv/linear before it and activations into their producer.
+    """Fold per-channel affine maps and activations into the layers next to them.
 
-    A fold happens only when the producer's output has no other reader, so the graph computes
-    the same thing before and after. A BatchNormalization left over raises ConversionError.
+    In order: a BatchNormalization into the conv/linear before it; any other becomes a
+    ``scale_bias``; a ``scale_bias`` into the conv/linear before it, else into the convs and
+    linears that read it when that is exact at every width (see :func:`_fold_into_readers`);
+    activations into their producer. A fold into a producer happens only when the producer's
+    output has no other reader, so the graph computes the same thing before and after.
     """
     _fold(graph, "batchnorm", _absorb_bn)
-    _fold(graph, "act", _absorb_act)
     for n in graph.nodes:
         if n.kind == "batchnorm":
-            raise ConversionError(
-                f"BatchNormalization '{n.name}' does not directly follow a Conv or Gemm whose "
-                "output nothing else reads; slimrt folds BatchNormalization into the layer before "
-                "it. Reorder the model so each BatchNormalization follows its conv/linear.")
+            _bn_to_scale_bias(n)
+    _fold(graph, "scale_bias", _absorb_scale_bias)
+    _fold_into_readers(graph)
+    _fold(graph, "act", _absorb_act)
 
 
 def _fold(graph: Graph, kind: str, absorb: Any) -> None:
@@ -162,11 +174,88 @@ def _absorb_bn(src: Node, bn: Node) -> bool:
     return True
 
 
+def _bn_to_scale_bias(bn: Node) -> None:
+    scale = bn.params["gamma"] / np.sqrt(bn.params["var"] + bn.attrs["eps"])
+    bn.params = {"scale": scale, "bias": bn.params["beta"] - bn.params["mean"] * scale}
+    bn.kind, bn.attrs = "scale_bias", {"act": "none"}
+
+
+def _absorb_scale_bias(src: Node, sb: Node) -> bool:
+    """y = s * layer(x) + b into the layer: its batch norm, or its weight and bias (or, after
+    another scale_bias, into that one)."""
+    if src.kind not in ("conv", "linear", "scale_bias") or src.attrs.get("act", "none") != "none" or \
+            sb.attrs["act"] != "none":
+        return False
+    s, b = sb.params["scale"], sb.params["bias"]
+    if src.kind == "scale_bias":
+        src.params = {"scale": src.params["scale"] * s, "bias": src.params["bias"] * s + b}
+        return True
+    if "bn_gamma" in src.params:
+        src.params["bn_gamma"] = src.params["bn_gamma"] * s
+        src.params["bn_beta"] = src.params["bn_beta"] * s + b
+        return True
+    w = src.params["weight"].astype(np.float64)
+    src.params["weight"] = (w * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+    bias = src.params.get("bias", np.zeros(len(s), np.float32)).astype(np.float64)
+    src.params["bias"] = (bias * s + b).astype(np.float32)
+    return True
+
+
+def _fold_into_readers(graph: Graph) -> None:
+    """A ``scale_bias`` without activation into every conv and linear that reads it.
+
+    layer(s * x + b) = layer'(x) with the layer's input rows scaled by s and b's contribution
+    added to its bias. That contribution sums over the input channels, so it is the same at every
+    width only when b is 0, or when the input always runs at full width (the network input) and
+    no padding adds zeros where b would have been. Otherwise the ``scale_bias`` stays.
+    """
+    readers = graph.consumers()
+    dropped: dict[str, str] = {}
+    kept: list[Node] = []
+    for n in graph.nodes:
+        n.inputs = [dropped.get(t, t) for t in n.inputs]
+        users = readers.get(n.output, [])
+        if n.kind == "scale_bias" and n.attrs["act"] == "none" and n.output != graph.output and users and \
+                all(u.kind in ("conv", "linear") for u in users):
+            shift_free = not np.any(n.params["bias"])
+            unpadded = n.inputs[0] == graph.input and all(u.kind == "linear" or not any(u.attrs["pads"])
+                                                           for u in users)
+            if shift_free or unpadded:
+                for u in users:
+                    _scale_inputs(u, n.params["scale"], n.params["bias"])
+                dropped[n.output] = n.inputs[0]
+                continue
+        kept.append(n)
+    graph.nodes = kept
+
+
+def _scale_inputs(layer: Node, s: np.ndarray, b: np.ndarray) -> None:
+    """``layer`` reading s * x + b computes ``layer`` with these params reading x."""
+    w = layer.params["weight"].astype(np.float64)
+    out = w.shape[0]
+    if layer.kind == "linear":
+        scale, shift = s[None, :], b[None, :]
+    else:  # conv [Cout, Cin/g, kh, kw]: output o reads the input channels of its group
+        groups, per_group = layer.attrs["groups"], w.shape[1]
+        group_of = np.arange(out) // (out // groups)
+        scale = s.reshape(groups, per_group)[group_of][:, :, None, None]
+        shift = b.reshape(groups, per_group)[group_of][:, :, None, None]
+    bias = layer.params.get("bias", np.zeros(out, np.float32)).astype(np.float64)
+    layer.params["bias"] = (bias + (w * shift).reshape(out, -1).sum(axis=1)).astype(np.float32)
+    layer.params["weight"] = (w * scale).astype(np.float32)
+
+
 def _absorb_act(src: Node, act: Node) -> bool:
-    if src.kind not in ("conv", "linear", "add") or src.attrs.get("act", "none") != "none":
+    if src.kind not in ("conv", "linear", "add", "scale_bias") or src.attrs.get("act", "none") != "none":
         return False
     src.attrs["act"] = act.attrs["kind"]
+    src.attrs.update({k: act.attrs[k] for k in ACT_PARAMS if k in act.attrs})
     return True
+
+
+def act_attrs(node: Node) -> dict[str, Any]:
+    """The activation of a conv, linear or add node as builder keywords (act, act_alpha, act_beta)."""
+    return {"act": node.attrs["act"], **{k: node.attrs[k] for k in ACT_PARAMS if k in node.attrs}}
 
 
 def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:

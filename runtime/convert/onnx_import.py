@@ -2,7 +2,11 @@
 
 A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
 [N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed nothing
-else. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+else. Arithmetic with constants (Mul, Div, Add, Sub of a per-channel constant) is kept as a
+pending affine map of its activation until something reads it: GELU written out as
+x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes one ``gelu``
+activation; any other reader gets the map folded into the layer before it. A zero Pad of H and
+W is kept pending too and folded into the Conv or pool that reads it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
 Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
 ops that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
@@ -21,11 +25,55 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
+             "Mul (x * g, g [N, C, 1, 1]: a channel gate)",
+             "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
+             "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax")
+             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``scale * source + bias`` with per-channel constants, not yet an IR node."""
+
+    source: str
+    scale: np.ndarray  # float64, one value per channel (or feature) of source
+    bias: np.ndarray
+    node: str  # the ONNX node that started it, for names and messages
+    op: str
+
+    def then(self, scale: np.ndarray | float, bias: np.ndarray | float) -> _Affine:
+        """``scale * self + bias``."""
+        return _Affine(self.source, self.scale * scale, self.bias * scale + bias, self.node, self.op)
+
+    def uniform_scale(self) -> float | None:
+        """The scale when it is one value for every channel and there is no bias, else None."""
+        if np.any(self.bias != 0) or not np.all(self.scale == self.scale[0]):
+            return None
+        return float(self.scale[0])
+
+
+@dataclass(frozen=True)
+class _ErfOf:
+    """``bias + scale * erf(source / sqrt(2))``: the inside of a GELU, not yet an IR node."""
+
+    source: str
+    scale: float
+    bias: float
+    node: str  # the Erf node, for messages
+
+
+@dataclass(frozen=True)
+class _PadView:
+    """``source`` zero-padded on H and W by ``pads`` (top, left, bottom, right), not yet an IR node."""
+
+    source: str
+    pads: tuple[int, int, int, int]
+    shape: Shape  # the padded shape
+    node: str  # the (first) Pad node, for messages
 
 
 @dataclass(frozen=True)
@@ -72,6 +120,9 @@ class _Importer:
         self.nodes: list[Node] = []
         self.producer: dict[str, Node] = {}
         self.shuffles: dict[str, _ShuffleView] = {}
+        self.affine: dict[str, _Affine] = {}
+        self.erf: dict[str, _ErfOf] = {}
+        self.pads: dict[str, _PadView] = {}
         self.used_names: set[str] = {"input"}
         self.input = self._find_input(input_shape)
 
@@ -83,6 +134,8 @@ class _Importer:
             raise ConversionError(f"the model has {len(outputs)} outputs ({', '.join(outputs)}); "
                                   "slimrt models have exactly one")
         out = self.alias.get(outputs[0], outputs[0])
+        if out in self.affine or out in self.erf or out in self.shuffles or out in self.pads:
+            out = self.act_input(_Ctx("output", outputs[0], [out], [], {}))
         if out not in self.shapes or out == self.input:
             raise ConversionError(f"the model output '{outputs[0]}' is a constant or the input; "
                                   "nothing to convert")
@@ -173,6 +226,17 @@ class _Importer:
 
     def act_input(self, ctx: _Ctx, i: int = 0) -> str:
         t = ctx.inputs[i]
+        if t in self.affine:
+            self.materialize(t)
+        if t in self.erf:
+            view = self.erf[t]
+            raise ConversionError(
+                f"{ctx.op} '{ctx.name}' reads '{t}', computed from Erf '{view.node}'; slimrt converts Erf only "
+                "inside GELU, x * 0.5 * (1 + Erf(x / sqrt(2)))")
+        if t in self.pads:
+            raise ConversionError(
+                f"Pad '{self.pads[t].node}' feeds {ctx.op} '{ctx.name}'; slimrt folds a zero Pad of H and W into "
+                "the Conv, AveragePool or MaxPool that reads it only")
         if t in self.shuffles:
             view = self.shuffles[t]
             raise ConversionError(
@@ -183,6 +247,41 @@ class _Importer:
             raise ConversionError(f"{ctx.op} '{ctx.name}' expects an activation as input {i}, "
                                   f"got the constant '{t}'")
         return t
+
+    def is_value(self, t: str) -> bool:
+        """Whether ``t`` is computed from the input (an activation or a pending view), not a constant."""
+        return t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles or t in self.pads
+
+    def padded_input(self, ctx: _Ctx) -> tuple[str, tuple[int, int, int, int], Shape]:
+        """The activation a Conv or pool reads, the zero padding a Pad before it adds (top, left,
+        bottom, right) and the shape the node sees."""
+        view = self.pads.get(ctx.inputs[0])
+        if view is None:
+            x = self.act_input(ctx)
+            return x, (0, 0, 0, 0), self.shapes[x]
+        return view.source, view.pads, view.shape
+
+    def as_affine(self, t: str, ctx: _Ctx) -> _Affine:
+        """Tensor ``t`` as an affine map of an activation (the identity for a plain activation)."""
+        if t in self.affine:
+            return self.affine[t]
+        x = self.act_input(_Ctx(ctx.op, ctx.name, [t], ctx.outputs, {}))
+        c = self.shapes[x][1]
+        return _Affine(x, np.ones(c), np.zeros(c), ctx.name, ctx.op)
+
+    def set_affine(self, out: str, view: _Affine) -> None:
+        """``out`` := ``view``; the identity map is a plain alias."""
+        if np.all(view.scale == 1) and np.all(view.bias == 0):
+            self.alias[out] = view.source
+        else:
+            self.affine[out] = view
+
+    def materialize(self, t: str) -> None:
+        """A pending affine map becomes a ``scale_bias`` node (which fuse() folds into the layer
+        next to it where that is exact)."""
+        view = self.affine.pop(t)
+        self.emit(_Ctx(view.op, view.node, [], [t], {}), "scale_bias", [view.source], {"act": "none"},
+                  {"scale": view.scale, "bias": view.bias})
 
     def const(self, ctx: _Ctx, i: int, what: str) -> np.ndarray:
         t = ctx.inputs[i] if i < len(ctx.inputs) else ""
@@ -214,7 +313,8 @@ def _unsupported(op: str, name: str) -> str:
 # ---- activation handlers ----------------------------------------------------------------
 
 
-def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], x: str) -> dict[str, Any]:
+def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], shape: Shape) -> dict[str, Any]:
+    """stride, dilation and pads (top, left, bottom, right) of a Conv or pool over an input of ``shape``."""
     a = ctx.attrs
     if len(kernel) != 2:
         raise ConversionError(f"{ctx.op} '{ctx.name}' has a {len(kernel)}-D kernel; slimrt runs 2-D ops")
@@ -224,7 +324,7 @@ def _spatial_attrs(imp: _Importer, ctx: _Ctx, kernel: tuple[int, int], x: str) -
     auto = a.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads(imp.shapes[x][2:], kernel, stride, dilation, auto == "SAME_UPPER")
+        pads = _same_pads(shape[2:], kernel, stride, dilation, auto == "SAME_UPPER")
     elif auto == "VALID":
         pads = (0, 0, 0, 0)
     return {"stride": stride, "dilation": dilation, "pads": tuple(int(p) for p in pads)}
@@ -241,9 +341,10 @@ def _same_pads(size: Shape, kernel: tuple[int, int], stride: Shape, dilation: Sh
 
 
 def _conv(imp: _Importer, ctx: _Ctx) -> None:
-    x = imp.act_input(ctx)
+    x, extra, shape = imp.padded_input(ctx)
     w = imp.const(ctx, 1, "weight").astype(np.float32)
-    attrs = _spatial_attrs(imp, ctx, tuple(w.shape[2:]), x)
+    attrs = _spatial_attrs(imp, ctx, tuple(w.shape[2:]), shape)
+    attrs["pads"] = tuple(p + e for p, e in zip(attrs["pads"], extra))  # zero padding either way
     attrs.update(groups=int(ctx.attrs.get("group", 1)), act="none")
     params = {"weight": w}
     if len(ctx.inputs) > 2 and ctx.inputs[2]:
@@ -262,10 +363,38 @@ def _batchnorm(imp: _Importer, ctx: _Ctx) -> None:
     imp.emit(ctx, "batchnorm", [x], {"eps": float(ctx.attrs.get("epsilon", 1e-5))}, params)
 
 
-def _simple_act(kind: str) -> Callable[[_Importer, _Ctx], None]:
+def _simple_act(kind: str, **params: tuple[str, float]) -> Callable[[_Importer, _Ctx], None]:
+    """An activation; ``params`` maps its IR attrs to (ONNX attribute, default)."""
     def handler(imp: _Importer, ctx: _Ctx) -> None:
-        imp.emit(ctx, "act", [imp.act_input(ctx)], {"kind": kind})
+        attrs: dict[str, Any] = {"kind": kind}
+        for key, (onnx_name, default) in params.items():
+            attrs[key] = float(ctx.attrs.get(onnx_name, default))
+        imp.emit(ctx, "act", [imp.act_input(ctx)], attrs)
     return handler
+
+
+def _prelu(imp: _Importer, ctx: _Ctx) -> None:
+    """PRelu: one slope for every channel is LeakyRelu (fused into the layer before it), one per
+    channel a ``prelu`` node."""
+    x = imp.act_input(ctx)
+    slope = imp.const(ctx, 1, "slope")
+    vector = _per_channel(slope, imp.shapes[x])
+    if vector is None:
+        raise ConversionError(f"PRelu '{ctx.name}' has slopes of shape {slope.shape} for '{x}' of shape "
+                              f"{imp.shapes[x]}; slimrt converts one slope, or one per channel")
+    if slope.size == 1:
+        imp.emit(ctx, "act", [x], {"kind": "leaky_relu", "act_alpha": float(vector[0])})
+    else:
+        imp.emit(ctx, "prelu", [x], {}, {"slope": vector.astype(np.float32)})
+
+
+def _gelu(imp: _Importer, ctx: _Ctx) -> None:
+    approximate = ctx.attrs.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    if approximate != "none":
+        raise ConversionError(f"Gelu '{ctx.name}' has approximate='{approximate}'; slimrt converts the exact "
+                              "GELU (approximate='none') only")
+    imp.emit(ctx, "act", [imp.act_input(ctx)], {"kind": "gelu"})
 
 
 def _clip(imp: _Importer, ctx: _Ctx) -> None:
@@ -287,42 +416,143 @@ def _clip(imp: _Importer, ctx: _Ctx) -> None:
 
 def _mul(imp: _Importer, ctx: _Ctx) -> None:
     a, b = ctx.inputs[:2]
-    for x, s in ((a, b), (b, a)):
-        src = imp.producer.get(s)
-        if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "sigmoid"
-                and src.inputs[0] == x):
-            imp.emit(ctx, "act", [x], {"kind": "silu"})
+    if imp.is_value(a) and imp.is_value(b):
+        for x, s in ((a, b), (b, a)):
+            src = imp.producer.get(s)
+            if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "sigmoid"
+                    and src.inputs[0] == x):
+                imp.emit(ctx, "act", [x], {"kind": "silu"})
+                return
+            if (x in imp.shapes and src is not None and src.kind == "act" and src.attrs["kind"] == "hardsigmoid"
+                    and src.inputs[0] == x and np.isclose(src.attrs["act_alpha"], 1 / 6)
+                    and np.isclose(src.attrs["act_beta"], 0.5)):
+                imp.emit(ctx, "act", [x], {"kind": "hardswish"})
+                return
+        for e, other in ((a, b), (b, a)):
+            if e in imp.erf and _gelu_product(imp, ctx, imp.erf[e], other):
+                return
+        _channel_gate(imp, ctx)
+        return
+    x, c = (a, b) if imp.is_value(a) else (b, a)
+    if not imp.is_value(x):
+        raise ConversionError(f"Mul '{ctx.name}' has no activation input")
+    value = imp.const(ctx, ctx.inputs.index(c), "factor")
+    _constant_arith(imp, ctx, x, value, 1.0)
+
+
+def _channel_gate(imp: _Importer, ctx: _Ctx) -> None:
+    """x * g with g [N, C, 1, 1]: a squeeze-and-excitation gate (either operand order)."""
+    a, b = (imp.act_input(ctx, i) for i in range(2))
+    sa, sb = imp.shapes[a], imp.shapes[b]
+    for x, g in ((a, b), (b, a)):
+        sx, sg = imp.shapes[x], imp.shapes[g]
+        if len(sx) == 4 and sg == (sx[0], sx[1], 1, 1):
+            imp.emit(ctx, "mul", [x, g])
             return
-    raise ConversionError(f"Mul '{ctx.name}' is not x * Sigmoid(x) (SiLU); slimrt converts no other Mul. "
-                          "Fold constant scales into the neighbouring conv before exporting")
+    raise ConversionError(f"Mul '{ctx.name}' multiplies activations of shapes {sa} and {sb}; slimrt converts "
+                          "x * Sigmoid(x) (SiLU), x * HardSigmoid(x) (HardSwish), GELU and a channel gate "
+                          "x * g with g [N, C, 1, 1] (squeeze-and-excitation) only")
+
+
+def _div(imp: _Importer, ctx: _Ctx) -> None:
+    x = ctx.inputs[0]
+    if not imp.is_value(x) or imp.is_value(ctx.inputs[1]):
+        raise ConversionError(f"Div '{ctx.name}' divides by an activation; slimrt converts the division of an "
+                              "activation by a constant only")
+    _constant_arith(imp, ctx, x, 1.0 / imp.const(ctx, 1, "divisor").astype(np.float64), 1.0)
+
+
+def _constant_arith(imp: _Importer, ctx: _Ctx, x: str, factor: np.ndarray | float, sign: float,
+                    term: np.ndarray | None = None) -> None:
+    """``ctx``'s output := factor * x + term (a pending view; ``sign`` multiplies x first)."""
+    shape = _view_shape(imp, x)
+    per_channel = []
+    for value in (factor, 0.0 if term is None else term):
+        vector = _per_channel(np.asarray(value), shape)
+        if vector is None:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' applies a constant of shape {np.shape(value)} to "
+                                  f"'{x}' of shape {shape}; slimrt converts constants that are one value per "
+                                  "channel (broadcast over the other axes) only")
+        per_channel.append(vector)
+    scale, bias = per_channel[0] * sign, per_channel[1]
+    if x in imp.erf:
+        view = imp.erf[x]
+        if np.all(scale == scale[0]) and np.all(bias == bias[0]):
+            k, d = float(scale[0]), float(bias[0])
+            imp.erf[ctx.outputs[0]] = _ErfOf(view.source, view.scale * k, view.bias * k + d, view.node)
+            return
+        raise ConversionError(f"{ctx.op} '{ctx.name}' applies a per-channel constant to the Erf of GELU; "
+                              "slimrt converts x * 0.5 * (1 + Erf(x / sqrt(2))) only")
+    imp.set_affine(ctx.outputs[0], imp.as_affine(x, ctx).then(scale, bias))
+
+
+def _view_shape(imp: _Importer, t: str) -> Shape:
+    if t in imp.affine:
+        return imp.shapes[imp.affine[t].source]
+    if t in imp.erf:
+        return imp.shapes[imp.erf[t].source]
+    return imp.shapes[imp.act_input(_Ctx("", "", [t], [], {}))]
+
+
+def _erf(imp: _Importer, ctx: _Ctx) -> None:
+    t = ctx.inputs[0]
+    view = imp.affine.get(t)
+    k = view.uniform_scale() if view is not None else None
+    if view is None or k is None or not np.isclose(k, 1 / np.sqrt(2), rtol=1e-6, atol=0):
+        raise ConversionError(f"Erf '{ctx.name}' is not the Erf of GELU, x * 0.5 * (1 + Erf(x / sqrt(2))); "
+                              "slimrt converts no other Erf")
+    imp.erf[ctx.outputs[0]] = _ErfOf(view.source, 1.0, 0.0, ctx.name)
+
+
+def _gelu_product(imp: _Importer, ctx: _Ctx, erf: _ErfOf, other: str) -> bool:
+    """``ctx`` = other * erf: GELU when erf = s * (1 + Erf(x / sqrt(2))) and other = k * x."""
+    if not np.isclose(erf.scale, erf.bias, rtol=1e-6, atol=0) or erf.scale == 0:
+        return False
+    if other == erf.source:
+        k = 1.0
+    elif other in imp.affine and imp.affine[other].source == erf.source:
+        found = imp.affine[other].uniform_scale()
+        if found is None:
+            return False
+        k = found
+    else:
+        return False
+    factor = 2.0 * k * erf.scale  # other * erf = factor * gelu(x)
+    if np.isclose(factor, 1.0, rtol=1e-6, atol=0):
+        imp.emit(ctx, "act", [erf.source], {"kind": "gelu"})
+        return True
+    gelu = imp.emit(ctx, "act", [erf.source], {"kind": "gelu"}, output=ctx.outputs[0] + "#gelu")
+    c = imp.shapes[gelu.output][1]
+    imp.set_affine(ctx.outputs[0], _Affine(gelu.output, np.full(c, factor), np.zeros(c), ctx.name, ctx.op))
+    return True
 
 
 def _add(imp: _Importer, ctx: _Ctx) -> None:
-    acts = [t for t in ctx.inputs if t in imp.shapes]
-    consts = [t for t in ctx.inputs if t and t not in imp.shapes]
-    if len(acts) == 2 and not consts:
-        a, b = acts
+    values = [t for t in ctx.inputs if t and imp.is_value(t)]
+    consts = [t for t in ctx.inputs if t and not imp.is_value(t)]
+    if len(values) == 2 and not consts:
+        a, b = (imp.act_input(ctx, i) for i in range(2))
         if imp.shapes[a] != imp.shapes[b]:
             raise ConversionError(f"Add '{ctx.name}' adds shapes {imp.shapes[a]} and {imp.shapes[b]}; "
                                   "slimrt adds tensors of equal shape only")
         imp.emit(ctx, "add", [a, b], {"act": "none"})
         return
-    if len(acts) == 1 and len(consts) == 1:
-        _add_bias(imp, ctx, acts[0], imp.consts[consts[0]])
+    if len(values) == 1 and len(consts) == 1:
+        _constant_arith(imp, ctx, values[0], 1.0, 1.0, imp.consts[consts[0]].astype(np.float64))
         return
-    raise ConversionError(f"{ctx.op} '{ctx.name}' has {len(acts)} activation inputs; slimrt converts "
-                          "the sum of two activations or a layer output plus a constant bias")
+    raise ConversionError(f"{ctx.op} '{ctx.name}' has {len(values)} activation inputs; slimrt converts "
+                          "the sum of two activations or an activation plus a constant")
 
 
-def _add_bias(imp: _Importer, ctx: _Ctx, x: str, value: np.ndarray) -> None:
-    src = imp.producer.get(x)
-    bias = _per_channel(value, imp.shapes[x])
-    if src is None or src.kind not in ("conv", "linear") or src.attrs.get("act", "none") != "none" or bias is None:
-        raise ConversionError(f"Add '{ctx.name}' adds a constant of shape {value.shape} to '{x}'; slimrt folds "
-                              "a per-channel constant into the Conv, Gemm or MatMul right before it only")
-    params = dict(src.params)
-    params["bias"] = (params.get("bias", np.zeros(bias.size, np.float32)) + bias).astype(np.float32)
-    imp.emit(ctx, src.kind, list(src.inputs), dict(src.attrs), params, name=imp.unique(src.name, ""))
+def _sub(imp: _Importer, ctx: _Ctx) -> None:
+    a, b = ctx.inputs[:2]
+    if imp.is_value(a) and not imp.is_value(b):
+        _constant_arith(imp, ctx, a, 1.0, 1.0, -imp.const(ctx, 1, "subtrahend").astype(np.float64))
+    elif imp.is_value(b) and not imp.is_value(a):
+        _constant_arith(imp, ctx, b, 1.0, -1.0, imp.const(ctx, 0, "minuend").astype(np.float64))
+    else:
+        raise ConversionError(f"Sub '{ctx.name}' subtracts two activations; slimrt converts an activation "
+                              "minus a constant (or a constant minus an activation) only")
 
 
 def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
@@ -334,7 +564,7 @@ def _per_channel(value: np.ndarray, shape: Shape) -> np.ndarray | None:
     if len(full.shape) != len(shape):
         return None
     table = full.reshape(shape[1], -1)
-    return table[:, 0] if np.all(table == table[:, :1]) else None
+    return table[:, 0].copy() if np.all(table == table[:, :1]) else None
 
 
 def _sum(imp: _Importer, ctx: _Ctx) -> None:
@@ -348,18 +578,85 @@ def _sum(imp: _Importer, ctx: _Ctx) -> None:
 
 def _pool(kind: str) -> Callable[[_Importer, _Ctx], None]:
     def handler(imp: _Importer, ctx: _Ctx) -> None:
-        x = imp.act_input(ctx)
+        x, extra, shape = imp.padded_input(ctx)
         if len(ctx.outputs) > 1 and ctx.outputs[1]:
             raise ConversionError(f"{ctx.op} '{ctx.name}' returns indices; slimrt converts the values only")
         kernel = tuple(int(k) for k in ctx.attrs["kernel_shape"])
-        attrs = _spatial_attrs(imp, ctx, kernel, x)  # type: ignore[arg-type]
+        attrs = _spatial_attrs(imp, ctx, kernel, shape)  # type: ignore[arg-type]
         if attrs.pop("dilation") != (1, 1):
             raise ConversionError(f"{ctx.op} '{ctx.name}' is dilated; slimrt converts undilated pooling only")
         attrs.update(kernel=kernel, ceil_mode=bool(ctx.attrs.get("ceil_mode", 0)))
         if kind == "avgpool":
             attrs["count_include_pad"] = bool(ctx.attrs.get("count_include_pad", 0))
+        if any(extra):
+            _fold_pad_into_pool(imp, ctx, kind, x, extra, attrs)
         imp.emit(ctx, kind, [x], attrs)
     return handler
+
+
+def _fold_pad_into_pool(imp: _Importer, ctx: _Ctx, kind: str, x: str, extra: tuple[int, ...],
+                        attrs: dict[str, Any]) -> None:
+    """Pool padding that equals the zero Pad before the pool, or a ConversionError naming both.
+
+    Average: the Pad's zeros count in every window, as the pool's own padding does with
+    count_include_pad, so they fold when the pool counts its padding (or has none). Max: the
+    pool's padding never wins, the Pad's zeros do where a window's values are all negative, so
+    they fold only over an input that is never negative (after relu, relu6, sigmoid, hardsigmoid).
+    """
+    pad = imp.pads[ctx.inputs[0]].node
+    if kind == "avgpool":
+        if any(attrs["pads"]) and not attrs["count_include_pad"]:
+            raise ConversionError(f"AveragePool '{ctx.name}' has pads {list(attrs['pads'])} it does not count, after "
+                                  f"Pad '{pad}' whose zeros it does count; slimrt folds a zero Pad into an "
+                                  "AveragePool with count_include_pad=1 or without pads of its own only")
+        attrs["count_include_pad"] = True
+    else:
+        src = imp.producer.get(x)
+        if src is None or src.kind != "act" or src.attrs["kind"] not in ("relu", "relu6", "sigmoid", "hardsigmoid"):
+            raise ConversionError(f"Pad '{pad}' pads '{x}' with zeros before MaxPool '{ctx.name}'; a zero can be the "
+                                  "maximum of a window there, so slimrt folds it only over an input that is never "
+                                  "negative (the output of a Relu, Clip(0, 6), Sigmoid or HardSigmoid)")
+    attrs["pads"] = tuple(p + e for p, e in zip(attrs["pads"], extra))
+    kh, kw = attrs["kernel"]
+    top, left, bottom, right = attrs["pads"]
+    if max(top, bottom) >= kh or max(left, right) >= kw:
+        raise ConversionError(f"{ctx.op} '{ctx.name}' with the zeros of Pad '{pad}' pads by {list(attrs['pads'])}, "
+                              f"not less than its kernel {list(attrs['kernel'])}; slimrt pools windows that overlap "
+                              "the input only")
+
+
+def _pad(imp: _Importer, ctx: _Ctx) -> None:
+    """Pad: constant zeros on H and W only, kept as a view for the Conv or pool that reads it."""
+    t = ctx.inputs[0]
+    mode = ctx.attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if imp.opset < 11:
+        pads, value, axes = list(ctx.attrs.get("pads", [])), float(ctx.attrs.get("value", 0.0)), None
+    else:
+        pads = [int(p) for p in imp.const(ctx, 1, "pads").reshape(-1)]
+        value = float(imp.const(ctx, 2, "constant_value").reshape(-1)[0]) if len(ctx.inputs) > 2 and ctx.inputs[2] \
+            else 0.0
+        axes = [int(a) for a in imp.const(ctx, 3, "axes").reshape(-1)] if len(ctx.inputs) > 3 and ctx.inputs[3] \
+            else None
+    view = imp.pads.get(t)
+    shape = view.shape if view is not None else imp.shapes[imp.act_input(ctx)]
+    rank = len(shape)
+    axes = [a % rank for a in axes] if axes is not None else list(range(rank))
+    begin, end = [0] * rank, [0] * rank
+    for i, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[i], pads[i + len(axes)]
+    if mode != "constant" or value != 0 or rank != 4 or begin[:2] != [0, 0] or end[:2] != [0, 0] or \
+            min(begin + end) < 0:
+        what = f"mode '{mode}'" if mode != "constant" else f"value {value}" if value != 0 else f"pads {pads}"
+        raise ConversionError(f"Pad '{ctx.name}' with {what} on a tensor of shape {shape}; slimrt converts Pad with "
+                              "zeros (mode 'constant', value 0) on H and W only, folded into the Conv or pool "
+                              "that reads it")
+    extra = (begin[2], begin[3], end[2], end[3])
+    if view is not None:
+        extra = tuple(a + b for a, b in zip(extra, view.pads))
+    source = view.source if view is not None else imp.act_input(ctx)
+    padded = shape[:2] + (shape[2] + begin[2] + end[2], shape[3] + begin[3] + end[3])
+    imp.pads[ctx.outputs[0]] = _PadView(source, extra, padded, view.node if view is not None else ctx.name)
 
 
 def _global_pool(imp: _Importer, ctx: _Ctx) -> None:
@@ -510,18 +807,27 @@ def _passthrough(imp: _Importer, ctx: _Ctx) -> None:
 
 
 def _softmax(imp: _Importer, ctx: _Ctx) -> None:
+    """Softmax over the channels: of [N, C] logits, or of every pixel of an NCHW map."""
     x = imp.act_input(ctx)
+    shape = imp.shapes[x]
     default = 1 if imp.opset < 13 else -1
-    axis = int(ctx.attrs.get("axis", default)) % imp.rank(x)
-    if imp.rank(x) != 2 or axis != 1:
-        raise ConversionError(f"Softmax '{ctx.name}' over axis {axis} of a rank-{imp.rank(x)} tensor; "
-                              "slimrt converts the softmax of [N, C] logits only")
+    axis = int(ctx.attrs.get("axis", default)) % len(shape)
+    # Before opset 13, Softmax(axis) normalises over all the axes from `axis` on, as one.
+    spans_more = imp.opset < 13 and int(np.prod(shape[axis + 1:])) > 1
+    if axis != 1 or spans_more:
+        over = f"axes {list(range(axis, len(shape)))} together" if imp.opset < 13 else f"axis {axis}"
+        raise ConversionError(f"Softmax '{ctx.name}' over {over} of a tensor of shape {shape}; slimrt converts "
+                              "the softmax over the channels (axis 1) of [N, C] or [N, C, H, W] only")
     imp.emit(ctx, "softmax", [x])
 
 
 _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Conv": _conv, "BatchNormalization": _batchnorm, "Relu": _simple_act("relu"), "Clip": _clip,
-    "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Mul": _mul,
+    "HardSwish": _simple_act("hardswish"), "Sigmoid": _simple_act("sigmoid"), "Tanh": _simple_act("tanh"),
+    "LeakyRelu": _simple_act("leaky_relu", act_alpha=("alpha", 0.01)),
+    "Elu": _simple_act("elu", act_alpha=("alpha", 1.0)),
+    "HardSigmoid": _simple_act("hardsigmoid", act_alpha=("alpha", 0.2), act_beta=("beta", 0.5)),
+    "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Pad": _pad, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
     "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
@@ -558,6 +864,8 @@ def _fold_constant_of_shape(imp: _Importer, v: list[Any], a: dict[str, Any], nam
 def _fold_shape(imp: _Importer, v: list[Any], a: dict[str, Any], names: list[str]) -> list[np.ndarray]:
     if names[0] in imp.shuffles:
         shape = imp.shuffles[names[0]].shape
+    elif names[0] in imp.pads:
+        shape = imp.pads[names[0]].shape
     else:
         shape = imp.shapes[names[0]] if names[0] in imp.shapes else v[0].shape
     rank = len(shape)

@@ -6,6 +6,7 @@ through :class:`slimrt.builder.ModelBuilder`, with one profile per requested wid
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,8 +15,8 @@ import numpy as np
 
 from .analysis import Analysis, analyse
 from .importance import apply_permutations, group_permutations
-from .ir import Graph, Node, fuse
-from .profiles import DEFAULT_WIDTHS, ProfileRequest, WidthSpec, parse_widths, uniform_width
+from .ir import Graph, Node, act_attrs, fuse
+from .profiles import DEFAULT_WIDTHS, DuplicateProfileWarning, ProfileRequest, WidthSpec, parse_widths, uniform_width
 
 if TYPE_CHECKING:
     from ..builder import ModelBuilder
@@ -29,6 +30,8 @@ def graph_to_slim(graph: Graph, widths: WidthSpec = DEFAULT_WIDTHS, importance: 
                   progress: Progress | None = None) -> SlimFile:
     """Convert an imported (unfused) IR graph into a validated SlimFile with the requested profiles.
 
+    A requested profile whose widths equal an earlier one's (small groups round to the same
+    widths) is written once, under the earlier name, with a :class:`DuplicateProfileWarning`.
     ``min_multiplier`` defaults to the smallest uniform multiplier requested (0.25 when only
     explicit widths are given).
     """
@@ -46,7 +49,7 @@ def graph_to_slim(graph: Graph, widths: WidthSpec = DEFAULT_WIDTHS, importance: 
         uniform = [r.multiplier for r in requests if r.multiplier is not None]
         min_multiplier = min(uniform) if uniform else 0.25
     slim = _emit(graph, analysis, requests, min_multiplier)
-    say(f"built {len(requests)} profiles")
+    say(f"built {len(slim.meta['profiles'])} profiles")
     return slim
 
 
@@ -72,12 +75,26 @@ def _emit(graph: Graph, analysis: Analysis, requests: list[ProfileRequest], min_
         group = analysis.out_group.get(node.name)
         names[node.output] = _emit_node(b, node, names, None if group is None else index[group])
     b.set_output(names[graph.output])
+    written: dict[tuple[int, ...], str] = {}
     for request in requests:
         if request.multiplier is not None:
-            b.profile(request.name, [uniform_width(g.size, request.multiplier, g.fixed) for g in analysis.groups])
+            widths = [uniform_width(g.size, request.multiplier, g.fixed) for g in analysis.groups]
         else:
-            b.profile(request.name, request.widths)
+            widths = b.resolve_widths(request.widths, request.name)  # type: ignore[arg-type]
+        first = written.get(tuple(widths))
+        if first is not None:
+            _warn_duplicate(request, first)
+            continue
+        written[tuple(widths)] = request.name
+        b.profile(request.name, widths)
     return b.build()
+
+
+def _warn_duplicate(request: ProfileRequest, first: str) -> None:
+    runs = f"; multiplier {request.multiplier} still runs it" if request.multiplier is not None else ""
+    warnings.warn(f"profile '{request.name}' comes out identical to profile '{first}' (the same width in "
+                  f"every channel group of this model), so the file holds '{first}' only{runs}",
+                  DuplicateProfileWarning, stacklevel=2)
 
 
 def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | None) -> str:
@@ -85,7 +102,7 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
     a = node.attrs
     if node.kind in ("conv", "linear"):
         scale, bias = node.epilogue()
-        common = {"out_group": group, "scale": _f32(scale), "bias": _f32(bias), "act": a["act"], "name": node.name}
+        common = {"out_group": group, "scale": _f32(scale), "bias": _f32(bias), **act_attrs(node), "name": node.name}
         weight = np.ascontiguousarray(node.params["weight"], dtype=np.float32)
         if node.kind == "linear":
             return b.linear(xs[0], weight, **common)
@@ -93,9 +110,9 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
                       dilation=tuple(a["dilation"]), groups=a["groups"], **common)
     name = node.name
     if node.kind == "add":
-        return b.add(xs[0], xs[1], act=a["act"], name=name)
+        return b.add(xs[0], xs[1], name=name, **act_attrs(node))
     if node.kind == "act":
-        return b.act(xs[0], a["kind"], name=name)
+        return b.act(xs[0], a["kind"], name=name, alpha=a.get("act_alpha"), beta=a.get("act_beta"))
     if node.kind == "concat":
         return b.concat(xs, name=name)
     if node.kind == "maxpool":
@@ -112,6 +129,13 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.softmax(xs[0], name=name)
     if node.kind == "shuffle":
         return b.shuffle(xs[0], a["groups"], name=name)
+    if node.kind == "mul":
+        return b.mul(xs[0], xs[1], name=name)
+    if node.kind == "scale_bias":
+        return b.scale_bias(xs[0], _f32(node.params["scale"]), _f32(node.params["bias"]), name=name,
+                            **act_attrs(node))
+    if node.kind == "prelu":
+        return b.prelu(xs[0], _f32(node.params["slope"]), name=name)
     raise AssertionError(f"IR kind '{node.kind}' has no .slim op")
 
 

@@ -31,6 +31,9 @@ WidthSpec = Union[Sequence[float], Mapping[str, Union[float, GroupWidths]]]
 DEFAULT_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
+class DuplicateProfileWarning(UserWarning):
+    """Two requested profiles come out with the same widths; the later one is not written."""
+
 
 @dataclass(frozen=True)
 class ProfileRequest:

@@ -8,18 +8,30 @@ folded into weight and bias), so it can be fine-tuned, exported or used as an or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import format as fmt
-from .export import ModelLike, ProfileView, profile_view
+from .export import ModelLike, ProfileView, channel_affine, profile_view
 from .ir import ConversionError
 
-_ACTS = {"none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish,
-         "silu": F.silu, "sigmoid": torch.sigmoid}
+def activation(kind: str, alpha: float = 0.0, beta: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The torch function of a .slim activation with its parameters (format.ACT_PARAMS)."""
+    if kind == "leaky_relu":
+        return lambda x: F.leaky_relu(x, alpha)
+    if kind == "elu":
+        return lambda x: F.elu(x, alpha)
+    if kind == "hardsigmoid":
+        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
+    simple: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "none": lambda x: x, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
+        "sigmoid": torch.sigmoid, "tanh": torch.tanh, "gelu": F.gelu}
+    if kind not in simple:
+        raise ConversionError(f"activation '{kind}' has no PyTorch equivalent")
+    return simple[kind]
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class Step:
     output: str
     layer: str = ""
     act: str = "none"
+    act_alpha: float = 0.0
+    act_beta: float = 0.0
     pad: tuple[int, ...] = ()
     attrs: tuple[tuple[str, Any], ...] = ()
 
@@ -54,16 +68,19 @@ class PrunedNet(nn.Module):
 
     def _run(self, step: Step, xs: list[torch.Tensor]) -> torch.Tensor:
         a = dict(step.attrs)
+        act = activation(step.act, step.act_alpha, step.act_beta)
         if step.kind in ("conv", "linear"):
             x = F.pad(xs[0], step.pad) if step.pad else xs[0]
-            return _ACTS[step.act](self.layers[step.layer](x))
+            return act(self.layers[step.layer](x))
         if step.kind == "add":
             width = max(x.shape[1] for x in xs)
-            return _ACTS[step.act](sum(_pad_channels(x, width) for x in xs))
+            return act(sum(_pad_channels(x, width) for x in xs))
         if step.kind == "act":
-            return _ACTS[step.act](xs[0])
+            return act(xs[0])
         if step.kind == "concat":
             return torch.cat(xs, dim=1)
+        if step.kind == "mul":
+            return xs[0] * xs[1]
         if step.kind == "maxpool":
             x = F.pad(xs[0], step.pad, value=float("-inf")) if step.pad else xs[0]
             return F.max_pool2d(x, a["kernel"], a["stride"], a["padding"], ceil_mode=a["ceil_mode"])
@@ -77,11 +94,28 @@ class PrunedNet(nn.Module):
             return torch.flatten(xs[0], 1)
         if step.kind == "softmax":
             return torch.softmax(xs[0], dim=1)
+        if step.kind == "prelu":
+            return self.layers[step.layer](xs[0])
+        if step.kind == "scale_bias":
+            return act(self.layers[step.layer](xs[0]))
         if step.kind == "shuffle":
             n, c, h, w = xs[0].shape
             g = a["groups"]
             return xs[0].reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
         raise ConversionError(f"op kind '{step.kind}' has no PyTorch equivalent")
+
+
+class ChannelAffine(nn.Module):
+    """y = weight * x + bias per channel (a scale_bias op), trainable."""
+
+    def __init__(self, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(scale)
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
 def _pad_channels(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -106,7 +140,8 @@ def to_torch(model: ModelLike, profile: str | float) -> PrunedNet:
 
 
 def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module]) -> Step:
-    base = {"kind": op.kind, "inputs": tuple(op.inputs), "output": op.output, "act": op.act}
+    base = {"kind": op.kind, "inputs": tuple(op.inputs), "output": op.output, "act": op.act,
+            "act_alpha": op.act_alpha, "act_beta": op.act_beta}
     if op.kind in ("conv", "linear"):
         layers[key] = _layer(view, op)
         pad = () if op.kind == "linear" or _symmetric(op.pads) else _torch_pad(op.pads)
@@ -115,6 +150,17 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return _pool_step(op, base)
     if op.kind == "shuffle":
         return Step(attrs=(("groups", op.groups),), **base)
+    if op.kind == "scale_bias":
+        scale, bias = channel_affine(view, op)
+        layers[key] = ChannelAffine(torch.from_numpy(scale.copy()), torch.from_numpy(bias.copy()))
+        return Step(layer=key, **base)
+    if op.kind == "prelu":
+        slope = view.slim.tensors[f"{op.name}.slope"][view.infos[op.inputs[0]].channel_index()]
+        layer = nn.PReLU(len(slope))
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(slope.copy()))
+        layers[key] = layer
+        return Step(layer=key, **base)
     return Step(**base)
 
 

@@ -7,7 +7,8 @@ parameters, with the channel maps of :mod:`slimrt.format` (the same groups, zero
 adds and concat segments as the engine), so training and inference cannot disagree about which
 channels a profile uses.
 
-Batch norm. A conv or linear whose .slim op carries a ``scale`` vector is a conv + batch norm:
+Batch norm. A conv or linear whose .slim op carries a ``scale`` vector is a conv + batch norm
+(a ``scale_bias`` op with a ``scale`` is a batch norm on its own):
 the affine (gamma, beta) is shared by every width, the running statistics are private per named
 profile (switchable BN, Slimmable Networks), plus one *shared* row used for widths that are not
 a named profile, exactly as the engine uses the op's shared ``scale``/``bias`` there.
@@ -48,13 +49,23 @@ Widths = tuple[int, ...]
 ProfileKey = Union[str, int, float, Sequence[int]]
 
 _ACTS = {
-    "none": lambda x: x,
-    "relu": F.relu,
-    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
-    "hardswish": F.hardswish,
-    "silu": F.silu,
-    "sigmoid": torch.sigmoid,
+    "none": lambda x, a, b: x,
+    "relu": lambda x, a, b: F.relu(x),
+    "relu6": lambda x, a, b: F.hardtanh(x, 0.0, 6.0),
+    "hardswish": lambda x, a, b: F.hardswish(x),
+    "silu": lambda x, a, b: F.silu(x),
+    "sigmoid": lambda x, a, b: torch.sigmoid(x),
+    "leaky_relu": lambda x, a, b: F.leaky_relu(x, a),
+    "tanh": lambda x, a, b: torch.tanh(x),
+    "gelu": lambda x, a, b: F.gelu(x),
+    "hardsigmoid": lambda x, a, b: torch.clamp(a * x + b, 0.0, 1.0),
+    "elu": lambda x, a, b: F.elu(x, a),
 }
+
+
+def _act(op: fmt.Op, x: torch.Tensor) -> torch.Tensor:
+    """``op``'s activation (with its parameters) of ``x``."""
+    return _ACTS[op.act](x, op.act_alpha, op.act_beta)
 
 
 @dataclass(frozen=True)
@@ -161,21 +172,27 @@ class Supernet(nn.Module):
         self._kinds: dict[str, str] = {}
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
+        self.slopes = nn.ParameterDict()  # prelu: one per input channel
         self.norms = nn.ModuleDict()
         rows = len(self.profiles) + 1
         for op in self.ops:
-            if op.kind not in ("conv", "linear"):
+            if op.kind == "prelu":
+                slope = slim.tensors[f"{op.name}.slope"].astype(np.float32).copy()
+                self.slopes[_key(op.name)] = nn.Parameter(torch.from_numpy(slope))
+                continue
+            if op.kind not in fmt.EPILOGUED:
                 continue
             key = _key(op.name)
-            w = slim.tensors[f"{op.name}.weight"].astype(np.float32)
-            if op.kind == "linear":
-                self._kinds[op.name] = "linear"
-                tw = w.T  # [Out, In]
-            else:
-                kind = fmt.conv_kind(op, shapes[op.inputs[0]][1])
-                self._kinds[op.name] = kind
-                tw = w.transpose(2, 0, 1)[:, None] if kind == "depthwise" else w.transpose(3, 2, 0, 1)
-            self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(tw)))
+            if op.kind != "scale_bias":  # a scale_bias has only its epilogue: batch norm, or a bias
+                w = slim.tensors[f"{op.name}.weight"].astype(np.float32)
+                if op.kind == "linear":
+                    self._kinds[op.name] = "linear"
+                    tw = w.T  # [Out, In]
+                else:
+                    kind = fmt.conv_kind(op, shapes[op.inputs[0]][1])
+                    self._kinds[op.name] = kind
+                    tw = w.transpose(2, 0, 1)[:, None] if kind == "depthwise" else w.transpose(3, 2, 0, 1)
+                self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(tw)))
             cout = shapes[op.output][1]
             scale = slim.tensors.get(f"{op.name}.scale")
             bias = slim.tensors.get(f"{op.name}.bias")
@@ -365,17 +382,20 @@ class Supernet(nn.Module):
 
     def _op(self, op: fmt.Op, p: _OpPlan, ins: list[torch.Tensor], train: bool,
             row: int | None, momentum: float | None) -> torch.Tensor:
-        act = _ACTS[op.act]
         if op.kind in ("conv", "linear"):
             z = self._linear_or_conv(op, p, ins[0])
-            return act(self._epilogue(op, p.out_rows, z, train, row, momentum))
+            return _act(op, self._epilogue(op, p.out_rows, z, train, row, momentum))
+        if op.kind == "prelu":
+            return F.prelu(ins[0], _take(self.slopes[_key(op.name)], p.in_rows))
+        if op.kind == "scale_bias":
+            return _act(op, self._epilogue(op, p.out_rows, self._shift(op, p.out_rows, ins[0]), train, row, momentum))
         if op.kind == "add":
             a, b = ins
             if a.shape[1] < b.shape[1]:
                 a, b = b, a
             if b.shape[1] < a.shape[1]:
                 b = F.pad(b, (0, 0, 0, 0, 0, a.shape[1] - b.shape[1]))
-            return act(a + b)
+            return _act(op, a + b)
         return self._stateless(op, ins)
 
     def _linear_or_conv(self, op: fmt.Op, p: _OpPlan, x: torch.Tensor) -> torch.Tensor:
@@ -394,6 +414,13 @@ class Supernet(nn.Module):
             weight, groups = _take(_take(w, p.out_rows), p.in_rows, 1), 1
         return _conv2d(op, x, weight, bias, groups)
 
+    def _shift(self, op: fmt.Op, rows: Any, z: torch.Tensor) -> torch.Tensor:
+        """z plus a scale_bias's plain bias (one without batch norm), if it has one."""
+        bias = self.biases[_key(op.name)] if _key(op.name) in self.biases else None
+        if bias is None:
+            return z
+        return z + _take(bias, rows).reshape((1, -1) + (1,) * (z.dim() - 2))
+
     def _epilogue(self, op: fmt.Op, rows: Any, z: torch.Tensor, train: bool, row: int | None,
                   momentum: float | None) -> torch.Tensor:
         key = _key(op.name)
@@ -407,6 +434,8 @@ class Supernet(nn.Module):
         x = ins[0]
         if op.kind == "concat":
             return torch.cat(ins, dim=1)
+        if op.kind == "mul":
+            return x * ins[1]
         if op.kind == "maxpool":
             return _pool(op, x, self._out_hw(op, x), "max")
         if op.kind == "avgpool":
@@ -421,7 +450,7 @@ class Supernet(nn.Module):
             n, c, h, w = x.shape
             g = op.groups
             return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
-        return _ACTS[op.act](x)
+        return _act(op, x)
 
     def _out_hw(self, op: fmt.Op, x: torch.Tensor) -> tuple[int, int]:
         shape = fmt.op_output_shape(op, [tuple(x.shape)], self.groups)
@@ -461,8 +490,9 @@ class Supernet(nn.Module):
         full = slice(None)
         for op in self.ops:
             ins = [values[t] for t in op.inputs]
-            if op.kind in ("conv", "linear"):
-                z = self._linear_or_conv_full(op, ins[0])
+            if op.kind in fmt.EPILOGUED:
+                z = self._linear_or_conv_full(op, ins[0]) if op.kind != "scale_bias" else \
+                    self._shift(op, full, ins[0])
                 key = _key(op.name)
                 if key in self.norms:
                     parts = torch.split(z, list(sizes), 0)
@@ -474,9 +504,11 @@ class Supernet(nn.Module):
                             row = pl.profile if pl.profile is not None else self.shared_row
                         outs.append(self.norms[key](part, full, row, train))
                     z = torch.cat(outs, 0)
-                y = _ACTS[op.act](z)
+                y = _act(op, z)
             elif op.kind == "add":
-                y = _ACTS[op.act](ins[0] + ins[1])
+                y = _act(op, ins[0] + ins[1])
+            elif op.kind == "prelu":
+                y = F.prelu(ins[0], self.slopes[_key(op.name)])
             elif op.kind == "softmax":
                 m = mask(op.inputs[0])
                 y = torch.softmax(ins[0].masked_fill(m == 0, float("-inf")), dim=1)
@@ -736,18 +768,22 @@ class Supernet(nn.Module):
             meta["name"] = name
         tensors: dict[str, np.ndarray] = {}
         for op in self.ops:
-            if op.kind not in ("conv", "linear"):
+            if op.kind == "prelu":
+                tensors[f"{op.name}.slope"] = self.slopes[_key(op.name)].detach().cpu().numpy().astype(np.float32)
+                continue
+            if op.kind not in fmt.EPILOGUED:
                 continue
             key = _key(op.name)
-            w = self.weights[key].detach().cpu().numpy()
-            kind = self._kinds[op.name]
-            if kind == "linear":
-                fw = w.T
-            elif kind == "depthwise":
-                fw = w[:, 0].transpose(1, 2, 0)
-            else:
-                fw = w.transpose(2, 3, 1, 0)
-            tensors[f"{op.name}.weight"] = np.ascontiguousarray(fw, dtype=np.float32)
+            if op.kind != "scale_bias":
+                w = self.weights[key].detach().cpu().numpy()
+                kind = self._kinds[op.name]
+                if kind == "linear":
+                    fw = w.T
+                elif kind == "depthwise":
+                    fw = w[:, 0].transpose(1, 2, 0)
+                else:
+                    fw = w.transpose(2, 3, 1, 0)
+                tensors[f"{op.name}.weight"] = np.ascontiguousarray(fw, dtype=np.float32)
             if key in self.biases:
                 tensors[f"{op.name}.bias"] = self.biases[key].detach().numpy().astype(np.float32).copy()
             if key not in self.norms:
