@@ -290,6 +290,10 @@ class ModelBuilder:
         """[N, C, H, W] -> [N, C*H*W], channel major."""
         return self._simple("flatten", x, name)
 
+    def unflatten(self, x: str, name: str | None = None) -> str:
+        """[N, F] -> [N, F, 1, 1]: features become channels (a gate made by linears)."""
+        return self._simple("unflatten", x, name)
+
     def softmax(self, x: str, name: str | None = None) -> str:
         """Softmax over the channel axis."""
         return self._simple("softmax", x, name)

@@ -55,9 +55,9 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
     "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul")
+            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul", "unflatten")
 # Kinds whose output keeps the channel map of their (single) input.
-MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias")
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias", "unflatten")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
 WEIGHTED = ("conv", "linear", "prelu", "scale_bias")
 # Kinds with an epilogue (scale, bias), which a profile may replace ("<op>.scale@<profile>").
@@ -615,6 +615,11 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "flatten":
         n, c, h, w = ins[0]
         return (n, c * h * w)
+    if op.kind == "unflatten":
+        if len(ins[0]) != 2:
+            raise InvalidModelError(f"{where} needs a rank-2 input [N, F], '{op.inputs[0]}' has shape "
+                                    f"{list(ins[0])}")
+        return ins[0] + (1, 1)
     if op.kind == "shuffle" and ins[0][1] % op.groups:
         raise InvalidModelError(f"{where}: groups {op.groups} must divide its {ins[0][1]} input "
                                 "channels")

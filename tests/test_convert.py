@@ -921,6 +921,36 @@ class TestChannelGate:
         assert len(fixed) == 3 and all(g["fixed"] for g in fixed)
         check_all_profiles(slim, x)
 
+    @pytest.mark.parametrize("shape_gate", ["view", "none_index", "unsqueeze"])
+    def test_se_with_linears(self, shape_gate: str) -> None:
+        class LinearSE(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 21, 3, padding=1)
+                self.fc1, self.fc2 = torch.nn.Linear(21, 6), torch.nn.Linear(6, 21)
+                self.head = torch.nn.Conv2d(21, 5, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = torch.relu(self.conv(x))
+                g = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3))))))
+                if shape_gate == "view":
+                    g = g.view(y.shape[0], y.shape[1], 1, 1)
+                elif shape_gate == "none_index":
+                    g = g[:, :, None, None]
+                else:
+                    g = g.unsqueeze(-1).unsqueeze(-1)
+                return self.head(y * g)
+
+        torch.manual_seed(36)
+        net = LinearSE().eval()
+        x = np.random.default_rng(37).standard_normal((2, 3, 6, 7)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"conv": 5, "fc1": 2}, "0.5": 0.5, "1.0": 1.0})
+        kinds = [op["op"] for op in slim.meta["ops"]]
+        assert kinds[-3:] == ["unflatten", "mul", "conv"]
+        with torch.no_grad():
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), net(torch.from_numpy(x)).numpy()) < RTOL
+        check_all_profiles(slim, x)
+
     def test_product_of_two_maps_is_refused(self) -> None:
         node = helper.make_node("Mul", ["c", "c"], ["y"], name="square")
         with pytest.raises(ConversionError, match=r"Mul 'square' multiplies activations of shapes \(1, 8, 4, 4\) and "

@@ -450,3 +450,17 @@ def test_channel_gate_every_width(isa, threads, c, r):
     for p in slim.meta["profiles"]:
         got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
         assert float(np.abs(got - want).max()) <= 1e-4 * float(np.abs(want).max()), p["name"]
+
+
+def test_channel_gate_made_by_linears(isa):
+    """pool -> flatten -> linear -> relu -> linear -> sigmoid -> unflatten gates a map; the
+    unflatten is the same memory."""
+    rng = np.random.default_rng(43)
+    b = ModelBuilder("se_linear", input_shape=(3, 3, 5, 6), min_multiplier=0.01)
+    a, ga = stem(b, rng, 3, 21, "a")
+    s = b.linear(b.flatten(b.global_avgpool(a)), weights(rng, 6, 21), out_group=b.group("se", 6), act="relu")
+    g = b.unflatten(b.linear(s, 3 * weights(rng, 21, 6), out_group=ga, bias=vec(rng, 21), act="sigmoid"))
+    b.set_output(b.mul(a, g))
+    for wa, ws in [(21, 6), (1, 1), (7, 3), (20, 5), (13, 6), (21, 1)]:
+        b.profile(f"{wa}-{ws}", {"a": wa, "se": ws})
+    check_all_profiles(b, rng.standard_normal((3, 3, 5, 6)).astype(np.float32))

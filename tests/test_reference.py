@@ -59,6 +59,8 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     s = b.scale_bias(s, bias=rng.normal(size=13))
     f = b.flatten(b.global_avgpool(b.act(s, "elu")))
     f = b.prelu(f, rng.normal(size=13))
+    g = b.linear(f, rng.normal(size=(13, 13)) / 4, out_group=a, act="hardsigmoid")
+    f = b.flatten(b.mul(b.unflatten(f), b.unflatten(g)))
     f = b.linear(f, rng.normal(size=(11, 13)), out_group=b.group("h", 11), act="gelu")
     b.linear(f, rng.normal(size=(5, 11)), out_group=b.group("cls", 5, fixed=True), act="tanh")
     b.uniform_profiles((0.1, 0.5, 1.0))
@@ -207,6 +209,10 @@ class PrunedTorch:
     def act(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return activation(op, x), idx, channels
+
+    def unflatten(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        return x.reshape(x.shape + (1, 1)), idx, channels
 
     def mul(self, op: dict[str, Any], x: tuple, gate: tuple) -> tuple:
         assert torch.equal(x[1], gate[1]), "a gate has its input's channels"

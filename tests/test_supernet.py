@@ -90,6 +90,8 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     s = b.scale_bias(s, bias=rng.standard_normal(13) * 0.1)
     f = b.flatten(b.global_avgpool(b.act(s, "elu", alpha=0.3)))
     f = b.prelu(f, rng.uniform(-0.5, 0.5, 13))
+    gate = b.unflatten(b.linear(f, w(13, 13), out_group=a, act="sigmoid"))
+    f = b.flatten(b.mul(b.unflatten(f), gate))
     f = b.linear(f, w(11, 13), out_group=b.group("h", 11), act="gelu", **sb(11))
     b.set_output(b.linear(f, w(5, 11), out_group=b.group("classes", 5, fixed=True), act="hardsigmoid"))
     b.uniform_profiles((0.2, 0.5, 1.0))

@@ -38,6 +38,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Prelu: return "prelu";
     case OpKind::ScaleBias: return "scale_bias";
     case OpKind::Mul: return "mul";
+    case OpKind::Unflatten: return "unflatten";
   }
   return "?";
 }
@@ -153,12 +154,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
       {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
-      {"mul", OpKind::Mul}};
+      {"mul", OpKind::Mul}, {"unflatten", OpKind::Unflatten}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu, scale_bias, mul)");
+             "prelu, scale_bias, mul, unflatten)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {

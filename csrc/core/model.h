@@ -93,6 +93,8 @@
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
+//   unflatten       [N, F] -> [N, F, 1, 1]: features become channels (the
+//                   inverse of a flatten of a 1x1 map; a gate made by linears)
 //   softmax         over axis 1: of each row of a rank-2 input, of each pixel's
 //                   channels of a rank-4 one (its active channels at a profile)
 //   act             elementwise "act"
@@ -126,7 +128,8 @@
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
 // takes one full run and gives one full run. flatten maps a channel run (o, k) of
-// an HxW tensor to the feature run (o*H*W, k*H*W). A conv or linear reads, for
+// an HxW tensor to the feature run (o*H*W, k*H*W); unflatten maps a feature run
+// to the same channel run. A conv or linear reads, for
 // every run, the weight rows [offset, offset + count) of each tap.
 //
 // Uniform multiplier m in [min_multiplier, 1]: a group that is not fixed runs
@@ -183,7 +186,8 @@ constexpr int kFormatVersion = 1;
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
-  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul
+  Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul,
+  Unflatten
 };
 
 const char* op_kind_name(OpKind kind);

@@ -192,6 +192,11 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
             y.runs.push_back({static_cast<int32_t>(r.off * hw), static_cast<int32_t>(r.count * hw)});
         }
         break;
+      case OpKind::Unflatten:
+        need_rank(x, 2);
+        y = x;
+        y.rank = 4;
+        break;
       case OpKind::Softmax:
       case OpKind::Act:
         y = x;

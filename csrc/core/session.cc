@@ -167,8 +167,8 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
   for (size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
     const TensorShape& in = full.tensors[op.inputs[0]];
-    // A flatten of a 1x1 map is the same memory: no copy.
-    if (op.kind == OpKind::Flatten && in.h * in.w == 1)
+    // A flatten of a 1x1 map, an unflatten, is the same memory: no copy.
+    if ((op.kind == OpKind::Flatten && in.h * in.w == 1) || op.kind == OpKind::Unflatten)
       storage[op.output] = storage[op.inputs[0]];
     else
       bufs[op.output].first = static_cast<int>(i);
@@ -357,6 +357,8 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         }
         continue;
       }
+      case OpKind::Unflatten:
+        continue;  // same memory
       case OpKind::Flatten:
         if (x.rank == 2 || x.h * x.w == 1) continue;  // same memory
         s.kind = StepKind::Flatten;

@@ -198,6 +198,9 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "unflatten":
+        g.node("Unsqueeze", [x[0], g.const(g.temp(f"{op.name}.axes"), np.array([2, 3], np.int64))], op.output,
+               op.name)
     elif op.kind == "mul":
         g.node("Mul", x, op.output, op.name)
     elif op.kind == "scale_bias":

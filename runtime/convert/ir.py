@@ -20,6 +20,7 @@ Node kinds and their fields:
 ``avgpool``         as maxpool plus ``count_include_pad``
 ``global_avgpool``  [N, C, H, W] -> [N, C, 1, 1]
 ``flatten``         [N, C, H, W] -> [N, C*H*W] (C major)
+``unflatten``       [N, F] -> [N, F, 1, 1]
 ``softmax``         over axis 1
 ``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
                     (c % groups) * (C / groups) + c / groups
@@ -50,7 +51,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "t
                "elu")
 ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul", "unflatten")
 
 
 class ConversionError(InvalidModelError):
@@ -272,6 +273,8 @@ def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, .
         return (x[0], x[1], 1, 1)
     if node.kind == "flatten":
         return (x[0], int(np.prod(x[1:])))
+    if node.kind == "unflatten":
+        return (x[0], x[1], 1, 1)
     if node.kind == "concat":
         return (x[0], sum(shapes[t][1] for t in node.inputs)) + tuple(x[2:])
     return x

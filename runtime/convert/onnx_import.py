@@ -30,7 +30,8 @@ SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid
              "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
+             "Reshape-Transpose-Reshape channel shuffle", "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]",
+             "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
 
@@ -123,6 +124,7 @@ class _Importer:
         self.affine: dict[str, _Affine] = {}
         self.erf: dict[str, _ErfOf] = {}
         self.pads: dict[str, _PadView] = {}
+        self.unsqueezed: dict[str, tuple[str, Shape]] = {}  # [N, F, 1] on the way to [N, F, 1, 1]
         self.used_names: set[str] = {"input"}
         self.input = self._find_input(input_shape)
 
@@ -233,6 +235,9 @@ class _Importer:
             raise ConversionError(
                 f"{ctx.op} '{ctx.name}' reads '{t}', computed from Erf '{view.node}'; slimrt converts Erf only "
                 "inside GELU, x * 0.5 * (1 + Erf(x / sqrt(2)))")
+        if t in self.unsqueezed:
+            raise ConversionError(f"{ctx.op} '{ctx.name}' reads '{t}' of shape {self.unsqueezed[t][1]}; slimrt "
+                                  "converts [N, F] -> [N, F, 1, 1] only")
         if t in self.pads:
             raise ConversionError(
                 f"Pad '{self.pads[t].node}' feeds {ctx.op} '{ctx.name}'; slimrt folds a zero Pad of H and W into "
@@ -250,7 +255,8 @@ class _Importer:
 
     def is_value(self, t: str) -> bool:
         """Whether ``t`` is computed from the input (an activation or a pending view), not a constant."""
-        return t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles or t in self.pads
+        return (t in self.shapes or t in self.affine or t in self.erf or t in self.shuffles or t in self.pads
+                or t in self.unsqueezed)
 
     def padded_input(self, ctx: _Ctx) -> tuple[str, tuple[int, int, int, int], Shape]:
         """The activation a Conv or pool reads, the zero padding a Pad before it adds (top, left,
@@ -706,6 +712,8 @@ def _reshape(imp: _Importer, ctx: _Ctx) -> None:
         _to_rank2(imp, ctx, x)
     elif _is_channel_split(shape, target):
         imp.shuffles[ctx.outputs[0]] = _ShuffleView(x, target[1], target, False, ctx.name)
+    elif len(shape) == 2 and target == shape + (1, 1):
+        imp.emit(ctx, "unflatten", [x])
     else:
         raise ConversionError(f"Reshape '{ctx.name}' from {shape} to {target} mixes the channel axis with "
                               "other axes; slimrt converts Reshape to (N, -1) only, since any other reshape "
@@ -745,6 +753,29 @@ def _resolve_reshape(shape: Shape, target: np.ndarray, allowzero: bool) -> Shape
         known = int(np.prod([d for d in dims if d != -1]))
         dims[dims.index(-1)] = int(np.prod(shape)) // max(known, 1)
     return tuple(dims)
+
+
+def _unsqueeze(imp: _Importer, ctx: _Ctx) -> None:
+    """[N, F] -> [N, F, 1, 1] (in one Unsqueeze or two): a gate made by linears."""
+    t = ctx.inputs[0]
+    source, shape = imp.unsqueezed.get(t, (None, None))
+    if source is None:
+        source = imp.act_input(ctx)
+        shape = imp.shapes[source]
+    axes = [int(a) for a in (imp.const(ctx, 1, "axes").reshape(-1) if len(ctx.inputs) > 1 and ctx.inputs[1]
+                             else ctx.attrs.get("axes", []))]
+    rank = len(shape) + len(axes)
+    out = list(shape)
+    for axis in sorted(a % rank for a in axes):
+        out.insert(axis, 1)
+    target = tuple(out)
+    if len(imp.shapes[source]) != 2 or target[:2] != imp.shapes[source] or any(d != 1 for d in target[2:]):
+        raise ConversionError(f"Unsqueeze '{ctx.name}' of '{t}' gives shape {target}; slimrt converts the Unsqueeze "
+                              "of [N, F] to [N, F, 1, 1] only")
+    if rank == 4:
+        imp.emit(ctx, "unflatten", [source])
+    else:
+        imp.unsqueezed[ctx.outputs[0]] = (source, target)
 
 
 def _squeeze(imp: _Importer, ctx: _Ctx) -> None:
@@ -830,7 +861,7 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Pad": _pad, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
-    "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
+    "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
     "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax,
 }
 

@@ -129,6 +129,8 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.softmax(xs[0], name=name)
     if node.kind == "shuffle":
         return b.shuffle(xs[0], a["groups"], name=name)
+    if node.kind == "unflatten":
+        return b.unflatten(xs[0], name=name)
     if node.kind == "mul":
         return b.mul(xs[0], xs[1], name=name)
     if node.kind == "scale_bias":

@@ -79,6 +79,8 @@ class PrunedNet(nn.Module):
             return act(xs[0])
         if step.kind == "concat":
             return torch.cat(xs, dim=1)
+        if step.kind == "unflatten":
+            return xs[0].reshape(xs[0].shape + (1, 1))
         if step.kind == "mul":
             return xs[0] * xs[1]
         if step.kind == "maxpool":

@@ -436,6 +436,8 @@ class Supernet(nn.Module):
             return torch.cat(ins, dim=1)
         if op.kind == "mul":
             return x * ins[1]
+        if op.kind == "unflatten":
+            return x.reshape(x.shape + (1, 1))
         if op.kind == "maxpool":
             return _pool(op, x, self._out_hw(op, x), "max")
         if op.kind == "avgpool":
