@@ -464,3 +464,23 @@ def test_channel_gate_made_by_linears(isa):
     for wa, ws in [(21, 6), (1, 1), (7, 3), (20, 5), (13, 6), (21, 1)]:
         b.profile(f"{wa}-{ws}", {"a": wa, "se": ws})
     check_all_profiles(b, rng.standard_normal((3, 3, 5, 6)).astype(np.float32))
+
+
+@pytest.mark.parametrize("act,params", [a for a in ACTIVATIONS if a[0] != "none"], ids=ACT_IDS[1:])
+def test_vector_activations_are_accurate_everywhere(isa, act, params):
+    """The act op over [-30, 30] and over tiny magnitudes of both signs: every vector form (the exp
+    built ones from their own exp, tanh, expm1 and erfc) within 1e-6 of numpy's float64 value,
+    relative, plus 1e-7 |x| for the rounding of x itself (hardsigmoid's 0.2 x + 0.5 near 0, GELU's
+    exp(-x^2 / 2) far out); near 0 that leaves the relative bound alone."""
+    values = np.concatenate([np.linspace(-30, 30, 3001), np.geomspace(1e-7, 1, 101), -np.geomspace(1e-7, 1, 101),
+                             [0.0, -0.0, np.nan]])
+    x = values.astype(np.float32).reshape(1, 1, 1, -1)
+    b = ModelBuilder("act", input_shape=x.shape, min_multiplier=1.0)
+    b.act(b.input, act, alpha=params.get("act_alpha"), beta=params.get("act_beta"))
+    slim = b.build()
+    got, want = slimrt.load(to_bytes(slim)).run(x), run_reference(slim, x, 1.0)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    err = np.abs(got[ok] - want[ok])
+    bound = 1e-6 * np.abs(want[ok]) + 1e-7 * np.abs(x[ok]) + 1e-30
+    assert np.all(err <= bound), f"worst at x = {x[ok][np.argmax(err / bound)]}: {got[ok][np.argmax(err / bound)]}"
