@@ -89,6 +89,8 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if op.kind == "shuffle":
         return _shuffle(inputs[0], op.groups)
+    if op.kind == "slice":
+        return inputs[0][:, op.start:op.end]
     if op.kind == "unflatten":
         return inputs[0].reshape(inputs[0].shape + (1, 1))
     if op.kind == "mul":

@@ -15,6 +15,7 @@ models, so they are the zoo that conversion, training and benchmarks are checked
 * :func:`preact_resnet18` (He et al., 2016, "Identity Mappings"): BN -> ReLU -> conv, so no
   batch norm follows a conv;
 * :func:`densenet121` (Huang et al., 2017): dense blocks of BN -> ReLU -> conv over concatenations;
+* :func:`shufflenet_v2` (Ma et al., 2018, 1.0x): channel split, concat and channel shuffle;
 * :func:`resnet_small`, :func:`mobilenet_v2_small`: the same blocks sized for 16-32 px inputs
   (the training benchmarks' data sets), with ``in_channels`` for grey images.
 
@@ -32,7 +33,8 @@ from torch import nn
 
 __all__ = ["MODELS", "VGG", "DenseNet", "EfficientNet", "MobileNetV2", "MobileNetV3", "PreActResNet", "ResNet",
            "create", "densenet121", "efficientnet_b0", "mobilenet_v2", "mobilenet_v2_small", "mobilenet_v3_large",
-           "mobilenet_v3_small", "preact_resnet18", "resnet18", "resnet50", "resnet_small", "vgg16_bn"]
+           "mobilenet_v3_small", "preact_resnet18", "resnet18", "resnet50", "resnet_small", "shufflenet_v2",
+           "ShuffleNetV2", "vgg16_bn"]
 
 
 def _init(module: nn.Module) -> None:
@@ -403,6 +405,58 @@ class DenseNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+# ---- ShuffleNetV2 ----------------------------------------------------------------------
+
+
+def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit: at stride 1 a channel split, one half through 1x1 -> depthwise 3x3 ->
+    1x1 and concatenated back to the other; at stride 2 both halves downsample. Then a shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        self.branch1 = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, act=None),
+                                     _conv_bn(cin, half, 1)) if stride > 1 else nn.Identity()
+        self.branch2 = nn.Sequential(_conv_bn(cin if stride > 1 else half, half, 1),
+                                     _conv_bn(half, half, 3, stride, groups=half, act=None), _conv_bn(half, half, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            y = torch.cat([a, self.branch2(b)], 1)
+        else:
+            y = torch.cat([self.branch1(x), self.branch2(x)], 1)
+        return _channel_shuffle(y, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """ShuffleNetV2 for 224x224 ImageNet (Table 5 of the paper; torchvision's layout)."""
+
+    def __init__(self, repeats: tuple[int, ...] = (4, 8, 4), channels: tuple[int, ...] = (24, 116, 232, 464, 1024),
+                 num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(in_channels, channels[0], 3, 2), nn.MaxPool2d(3, 2, 1))
+        units: list[nn.Module] = []
+        cin = channels[0]
+        for n, cout in zip(repeats, channels[1:-1]):
+            for i in range(n):
+                units.append(ShuffleUnit(cin, cout, 2 if i == 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*units)
+        self.conv5 = _conv_bn(cin, channels[-1], 1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv5(self.stages(self.stem(x))).mean((2, 3)))
+
+
 # ---- constructors ---------------------------------------------------------------------
 
 
@@ -465,11 +519,17 @@ def densenet121(num_classes: int = 1000, in_channels: int = 3) -> DenseNet:
     return DenseNet((6, 12, 24, 16), 32, 64, num_classes, in_channels)
 
 
+def shufflenet_v2(num_classes: int = 1000, in_channels: int = 3) -> ShuffleNetV2:
+    """ShuffleNetV2 1.0x (2.3M parameters, 146M MACs at 224x224)."""
+    return ShuffleNetV2(num_classes=num_classes, in_channels=in_channels)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet50": resnet50, "vgg16_bn": vgg16_bn,
     "resnet_small": resnet_small, "mobilenet_v2_small": mobilenet_v2_small,
     "mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small,
     "efficientnet_b0": efficientnet_b0, "preact_resnet18": preact_resnet18, "densenet121": densenet121,
+    "shufflenet_v2": shufflenet_v2,
 }
 
 

@@ -484,3 +484,25 @@ def test_vector_activations_are_accurate_everywhere(isa, act, params):
     err = np.abs(got[ok] - want[ok])
     bound = 1e-6 * np.abs(want[ok]) + 1e-7 * np.abs(x[ok]) + 1e-30
     assert np.all(err <= bound), f"worst at x = {x[ok][np.argmax(err / bound)]}: {got[ok][np.argmax(err / bound)]}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channel_slices_of_a_fixed_group(threads):
+    """A channel split of a fixed group into odd parts; the parts feed sliced layers at every width."""
+    rng = np.random.default_rng(47)
+    b = ModelBuilder("split", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a = b.conv(b.input, weights(rng, 13, 3, 1, 1), out_group=b.group("a", 13, fixed=True, why="split input"),
+               bias=vec(rng, 13), act="relu")
+    parts = [b.slice(a, 0, 5), b.slice(a, 5, 6), b.slice(a, 6, 13)]
+    g = b.group("g", 9)
+    y = b.conv(parts[2], weights(rng, 9, 7, 3, 3), out_group=g, padding=1, bias=vec(rng, 9))
+    y = b.concat([parts[0], b.conv(parts[1], weights(rng, 9, 1, 1, 1), out_group=g), y])
+    b.set_output(y)
+    for w in range(1, 10):
+        b.profile(str(w), {"g": w})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max()), p["name"]
