@@ -1001,6 +1001,24 @@ class TestChannelSplit:
             onnx_to_slim(_single_node_model(node, [1, 8, 2, 4], inits), (1.0,))
 
 
+@pytest.mark.parametrize("make", [ActNet, SENet, PReluNet, PreActBlock], ids=lambda c: c.__name__)
+def test_models_from_torchs_default_exporter(make) -> None:
+    """torch.onnx.export's default (the dynamo exporter, onnxscript, opset 18+: Gelu as one op)."""
+    pytest.importorskip("onnxscript")
+    import warnings
+
+    torch.manual_seed(42)
+    net = make().eval()
+    randomize_bn(net, 43)
+    x = torch.from_numpy(np.random.default_rng(44).standard_normal((1, 3, 9, 11)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(net, (x,), dynamo=True, verbose=False).model_proto
+    slim = onnx_to_slim(proto, {"small": 0.5, "1.0": 1.0})
+    assert rel_err(slimrt.load(to_bytes(slim)).run(x.numpy()), run_ort(proto, x.numpy())) < RTOL
+    check_all_profiles(slim, x.numpy())
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 
