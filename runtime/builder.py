@@ -327,6 +327,11 @@ class ModelBuilder:
         params = {"slope": _vector(slope, self._shapes[x][1], f"'{name}' slope")}
         return self._add({"op": "prelu", "name": name, "inputs": [x], "output": name}, params)
 
+    def slice(self, x: str, start: int, end: int, name: str | None = None) -> str:
+        """Channels [start, end) of a rank-4 tensor (a channel split). Its input must run at full
+        width: every channel group feeding it must be fixed (build() checks)."""
+        return self._simple("slice", x, name, start=int(start), end=int(end))
+
     def shuffle(self, x: str, groups: int, name: str | None = None) -> str:
         """Channel shuffle of a rank-4 tensor in `groups` groups (groups divides C). Its input
         must run at full width: every channel group feeding it must be fixed (build() checks)."""

@@ -55,7 +55,8 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
     "hardsigmoid": {"act_alpha": 0.2, "act_beta": 0.5},
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
-            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul", "unflatten")
+            "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul", "unflatten",
+            "slice")
 # Kinds whose output keeps the channel map of their (single) input.
 MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias", "unflatten")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
@@ -109,6 +110,8 @@ class Op:
     out_group: int | None = None
     ceil_mode: bool = False
     count_include_pad: bool = False
+    start: int = 0  # slice: channels [start, end)
+    end: int = 0
 
 
 @dataclass(frozen=True)
@@ -433,6 +436,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "act": ("act",),
     "scale_bias": ("act",),
     "shuffle": ("groups",),
+    "slice": ("start", "end"),
 }
 
 
@@ -503,6 +507,9 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         if fields["out_group"] >= n_groups:
             raise InvalidModelError(
                 f"{where} names channel group {fields['out_group']}, the model has {n_groups}")
+    if kind == "slice":
+        fields["start"] = _int_field(entry, "start", where, 0)
+        fields["end"] = _int_field(entry, "end", where, fields["start"] + 1)
     if kind in ("maxpool", "avgpool"):
         fields["ceil_mode"] = _bool_field(entry, "ceil_mode", where, False)
     if kind == "avgpool":
@@ -574,7 +581,7 @@ def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> i
 def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     """Full output shape of `op` for input shapes `ins`; InvalidModelError if it refuses them."""
     where = f"op '{op.name}' ({op.kind})"
-    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle"):
+    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle", "slice"):
         if len(ins[0]) != 4:
             raise InvalidModelError(f"{where} needs a rank-4 input, '{op.inputs[0]}' has "
                                     f"shape {list(ins[0])}")
@@ -615,6 +622,11 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "flatten":
         n, c, h, w = ins[0]
         return (n, c * h * w)
+    if op.kind == "slice":
+        if op.end > ins[0][1]:
+            raise InvalidModelError(f"{where} takes channels [{op.start}, {op.end}) of an input with "
+                                    f"{ins[0][1]}")
+        return (ins[0][0], op.end - op.start) + ins[0][2:]
     if op.kind == "unflatten":
         if len(ins[0]) != 2:
             raise InvalidModelError(f"{where} needs a rank-2 input [N, F], '{op.inputs[0]}' has shape "
@@ -797,11 +809,12 @@ def _op_runs(op: Op, ins: list[TensorInfo], widths: Sequence[int],
                                     f"{list(ins[1].runs)}, its input '{op.inputs[0]}' {list(ins[0].runs)}; "
                                     "the gate must have its input's channels")
         return ins[0].runs
-    if op.kind == "shuffle":
+    if op.kind in ("shuffle", "slice"):
         if ins[0].runs != ((0, ins[0].shape[1]),):
-            raise InvalidModelError(f"shuffle '{op.name}': its input '{op.inputs[0]}' is not at full "
-                                    "width; a channel shuffle needs all its input channels")
-        return ins[0].runs
+            what = "a channel shuffle" if op.kind == "shuffle" else "a channel slice"
+            raise InvalidModelError(f"{op.kind} '{op.name}': its input '{op.inputs[0]}' is not at full "
+                                    f"width; {what} needs all its input channels")
+        return ((0, op.end - op.start),) if op.kind == "slice" else ins[0].runs
     if op.kind == "flatten":
         pixels = ins[0].shape[2] * ins[0].shape[3]
         return _merge([(o * pixels, k * pixels) for o, k in ins[0].runs])
@@ -962,10 +975,11 @@ def _check_static_widths(meta: Mapping[str, Any], groups: Sequence[Group], ops: 
                     "channels at every width: the layer making the gate must write its input's channel "
                     "group (or both must be fixed)")
             full[op.output], prefix[op.output] = full[ins[0]], prefix[ins[0]]
-        elif op.kind == "shuffle":
+        elif op.kind in ("shuffle", "slice"):
             if not full[ins[0]]:
+                what = f"(groups {op.groups})" if op.kind == "shuffle" else f"[{op.start}, {op.end})"
                 raise InvalidModelError(
-                    f"shuffle '{op.name}' (groups {op.groups}) must run at full width: its input "
+                    f"{op.kind} '{op.name}' {what} must run at full width: its input "
                     f"'{ins[0]}' must come from fixed groups (mark the groups that feed it fixed)")
             full[op.output] = prefix[op.output] = True
         else:
@@ -995,7 +1009,7 @@ def _map_signature(op: Op, sig: Mapping[str, Any], shapes: Mapping[str, Shape],
     if op.kind == "concat":
         parts = tuple(sig[t] for t in ins)
         return "full" if all(p == "full" for p in parts) else None if None in parts else ("concat", parts)
-    if op.kind == "shuffle":
+    if op.kind in ("shuffle", "slice"):
         return "full"
     if op.kind == "flatten" and len(shapes[ins[0]]) == 4:
         pixels = shapes[ins[0]][2] * shapes[ins[0]][3]

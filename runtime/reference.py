@@ -23,7 +23,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 # name -> f(x, alpha, beta): the activations of model.h; alpha and beta are the op's act_alpha
 # and act_beta (format.ACT_PARAMS). NaN stays NaN through every one of them.
@@ -36,7 +36,7 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[np.ndarray, float, float], np.ndarray]
     "sigmoid": lambda x, a, b: _sigmoid(x),
     "leaky_relu": lambda x, a, b: np.where(x > 0, x, a * x),
     "tanh": lambda x, a, b: np.tanh(x),
-    "gelu": lambda x, a, b: x * 0.5 * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu": lambda x, a, b: x * 0.5 * _erfc(-x / math.sqrt(2.0)),  # 1 + erf(x / sqrt 2), no cancellation
     "hardsigmoid": lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),
     "elu": lambda x, a, b: np.where(x > 0, x, a * np.expm1(np.minimum(x, 0.0))),
 }
@@ -89,6 +89,8 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if op.kind == "shuffle":
         return _shuffle(inputs[0], op.groups)
+    if op.kind == "slice":
+        return inputs[0][:, op.start:op.end]
     if op.kind == "unflatten":
         return inputs[0].reshape(inputs[0].shape + (1, 1))
     if op.kind == "mul":

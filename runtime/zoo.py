@@ -8,6 +8,14 @@ models, so they are the zoo that conversion, training and benchmarks are checked
   shortcuts where the shape changes; downsampling in the first conv of a block, as in the
   original release (torchvision's "v1.5" moves a bottleneck's stride to the 3x3 conv);
 * :func:`vgg16_bn` (Simonyan & Zisserman, 2015, configuration D, with BatchNormalization);
+* :func:`mobilenet_v3_large`, :func:`mobilenet_v3_small` (Howard et al., 2019): hardswish,
+  squeeze-and-excitation with a hardsigmoid gate, 5x5 depthwise convs;
+* :func:`efficientnet_b0` (Tan & Le, 2019): MBConv blocks with SiLU and sigmoid-gated
+  squeeze-and-excitation;
+* :func:`preact_resnet18` (He et al., 2016, "Identity Mappings"): BN -> ReLU -> conv, so no
+  batch norm follows a conv;
+* :func:`densenet121` (Huang et al., 2017): dense blocks of BN -> ReLU -> conv over concatenations;
+* :func:`shufflenet_v2` (Ma et al., 2018, 1.0x): channel split, concat and channel shuffle;
 * :func:`resnet_small`, :func:`mobilenet_v2_small`: the same blocks sized for 16-32 px inputs
   (the training benchmarks' data sets), with ``in_channels`` for grey images.
 
@@ -18,12 +26,15 @@ slimrt`` does not import it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "VGG", "MobileNetV2", "ResNet", "create", "mobilenet_v2", "mobilenet_v2_small", "resnet18",
-           "resnet50", "resnet_small", "vgg16_bn"]
+__all__ = ["MODELS", "VGG", "DenseNet", "EfficientNet", "MobileNetV2", "MobileNetV3", "PreActResNet", "ResNet",
+           "create", "densenet121", "efficientnet_b0", "mobilenet_v2", "mobilenet_v2_small", "mobilenet_v3_large",
+           "mobilenet_v3_small", "preact_resnet18", "resnet18", "resnet50", "resnet_small", "shufflenet_v2",
+           "ShuffleNetV2", "vgg16_bn"]
 
 
 def _init(module: nn.Module) -> None:
@@ -215,6 +226,237 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+# ---- MobileNetV3 and EfficientNet ------------------------------------------------------
+
+
+class SqueezeExcitation(nn.Module):
+    """Global pool -> 1x1 conv -> act -> 1x1 conv -> gate, times the input (Hu et al., 2018)."""
+
+    def __init__(self, channels: int, squeezed: int, act: type[nn.Module], gate: type[nn.Module]) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeezed, 1)
+        self.act = act(inplace=True)
+        self.fc2 = nn.Conv2d(squeezed, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.fc2(self.act(self.fc1(self.pool(x))))) * x
+
+
+class MBConv(nn.Module):
+    """Expand (1x1) -> depthwise k x k -> optional squeeze-and-excitation -> project (1x1,
+    linear); residual when shapes match. MobileNetV3's bneck and EfficientNet's MBConv."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, kernel: int, stride: int, act: type[nn.Module],
+                 se: int, gate: type[nn.Module]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers.append(_conv_bn(cin, hidden, 1, act=act))
+        layers.append(_conv_bn(hidden, hidden, kernel, stride, groups=hidden, act=act))
+        if se:
+            layers.append(SqueezeExcitation(hidden, se, nn.ReLU if gate is nn.Hardsigmoid else act, gate))
+        layers.append(_conv_bn(hidden, cout, 1, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3 for 224x224 ImageNet (Tables 1 and 2 of the paper; torchvision's layout)."""
+
+    # input, kernel, expanded, output, squeeze-and-excitation, hardswish, stride
+    LARGE = ((16, 3, 16, 16, False, False, 1), (16, 3, 64, 24, False, False, 2), (24, 3, 72, 24, False, False, 1),
+             (24, 5, 72, 40, True, False, 2), (40, 5, 120, 40, True, False, 1), (40, 5, 120, 40, True, False, 1),
+             (40, 3, 240, 80, False, True, 2), (80, 3, 200, 80, False, True, 1), (80, 3, 184, 80, False, True, 1),
+             (80, 3, 184, 80, False, True, 1), (80, 3, 480, 112, True, True, 1), (112, 3, 672, 112, True, True, 1),
+             (112, 5, 672, 160, True, True, 2), (160, 5, 960, 160, True, True, 1), (160, 5, 960, 160, True, True, 1))
+    SMALL = ((16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2), (24, 3, 88, 24, False, False, 1),
+             (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
+             (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1), (48, 5, 288, 96, True, True, 2),
+             (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1))
+
+    def __init__(self, settings: tuple[tuple[Any, ...], ...], last: int, num_classes: int = 1000,
+                 dropout: float = 0.2, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, settings[0][0], 3, 2, act=nn.Hardswish)]
+        for cin, k, hidden, cout, se, hswish, stride in settings:
+            layers.append(MBConv(cin, hidden, cout, k, stride, nn.Hardswish if hswish else nn.ReLU,
+                                 _divisible(hidden // 4) if se else 0, nn.Hardsigmoid))
+        cin = settings[-1][3]
+        layers.append(_conv_bn(cin, 6 * cin, 1, act=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(6 * cin, last), nn.Hardswish(inplace=True), nn.Dropout(dropout),
+                                        nn.Linear(last, num_classes))
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet-B0 for 224x224 ImageNet (Table 1 of the paper; torchvision's layout)."""
+
+    # expansion, kernel, first stride, input, output, repeats
+    B0 = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+          (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1))
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, 32, 3, 2, act=nn.SiLU)]
+        for t, k, s, cin, cout, n in self.B0:
+            for i in range(n):
+                c = cin if i == 0 else cout
+                layers.append(MBConv(c, c * t, cout, k, s if i == 0 else 1, nn.SiLU, max(1, c // 4), nn.Sigmoid))
+        layers.append(_conv_bn(320, 1280, 1, act=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# ---- pre-activation ResNet and DenseNet ------------------------------------------------
+
+
+class PreActBlock(nn.Module):
+    """BN -> ReLU -> 3x3 conv, twice; a projection shortcut reads the pre-activated input."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.bn1(x))
+        y = self.conv2(torch.relu(self.bn2(self.conv1(a))))
+        return y + (self.shortcut(a) if self.shortcut is not None else x)
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet-18 for 224x224 ImageNet, with a final BN -> ReLU before the pool."""
+
+    def __init__(self, depths: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 1000, in_channels: int = 3,
+                 widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(in_channels, widths[0], 7, 2), nn.MaxPool2d(3, 2, 1))
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            for j in range(depth):
+                blocks.append(PreActBlock(cin, width, 2 if i > 0 and j == 0 else 1))
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.blocks(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class DenseLayer(nn.Module):
+    """BN -> ReLU -> 1x1 conv (4k) -> BN -> ReLU -> 3x3 conv (k), concatenated to its input."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(4 * growth), nn.Conv2d(4 * growth, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        return torch.cat([x, y], 1)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC for 224x224 ImageNet (DenseNet-121: growth 32, blocks of 6, 12, 24, 16 layers;
+    transitions BN -> ReLU -> 1x1 conv halving the channels -> 2x2 average pool)."""
+
+    def __init__(self, blocks: tuple[int, ...] = (6, 12, 24, 16), growth: int = 32, stem: int = 64,
+                 num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(in_channels, stem, 7, 2), nn.MaxPool2d(3, 2, 1)]
+        c = stem
+        for i, n in enumerate(blocks):
+            for _ in range(n):
+                layers.append(DenseLayer(c, growth))
+                c += growth
+            if i < len(blocks) - 1:
+                layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Conv2d(c, c // 2, 1, bias=False),
+                           nn.AvgPool2d(2, 2)]
+                c //= 2
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+# ---- ShuffleNetV2 ----------------------------------------------------------------------
+
+
+def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit: at stride 1 a channel split, one half through 1x1 -> depthwise 3x3 ->
+    1x1 and concatenated back to the other; at stride 2 both halves downsample. Then a shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        self.branch1 = nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin, act=None),
+                                     _conv_bn(cin, half, 1)) if stride > 1 else nn.Identity()
+        self.branch2 = nn.Sequential(_conv_bn(cin if stride > 1 else half, half, 1),
+                                     _conv_bn(half, half, 3, stride, groups=half, act=None), _conv_bn(half, half, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            y = torch.cat([a, self.branch2(b)], 1)
+        else:
+            y = torch.cat([self.branch1(x), self.branch2(x)], 1)
+        return _channel_shuffle(y, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    """ShuffleNetV2 for 224x224 ImageNet (Table 5 of the paper; torchvision's layout)."""
+
+    def __init__(self, repeats: tuple[int, ...] = (4, 8, 4), channels: tuple[int, ...] = (24, 116, 232, 464, 1024),
+                 num_classes: int = 1000, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(in_channels, channels[0], 3, 2), nn.MaxPool2d(3, 2, 1))
+        units: list[nn.Module] = []
+        cin = channels[0]
+        for n, cout in zip(repeats, channels[1:-1]):
+            for i in range(n):
+                units.append(ShuffleUnit(cin, cout, 2 if i == 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*units)
+        self.conv5 = _conv_bn(cin, channels[-1], 1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv5(self.stages(self.stem(x))).mean((2, 3)))
+
+
 # ---- constructors ---------------------------------------------------------------------
 
 
@@ -252,9 +494,42 @@ def vgg16_bn(num_classes: int = 1000, image_size: int = 224) -> VGG:
     return VGG(num_classes, image_size)
 
 
+def mobilenet_v3_large(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV3:
+    """MobileNetV3-Large (5.5M parameters, 217M MACs at 224x224)."""
+    return MobileNetV3(MobileNetV3.LARGE, 1280, num_classes, in_channels=in_channels)
+
+
+def mobilenet_v3_small(num_classes: int = 1000, in_channels: int = 3) -> MobileNetV3:
+    """MobileNetV3-Small (2.5M parameters, 56M MACs at 224x224)."""
+    return MobileNetV3(MobileNetV3.SMALL, 1024, num_classes, in_channels=in_channels)
+
+
+def efficientnet_b0(num_classes: int = 1000, in_channels: int = 3) -> EfficientNet:
+    """EfficientNet-B0 (5.3M parameters, 390M MACs at 224x224)."""
+    return EfficientNet(num_classes, in_channels=in_channels)
+
+
+def preact_resnet18(num_classes: int = 1000, in_channels: int = 3) -> PreActResNet:
+    """Pre-activation ResNet-18 (11.7M parameters, 1.8G MACs at 224x224)."""
+    return PreActResNet((2, 2, 2, 2), num_classes, in_channels)
+
+
+def densenet121(num_classes: int = 1000, in_channels: int = 3) -> DenseNet:
+    """DenseNet-121 (8.0M parameters, 2.9G MACs at 224x224)."""
+    return DenseNet((6, 12, 24, 16), 32, 64, num_classes, in_channels)
+
+
+def shufflenet_v2(num_classes: int = 1000, in_channels: int = 3) -> ShuffleNetV2:
+    """ShuffleNetV2 1.0x (2.3M parameters, 146M MACs at 224x224)."""
+    return ShuffleNetV2(num_classes=num_classes, in_channels=in_channels)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet50": resnet50, "vgg16_bn": vgg16_bn,
     "resnet_small": resnet_small, "mobilenet_v2_small": mobilenet_v2_small,
+    "mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small,
+    "efficientnet_b0": efficientnet_b0, "preact_resnet18": preact_resnet18, "densenet121": densenet121,
+    "shufflenet_v2": shufflenet_v2,
 }
 
 

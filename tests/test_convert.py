@@ -958,6 +958,67 @@ class TestChannelGate:
             onnx_to_slim(_single_node_model(node, [1, 8, 4, 4]), (1.0,))
 
 
+class TestChannelSplit:
+    def test_chunk_and_slice_of_channels(self) -> None:
+        class Split(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c, self.d, self.e = torch.nn.Conv2d(3, 12, 1), torch.nn.Conv2d(6, 9, 3, padding=1), \
+                    torch.nn.Conv2d(4, 5, 1)
+                self.f = torch.nn.Conv2d(20, 4, 1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = torch.relu(self.c(x))
+                a, b = y.chunk(2, dim=1)
+                return self.f(torch.cat([self.d(b), a, self.e(y[:, 3:7])], 1))
+
+        torch.manual_seed(38)
+        net = Split().eval()
+        x = np.random.default_rng(39).standard_normal((1, 3, 6, 5)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"d": 3, "e": 2}, "1.0": 1.0})
+        assert [(op["start"], op["end"]) for op in slim.meta["ops"] if op["op"] == "slice"] == [(0, 6), (6, 12), (3, 7)]
+        assert "input of channel slice" in next(g["why"] for g in slim.meta["groups"] if g["name"] == "c")
+        with torch.no_grad():
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), net(torch.from_numpy(x)).numpy()) < RTOL
+        check_all_profiles(slim, x)
+
+    def test_onnx_split_node(self) -> None:
+        split = _init("sizes", np.array([3, 5], np.int64))
+        node = helper.make_node("Split", ["c", "sizes"], ["p", "q"], name="split", axis=1)
+        conv = helper.make_node("Conv", ["q", "w5"], ["y"], name="after", kernel_shape=[1, 1])
+        model = _single_node_model(node, [1, 2, 4, 4], [split, _init("w5", np.ones((2, 5, 1, 1), np.float32))])
+        model.graph.node.append(conv)
+        slim = onnx_to_slim(model, (1.0,))
+        assert [(op["op"], op.get("start"), op.get("end")) for op in slim.meta["ops"]][1:] == \
+            [("slice", 3, 8), ("conv", None, None)]
+        x = np.random.default_rng(40).standard_normal((1, 4, 4, 4)).astype(np.float32)
+        assert rel_err(slimrt.load(to_bytes(slim)).run(x), run_ort(model, x)) < RTOL
+
+    def test_slices_of_other_axes_are_refused(self) -> None:
+        inits = [_init(k, np.array(v, np.int64)) for k, v in (("s", [1]), ("e", [3]), ("ax", [2]))]
+        node = helper.make_node("Slice", ["c", "s", "e", "ax"], ["y"], name="rows")
+        with pytest.raises(ConversionError, match=r"Slice 'rows' .* slimrt converts a slice of whole channels"):
+            onnx_to_slim(_single_node_model(node, [1, 8, 2, 4], inits), (1.0,))
+
+
+@pytest.mark.parametrize("make", [ActNet, SENet, PReluNet, PreActBlock], ids=lambda c: c.__name__)
+def test_models_from_torchs_default_exporter(make) -> None:
+    """torch.onnx.export's default (the dynamo exporter, onnxscript, opset 18+: Gelu as one op)."""
+    pytest.importorskip("onnxscript")
+    import warnings
+
+    torch.manual_seed(42)
+    net = make().eval()
+    randomize_bn(net, 43)
+    x = torch.from_numpy(np.random.default_rng(44).standard_normal((1, 3, 9, 11)).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(net, (x,), dynamo=True, verbose=False).model_proto
+    slim = onnx_to_slim(proto, {"small": 0.5, "1.0": 1.0})
+    assert rel_err(slimrt.load(to_bytes(slim)).run(x.numpy()), run_ort(proto, x.numpy())) < RTOL
+    check_all_profiles(slim, x.numpy())
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

@@ -732,6 +732,17 @@ def test_shuffle_behind_fixed_groups_keeps_one_full_run() -> None:
     assert infos[slim.meta["output"]].runs == ((0, 4),)
 
 
+def test_slice_of_a_sliceable_group_is_refused_and_must_fit() -> None:
+    b = ModelBuilder("slice", input_shape=(1, 4, 6, 6), min_multiplier=0.5)
+    a = b.conv(b.input, np.ones((8, 4, 1, 1)), out_group=b.group("a", 8))
+    with pytest.raises(InvalidModelError, match=r"takes channels \[2, 9\) of an input with 8"):
+        b.slice(a, 2, 9)
+    b.slice(a, 2, 5, name="s")
+    b.uniform_profiles((0.5, 1.0))
+    with pytest.raises(InvalidModelError, match=r"slice 's' \[2, 5\) must run at full width"):
+        b.build()
+
+
 def test_shuffle_groups_must_divide_the_channels() -> None:
     b = shuffle_builder(fixed=True)
     with pytest.raises(InvalidModelError, match="groups 3 must divide its 8 input channels"):

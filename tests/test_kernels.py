@@ -464,3 +464,45 @@ def test_channel_gate_made_by_linears(isa):
     for wa, ws in [(21, 6), (1, 1), (7, 3), (20, 5), (13, 6), (21, 1)]:
         b.profile(f"{wa}-{ws}", {"a": wa, "se": ws})
     check_all_profiles(b, rng.standard_normal((3, 3, 5, 6)).astype(np.float32))
+
+
+@pytest.mark.parametrize("act,params", [a for a in ACTIVATIONS if a[0] != "none"], ids=ACT_IDS[1:])
+def test_vector_activations_are_accurate_everywhere(isa, act, params):
+    """The act op over [-30, 30] and over tiny magnitudes of both signs: every vector form (the exp
+    built ones from their own exp, tanh, expm1 and erfc) within 1e-6 of numpy's float64 value,
+    relative, plus 1e-7 |x| for the rounding of x itself (hardsigmoid's 0.2 x + 0.5 near 0, GELU's
+    exp(-x^2 / 2) far out); near 0 that leaves the relative bound alone."""
+    values = np.concatenate([np.linspace(-30, 30, 3001), np.geomspace(1e-7, 1, 101), -np.geomspace(1e-7, 1, 101),
+                             [0.0, -0.0, np.nan]])
+    x = values.astype(np.float32).reshape(1, 1, 1, -1)
+    b = ModelBuilder("act", input_shape=x.shape, min_multiplier=1.0)
+    b.act(b.input, act, alpha=params.get("act_alpha"), beta=params.get("act_beta"))
+    slim = b.build()
+    got, want = slimrt.load(to_bytes(slim)).run(x), run_reference(slim, x, 1.0)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    err = np.abs(got[ok] - want[ok])
+    bound = 1e-6 * np.abs(want[ok]) + 1e-7 * np.abs(x[ok]) + 1e-30
+    assert np.all(err <= bound), f"worst at x = {x[ok][np.argmax(err / bound)]}: {got[ok][np.argmax(err / bound)]}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channel_slices_of_a_fixed_group(threads):
+    """A channel split of a fixed group into odd parts; the parts feed sliced layers at every width."""
+    rng = np.random.default_rng(47)
+    b = ModelBuilder("split", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a = b.conv(b.input, weights(rng, 13, 3, 1, 1), out_group=b.group("a", 13, fixed=True, why="split input"),
+               bias=vec(rng, 13), act="relu")
+    parts = [b.slice(a, 0, 5), b.slice(a, 5, 6), b.slice(a, 6, 13)]
+    g = b.group("g", 9)
+    y = b.conv(parts[2], weights(rng, 9, 7, 3, 3), out_group=g, padding=1, bias=vec(rng, 9))
+    y = b.concat([parts[0], b.conv(parts[1], weights(rng, 9, 1, 1, 1), out_group=g), y])
+    b.set_output(y)
+    for w in range(1, 10):
+        b.profile(str(w), {"g": w})
+    slim = b.build()
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    for p in slim.meta["profiles"]:
+        got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max()), p["name"]

@@ -30,7 +30,7 @@ def shuffle_net(seed: int = 0) -> fmt.SlimFile:
     a = b.conv(b.input, rng.normal(size=(12, 3, 3, 3)), out_group=b.group("a", 12, fixed=True),
                padding=1, act="relu")
     c = b.conv(b.input, rng.normal(size=(4, 3, 1, 1)), out_group=b.group("c", 4, fixed=True))
-    s = b.shuffle(b.concat([a, c]), 4)
+    s = b.shuffle(b.concat([b.slice(a, 6, 12), c, b.slice(a, 0, 6)]), 4)
     y = b.conv(s, rng.normal(size=(16, 16, 3, 3)) / 12, out_group=b.group("d", 16), act="relu")
     b.conv(y, rng.normal(size=(8, 16, 1, 1)) / 4, out_group=b.group("e", 8))
     b.uniform_profiles()
@@ -225,6 +225,12 @@ class PrunedTorch:
     def prelu(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return F.prelu(x, self.t[f"{op['name']}.slope"][idx]), idx, channels
+
+    def slice(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        assert torch.equal(idx, torch.arange(channels)), "a slice runs at full width"
+        width = op["end"] - op["start"]
+        return x[:, op["start"]:op["end"]], torch.arange(width), width
 
     def shuffle(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

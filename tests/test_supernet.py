@@ -117,8 +117,29 @@ def seg_net(seed: int = 0) -> fmt.SlimFile:
     return b.build()
 
 
+def split_net(seed: int = 0) -> fmt.SlimFile:
+    """A channel split of a fixed group, a shuffle, and sliced convs on the parts."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+    b = ModelBuilder("split", input_shape=(2, 3, 7, 9), min_multiplier=0.2)
+    a = b.conv(b.input, w(12, 3, 3, 3), out_group=b.group("a", 12, fixed=True, why="split"), padding=1, act="relu")
+    g = b.group("g", 11)
+    c = b.conv(b.slice(a, 4, 12), w(11, 8, 1, 1), out_group=g, act="relu", scale=rng.uniform(0.5, 1.5, 11))
+    c = b.conv(c, w(11, 1, 3, 3), groups=11, padding=1)
+    y = b.concat([b.slice(a, 0, 4), b.conv(c, w(8, 11, 1, 1), out_group=b.group("p", 8, fixed=True, why="shuffle"))])
+    y = b.shuffle(y, 2)
+    b.conv(y, w(5, 12, 1, 1), out_group=b.group("o", 5, fixed=True))
+    b.uniform_profiles((0.2, 0.5, 1.0))
+    b.profile("uneven", {"g": 3})
+    return b.build()
+
+
 MODELS = {
     "odd": lambda: odd_net(0),
+    "split": lambda: split_net(4),
     "seg": lambda: seg_net(3),
     "acts": lambda: act_net(1),
     "tiny_resnet": lambda: tiny_resnet(1, input_hw=(16, 16)),  # per-profile epilogues

@@ -28,6 +28,12 @@ CASES = {
     "resnet18": ({"num_classes": 100}, 32),
     "resnet50": ({"num_classes": 100}, 32),
     "vgg16_bn": ({"num_classes": 100, "image_size": 32}, 32),
+    "mobilenet_v3_large": ({"num_classes": 100}, 32),
+    "mobilenet_v3_small": ({"num_classes": 100}, 32),
+    "efficientnet_b0": ({"num_classes": 100}, 32),
+    "preact_resnet18": ({"num_classes": 100}, 32),
+    "densenet121": ({"num_classes": 100}, 32),
+    "shufflenet_v2": ({"num_classes": 100}, 32),
 }
 
 
@@ -87,13 +93,34 @@ def test_profiles_get_cheaper_and_only_the_classifier_stays_full(converted) -> N
     assert [p.name for p in model.profiles] == [str(w) for w in WIDTHS]
     assert macs == sorted(macs) and len(set(macs)) == len(macs)
     fixed = [g for g in slim.meta["groups"] if g["fixed"]]
+    if name == "shufflenet_v2":  # what the shuffles and splits read stays full, the branches' insides slim
+        assert all(("channel shuffle" in g["why"] or "channel slice" in g["why"] or g["why"] == "network output")
+                   for g in fixed)
+        assert len(fixed) < len(slim.meta["groups"])
+        return
     assert len(fixed) == 1 and fixed[0]["why"] == "network output", name
 
 
 # Parameter counts of the ImageNet configurations (224x224, 1000 classes), as published for
 # these architectures (torchvision's reference implementations report the same numbers).
 PUBLISHED_PARAMS = {"mobilenet_v2": 3_504_872, "resnet18": 11_689_512, "resnet50": 25_557_032,
-                    "vgg16_bn": 138_365_992}
+                    "vgg16_bn": 138_365_992, "mobilenet_v3_large": 5_483_032, "mobilenet_v3_small": 2_542_856,
+                    "efficientnet_b0": 5_288_548, "densenet121": 7_978_856,
+                    "shufflenet_v2": 2_278_604}
+
+
+def test_the_newer_ops_are_exercised(converted) -> None:
+    """The ops these architectures need: channel gates, standalone batch norms, their activations."""
+    name, _, _, slim, _ = converted
+    kinds = {op["op"] for op in slim.meta["ops"]}
+    acts = {op.get("act") for op in slim.meta["ops"]}
+    expect = {"mobilenet_v3_large": ({"mul"}, {"hardswish", "hardsigmoid"}),
+              "mobilenet_v3_small": ({"mul"}, {"hardswish", "hardsigmoid"}),
+              "efficientnet_b0": ({"mul"}, {"silu", "sigmoid"}),
+              "preact_resnet18": ({"scale_bias"}, {"relu"}),
+              "densenet121": ({"scale_bias", "concat", "avgpool"}, {"relu"}),
+              "shufflenet_v2": ({"slice", "shuffle", "concat"}, {"relu"})}.get(name, (set(), set()))
+    assert expect[0] <= kinds and expect[1] <= acts, name
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS))

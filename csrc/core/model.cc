@@ -39,6 +39,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::ScaleBias: return "scale_bias";
     case OpKind::Mul: return "mul";
     case OpKind::Unflatten: return "unflatten";
+    case OpKind::Slice: return "slice";
   }
   return "?";
 }
@@ -154,12 +155,13 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"global_avgpool", OpKind::GlobalAvgPool}, {"flatten", OpKind::Flatten},
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
       {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
-      {"mul", OpKind::Mul}, {"unflatten", OpKind::Unflatten}};
+      {"mul", OpKind::Mul}, {"unflatten", OpKind::Unflatten},
+      {"slice", OpKind::Slice}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu, scale_bias, mul, unflatten)");
+             "prelu, scale_bias, mul, unflatten, slice)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -490,6 +492,10 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     }
     if (op.kind == OpKind::Shuffle)
       op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
+    if (op.kind == OpKind::Slice) {
+      op.start = as_int32(member(j, "start", where), where + " start", 0, (1 << 20) - 1);
+      op.end = as_int32(member(j, "end", where), where + " end", op.start + 1, 1 << 20);
+    }
     ops_.push_back(std::move(op));
   }
   output_ = [&] {

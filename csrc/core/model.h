@@ -109,6 +109,9 @@
 //                   channel, or the feature of a rank-2 input). Tensor
 //                   "<name>.slope" [C], C the input's full channels: a profile
 //                   reads the slopes of the input's active channels.
+//   slice           "start", "end": channels [start, end) of a rank-4 input
+//                   (0 <= start < end <= C): a channel split. Its input must run
+//                   at full width: the groups feeding it are fixed.
 //   shuffle         "groups": g. Channel c of the output is channel
 //                   (c % g) * (C / g) + c / g of the input (C = channels,
 //                   divisible by g): the ONNX Reshape [N, g, C/g, H, W],
@@ -127,7 +130,7 @@
 // map; mul keeps x's (which is g's). add of two
 // single-run maps gives [0, max). concat joins its inputs' maps, shifting
 // offsets by the full sizes before them; runs that touch merge into one. shuffle
-// takes one full run and gives one full run. flatten maps a channel run (o, k) of
+// takes one full run and gives one full run; slice one full run of end - start. flatten maps a channel run (o, k) of
 // an HxW tensor to the feature run (o*H*W, k*H*W); unflatten maps a feature run
 // to the same channel run. A conv or linear reads, for
 // every run, the weight rows [offset, offset + count) of each tap.
@@ -187,7 +190,7 @@ constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
   Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul,
-  Unflatten
+  Unflatten, Slice
 };
 
 const char* op_kind_name(OpKind kind);
@@ -228,6 +231,7 @@ struct Op {
   int32_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   bool ceil_mode = false;
   bool count_include_pad = false;
+  int32_t start = 0, end = 0;  // slice: channels [start, end)
   // conv / linear; shuffle: its channel groups
   ConvType conv_type = ConvType::Dense;
   int32_t groups = 1;

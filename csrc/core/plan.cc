@@ -216,6 +216,19 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
         y = x;
         plan.params += x.c;
         break;
+      case OpKind::Slice:
+        need_rank(x, 4);
+        if (op.end > x.c_full)
+          fail_argument(where + " takes channels [" + std::to_string(op.start) + ", " + std::to_string(op.end) +
+                        ") of an input with " + std::to_string(x.c_full));
+        if (x.c != x.c_full || !single_run(x))
+          fail_argument(where + " is a channel slice and needs all " + std::to_string(x.c_full) +
+                        " input channels as one run, the profile gives " + std::to_string(x.c) +
+                        " (the groups feeding it must be fixed)");
+        y = x;
+        y.c = y.c_full = op.end - op.start;
+        y.runs = {{0, y.c}};
+        break;
       case OpKind::Shuffle:
         need_rank(x, 4);
         if (x.c_full % op.groups)

@@ -13,7 +13,7 @@ namespace slimrt {
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu, ScaleBias, Mul };
+                      Prelu, ScaleBias, Mul, Slice };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -359,6 +359,13 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
       }
       case OpKind::Unflatten:
         continue;  // same memory
+      case OpKind::Slice:
+        s.kind = StepKind::Slice;
+        s.x = buf(op.inputs[0]) + op.start;
+        s.c = x.c;
+        s.c2 = op.end - op.start;
+        s.count = x.n * x.h * x.w;
+        break;
       case OpKind::Flatten:
         if (x.rank == 2 || x.h * x.w == 1) continue;  // same memory
         s.kind = StepKind::Flatten;
@@ -593,6 +600,10 @@ void Session::execute(const Step& s) {
     case StepKind::Copy:
       parallel(s.count,
                [&](int, int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
+      break;
+    case StepKind::Slice:
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.c2, s.c2, b, e); });
       break;
     case StepKind::Shuffle:
       parallel(s.count,

@@ -1,5 +1,5 @@
 // Dense convolution's weight packing, and the dispatch
-// of the vector kernels (dense and depthwise conv, max pooling) to the widest instruction
+// of the vector kernels (dense and depthwise conv, max pooling, activations) to the widest instruction
 // set the CPU supports.
 #include <atomic>
 #include <cstdlib>
@@ -13,6 +13,7 @@ namespace slimrt::kernels {
 void conv_packed_generic(const ConvParams&, int64_t, int64_t, int, int, float*);
 void dwconv_generic(const DwParams&, int64_t, int64_t);
 void maxpool_generic(const PoolParams&, int64_t, int64_t);
+void activate_generic(float*, int64_t, const Activation&);
 #if defined(SLIMRT_HAVE_X86_KERNELS)
 void conv_packed_avx2(const ConvParams&, int64_t, int64_t, int, int, float*);
 void conv_packed_avx512(const ConvParams&, int64_t, int64_t, int, int, float*);
@@ -20,6 +21,8 @@ void dwconv_avx2(const DwParams&, int64_t, int64_t);
 void dwconv_avx512(const DwParams&, int64_t, int64_t);
 void maxpool_avx2(const PoolParams&, int64_t, int64_t);
 void maxpool_avx512(const PoolParams&, int64_t, int64_t);
+void activate_avx2(float*, int64_t, const Activation&);
+void activate_avx512(float*, int64_t, const Activation&);
 #endif
 
 size_t packed_conv_size(int taps, int k_full, int cout) {
@@ -46,13 +49,14 @@ struct Dispatch {
   void (*conv)(const ConvParams&, int64_t, int64_t, int, int, float*);
   void (*dw)(const DwParams&, int64_t, int64_t);
   void (*maxpool)(const PoolParams&, int64_t, int64_t);
+  void (*activate)(float*, int64_t, const Activation&);
   const char* name;
 };
 
-const Dispatch kGeneric{conv_packed_generic, dwconv_generic, maxpool_generic, "generic"};
+const Dispatch kGeneric{conv_packed_generic, dwconv_generic, maxpool_generic, activate_generic, "generic"};
 #if defined(SLIMRT_HAVE_X86_KERNELS)
-const Dispatch kAvx2{conv_packed_avx2, dwconv_avx2, maxpool_avx2, "avx2"};
-const Dispatch kAvx512{conv_packed_avx512, dwconv_avx512, maxpool_avx512, "avx512f"};
+const Dispatch kAvx2{conv_packed_avx2, dwconv_avx2, maxpool_avx2, activate_avx2, "avx2"};
+const Dispatch kAvx512{conv_packed_avx512, dwconv_avx512, maxpool_avx512, activate_avx512, "avx512f"};
 #endif
 
 // The implementation called `want` if this CPU runs it, else null.
@@ -98,6 +102,10 @@ void dwconv(const DwParams& p, int64_t m_begin, int64_t m_end) {
 
 void maxpool(const PoolParams& p, int64_t m_begin, int64_t m_end) {
   current().load(std::memory_order_relaxed)->maxpool(p, m_begin, m_end);
+}
+
+void activate_vector(float* y, int64_t n, const Activation& act) {
+  current().load(std::memory_order_relaxed)->activate(y, n, act);
 }
 
 const char* isa() { return current().load()->name; }

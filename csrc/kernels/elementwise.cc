@@ -40,10 +40,8 @@ void act_span(float* y, int64_t n, const Activation& act) {
         y[i] = y[i] * (t < 0.0f ? 0.0f : (t > 6.0f ? 6.0f : t)) * (1.0f / 6.0f);
       }
       return;
-    default: {
-      const Activation a = act;
-      for (int64_t i = 0; i < n; ++i) y[i] = apply_act(y[i], a);
-    }
+    default:  // the activations built on exp: the vector kernel of the instruction set
+      activate_vector(y, n, act);
   }
 }
 

@@ -95,7 +95,7 @@ bool conv_nchw_supported(int cin, int kh, int kw, int sw, int dw);
 // Computes output pixels [m_begin, m_end) and panels [p_begin, p_end); the
 // output may be written several times (partial sums) before its final value.
 void conv_packed(const ConvParams& p, int64_t m_begin, int64_t m_end, int p_begin, int p_end, float* workspace);
-// The instruction set the vector kernels (conv_packed, dwconv, maxpool) run with:
+// The instruction set the vector kernels (conv_packed, dwconv, maxpool, activate_vector) run with:
 // "avx512f", "avx2" or "generic".
 const char* isa();
 // Switches the vector kernels to "generic", "avx2" or "avx512f" (for tests and
@@ -207,6 +207,9 @@ void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float
 
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, const Activation& act, int64_t begin, int64_t end);
+// The vector kernel per instruction set that activate() uses for the
+// activations built on exp (sigmoid, silu, tanh, elu, gelu): y[i] = act(y[i]), i < n.
+void activate_vector(float* y, int64_t n, const Activation& act);
 
 // Softmax over the c values of each row, rows [r_begin, r_end).
 void softmax(const float* x, int32_t c, float* y, int64_t r_begin, int64_t r_end);

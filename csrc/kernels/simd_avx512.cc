@@ -2,5 +2,6 @@
 #define SLIMRT_ISA_FN conv_packed_avx512
 #define SLIMRT_DW_FN dwconv_avx512
 #define SLIMRT_POOL_FN maxpool_avx512
+#define SLIMRT_ACT_FN activate_avx512
 #define SLIMRT_MR 12
 #include "kernels/simd_kernels.inc"

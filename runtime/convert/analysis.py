@@ -14,7 +14,8 @@ Rules (as in DepGraph-style dependency analysis):
 
 Groups that cannot be sliced are *fixed* and carry a reason: the network input and output,
 the input and output of a grouped conv that is not depthwise, the input of a channel shuffle
-(whose output then mixes no group a later layer could slice), and the operands of an add whose
+(whose output then mixes no group a later layer could slice) or of a channel slice (a split: its
+parts start at fixed offsets), and the operands of an add whose
 channels come from a concat. A tensor's channel axis is described by its :class:`Segment`
 list; a segment of group -1 is the network input, which is never permuted.
 """
@@ -126,11 +127,13 @@ def _visit(node: Node, graph: Graph, layouts: dict[str, list[tuple[int, int, int
             elem = uf.add()
         producer_elem[node.name] = elem
         return [(elem, size, 1)]
-    if node.kind == "shuffle":
-        why = f"channel shuffle '{node.name}' (groups={node.attrs['groups']})"
+    if node.kind in ("shuffle", "slice"):
+        why = f"channel shuffle '{node.name}' (groups={node.attrs['groups']})" if node.kind == "shuffle" else \
+            f"channel slice '{node.name}' [{node.attrs['start']}, {node.attrs['end']})"
         for elem, _, _ in src:
             uf.fix(elem, "input of " + why)
-        return [(uf.add("output of " + why), sum(size for _, size, _ in src), 1)]
+        size = sum(size for _, size, _ in src) if node.kind == "shuffle" else node.attrs["end"] - node.attrs["start"]
+        return [(uf.add("output of " + why), size, 1)]
     if node.kind in ("add", "mul"):
         return _visit_add(node, layouts, uf)
     if node.kind == "concat":

@@ -198,6 +198,10 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "slice":
+        bounds = [g.const(g.temp(f"{op.name}.{k}"), np.array([v], np.int64))
+                  for k, v in (("start", op.start), ("end", op.end), ("axis", 1))]
+        g.node("Slice", [x[0]] + bounds, op.output, op.name)
     elif op.kind == "unflatten":
         g.node("Unsqueeze", [x[0], g.const(g.temp(f"{op.name}.axes"), np.array([2, 3], np.int64))], op.output,
                op.name)

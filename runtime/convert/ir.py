@@ -25,6 +25,7 @@ Node kinds and their fields:
 ``shuffle``         channel shuffle; attrs ``groups``: output channel c is input channel
                     (c % groups) * (C / groups) + c / groups
 ``prelu``           params ``slope`` [C]: x > 0 ? x : slope * x per channel
+``slice``           channels [``start``, ``end``) (a channel split; kept at full width)
 ``scale_bias``      params ``scale``, ``bias`` [C]: act(scale * x + bias) per channel; attrs ``act``
 ==================  ========================================================================
 
@@ -51,7 +52,7 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "t
                "elu")
 ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul", "unflatten")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul", "unflatten", "slice")
 
 
 class ConversionError(InvalidModelError):
@@ -275,6 +276,8 @@ def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, .
         return (x[0], int(np.prod(x[1:])))
     if node.kind == "unflatten":
         return (x[0], x[1], 1, 1)
+    if node.kind == "slice":
+        return (x[0], node.attrs["end"] - node.attrs["start"]) + tuple(x[2:])
     if node.kind == "concat":
         return (x[0], sum(shapes[t][1] for t in node.inputs)) + tuple(x[2:])
     return x

@@ -30,7 +30,7 @@ SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid
              "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
              "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]",
+             "Reshape-Transpose-Reshape channel shuffle", "Slice and Split of the channels", "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]",
              "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
@@ -778,6 +778,54 @@ def _unsqueeze(imp: _Importer, ctx: _Ctx) -> None:
         imp.unsqueezed[ctx.outputs[0]] = (source, target)
 
 
+def _slice(imp: _Importer, ctx: _Ctx) -> None:
+    """Slice of an activation: a channel split (axis 1, step 1) only."""
+    x = imp.act_input(ctx)
+    shape = imp.shapes[x]
+    if imp.opset < 10:
+        starts, ends = list(ctx.attrs["starts"]), list(ctx.attrs["ends"])
+        axes = list(ctx.attrs.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts = [int(v) for v in imp.const(ctx, 1, "starts").reshape(-1)]
+        ends = [int(v) for v in imp.const(ctx, 2, "ends").reshape(-1)]
+        has = [len(ctx.inputs) > i and ctx.inputs[i] for i in (3, 4)]
+        axes = [int(v) for v in imp.const(ctx, 3, "axes").reshape(-1)] if has[0] else list(range(len(starts)))
+        steps = [int(v) for v in imp.const(ctx, 4, "steps").reshape(-1)] if has[1] else [1] * len(starts)
+    span = {a % len(shape): slice(s, e, st) for s, e, a, st in zip(starts, ends, axes, steps)}
+    full = slice(None)
+    kept = {a: sl for a, sl in span.items() if range(shape[a])[sl] != range(shape[a])}
+    channels = range(shape[1])[span.get(1, full)] if len(shape) > 1 else range(0)
+    if set(kept) - {1} or len(shape) != 4 or channels.step != 1 or not len(channels):
+        raise ConversionError(f"Slice '{ctx.name}' of '{x}' {list(shape)} (starts {starts}, ends {ends}, axes {axes}, "
+                              f"steps {steps}); slimrt converts a slice of whole channels [a, b) of an NCHW tensor "
+                              "only (a channel split)")
+    imp.emit(ctx, "slice", [x], {"start": channels.start, "end": channels.stop})
+
+
+def _split(imp: _Importer, ctx: _Ctx) -> None:
+    """Split along channels: one channel slice per output."""
+    x = imp.act_input(ctx)
+    shape = imp.shapes[x]
+    axis = int(ctx.attrs.get("axis", 0)) % len(shape)
+    if len(ctx.inputs) > 1 and ctx.inputs[1]:
+        sizes = [int(v) for v in imp.const(ctx, 1, "split").reshape(-1)]
+    elif "split" in ctx.attrs:
+        sizes = [int(v) for v in ctx.attrs["split"]]
+    else:
+        parts = len(ctx.outputs)
+        step = -(-shape[axis] // parts)
+        sizes = [min(step, shape[axis] - i * step) for i in range(parts)]
+    if len(shape) != 4 or axis != 1 or sum(sizes) != shape[1] or min(sizes) < 1:
+        raise ConversionError(f"Split '{ctx.name}' of '{x}' {list(shape)} along axis {axis} into {sizes}; slimrt "
+                              "converts a split of the channels (axis 1) of an NCHW tensor only")
+    start = 0
+    for out, size in zip(ctx.outputs, sizes):
+        if out:
+            imp.emit(ctx, "slice", [x], {"start": start, "end": start + size}, output=out)
+        start += size
+
+
 def _squeeze(imp: _Importer, ctx: _Ctx) -> None:
     x = imp.act_input(ctx)
     shape = imp.shapes[x]
@@ -861,7 +909,8 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Gelu": _gelu, "Erf": _erf, "PRelu": _prelu, "Pad": _pad, "Mul": _mul, "Div": _div, "Sub": _sub,
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
-    "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
+    "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice,
+    "Split": _split, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
     "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax,
 }
 

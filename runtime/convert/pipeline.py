@@ -129,6 +129,8 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.softmax(xs[0], name=name)
     if node.kind == "shuffle":
         return b.shuffle(xs[0], a["groups"], name=name)
+    if node.kind == "slice":
+        return b.slice(xs[0], a["start"], a["end"], name=name)
     if node.kind == "unflatten":
         return b.unflatten(xs[0], name=name)
     if node.kind == "mul":

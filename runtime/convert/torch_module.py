@@ -79,6 +79,8 @@ class PrunedNet(nn.Module):
             return act(xs[0])
         if step.kind == "concat":
             return torch.cat(xs, dim=1)
+        if step.kind == "slice":
+            return xs[0][:, a["start"]:a["end"]]
         if step.kind == "unflatten":
             return xs[0].reshape(xs[0].shape + (1, 1))
         if step.kind == "mul":
@@ -152,6 +154,8 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return _pool_step(op, base)
     if op.kind == "shuffle":
         return Step(attrs=(("groups", op.groups),), **base)
+    if op.kind == "slice":
+        return Step(attrs=(("start", op.start), ("end", op.end)), **base)
     if op.kind == "scale_bias":
         scale, bias = channel_affine(view, op)
         layers[key] = ChannelAffine(torch.from_numpy(scale.copy()), torch.from_numpy(bias.copy()))

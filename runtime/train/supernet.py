@@ -438,6 +438,8 @@ class Supernet(nn.Module):
             return x * ins[1]
         if op.kind == "unflatten":
             return x.reshape(x.shape + (1, 1))
+        if op.kind == "slice":
+            return x[:, op.start:op.end]
         if op.kind == "maxpool":
             return _pool(op, x, self._out_hw(op, x), "max")
         if op.kind == "avgpool":
