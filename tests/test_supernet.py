@@ -27,17 +27,26 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+def _weights(rng: np.random.Generator):
+    """Fan-in scaled random weights of a shape."""
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+    return w
+
+
+def _scale_bias(rng: np.random.Generator):
+    """BN-like scale and bias vectors of length n, as builder keyword arguments."""
+    def sb(n: int) -> dict:
+        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
+                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+    return sb
+
+
 def odd_net(seed: int = 0) -> fmt.SlimFile:
     """Odd channel counts, a residual add of unequal widths, concat, depthwise, pools,
     asymmetric padding, a conv with bias only and a linear with BN-like scale."""
     rng = np.random.default_rng(seed)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
-
-    def sb(n: int) -> dict:
-        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
-                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+    w, sb = _weights(rng), _scale_bias(rng)
 
     b = ModelBuilder("odd", input_shape=(2, 3, 13, 11), min_multiplier=0.2)
     a = b.group("a", 13)
@@ -69,13 +78,7 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     """The parameterised and the newer activations, fused into convs, a linear and an add, and
     as act ops, over odd group sizes; BN-like scales so the supernet has batch norm on them."""
     rng = np.random.default_rng(seed)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
-
-    def sb(n: int) -> dict:
-        return {"scale": rng.uniform(0.5, 1.5, n).astype(np.float32),
-                "bias": (rng.standard_normal(n) * 0.1).astype(np.float32)}
+    w, sb = _weights(rng), _scale_bias(rng)
 
     b = ModelBuilder("acts", input_shape=(2, 3, 9, 7), min_multiplier=0.2)
     a = b.group("a", 13)
