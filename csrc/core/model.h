@@ -133,14 +133,14 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, resize, act, scale_bias, prelu and softmax keep their input's
-// map; mul keeps x's (which is g's). add of two
-// single-run maps gives [0, max). concat joins its inputs' maps, shifting
-// offsets by the full sizes before them; runs that touch merge into one. shuffle
-// takes one full run and gives one full run; slice one full run of end - start. flatten maps a channel run (o, k) of
-// an HxW tensor to the feature run (o*H*W, k*H*W); unflatten maps a feature run
-// to the same channel run. A conv or linear reads, for
-// every run, the weight rows [offset, offset + count) of each tap.
+// Depthwise conv, pools, resize, act, scale_bias, prelu and softmax keep their
+// input's map; mul keeps x's (which is g's). add of two single-run maps gives
+// [0, max). concat joins its inputs' maps, shifting offsets by the full sizes
+// before them; runs that touch merge into one. shuffle takes one full run and
+// gives one full run; slice gives one full run of end - start. flatten maps a
+// channel run (o, k) of an HxW tensor to the feature run (o*H*W, k*H*W);
+// unflatten maps a feature run to the same channel run. A conv or linear
+// reads, for every run, the weight rows [offset, offset + count) of each tap.
 //
 // Uniform multiplier m in [min_multiplier, 1]: a group that is not fixed runs
 // at the value nearest to size * m among the multiples of 8 below size and size

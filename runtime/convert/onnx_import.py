@@ -1,14 +1,20 @@
 """ONNX -> converter IR (:mod:`slimrt.convert.ir`).
 
-A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
-[N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed nothing
-else. Arithmetic with constants (Mul, Div, Add, Sub of a per-channel constant) is kept as a
-pending affine map of its activation until something reads it: GELU written out as
-x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes one ``gelu``
-activation; any other reader gets the map folded into the layer before it. A zero Pad of H and
-W is kept pending too and folded into the Conv or pool that reads it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
-Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
-ops that touch activations map onto the IR's op set. Anything else raises
+Some ONNX values are kept as pending views, not IR nodes, until something reads them:
+
+* a channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
+  [N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed
+  nothing else;
+* arithmetic with per-channel constants (Mul, Div, Add, Sub) is an affine map of its activation:
+  GELU written out as x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes
+  one ``gelu`` activation; any other reader gets a ``scale_bias`` node, which fuse() folds into
+  a layer next to it where that is exact;
+* a zero Pad of H and W is folded into the Conv or pool that reads it;
+* [N, F] unsqueezed to [N, F, 1] waits for its second Unsqueeze to [N, F, 1, 1].
+
+Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the ops
+that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
 """
 
@@ -25,14 +31,14 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
-             "Mul (x * g, g [N, C, 1, 1]: a channel gate)",
-             "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
+             "Mul (x * g, g [N, C, 1, 1]: a channel gate)", "LeakyRelu", "PRelu", "Tanh", "Gelu",
+             "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
              "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
-             "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Slice and Split of the channels",
-             "Resize / Upsample (integer factors: nearest, bilinear with half-pixel centres)", "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]",
-             "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
+             "Reshape to (N, -1)", "Reshape-Transpose-Reshape channel shuffle", "Slice and Split of the channels",
+             "Resize / Upsample (integer factors: nearest, bilinear with half-pixel centres)",
+             "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout",
+             "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
 
@@ -310,7 +316,7 @@ class _Ctx:
 
 def _unsupported(op: str, name: str) -> str:
     hint = ""
-    if op in ("Transpose", "Reshape", "Split", "Slice", "Gather"):
+    if op in ("Transpose", "Reshape", "Gather", "GatherElements", "ScatterND"):
         hint = (" (an op that moves channels, such as a channel shuffle, cannot keep the channel "
                 "order that width slicing needs)")
     return (f"unsupported ONNX op '{op}' at node '{name}'{hint}; slimrt converts {', '.join(SUPPORTED)}. "
