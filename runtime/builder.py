@@ -327,6 +327,11 @@ class ModelBuilder:
         params = {"slope": _vector(slope, self._shapes[x][1], f"'{name}' slope")}
         return self._add({"op": "prelu", "name": name, "inputs": [x], "output": name}, params)
 
+    def resize(self, x: str, scale: int | Sequence[int], mode: str = "nearest", name: str | None = None) -> str:
+        """Upsampling by integer factors (an int or (sh, sw)): "nearest" or "bilinear" (half-pixel
+        centres, as PyTorch's align_corners=False)."""
+        return self._simple("resize", x, name, scale=_pair(scale, "scale"), mode=mode)
+
     def slice(self, x: str, start: int, end: int, name: str | None = None) -> str:
         """Channels [start, end) of a rank-4 tensor (a channel split). Its input must run at full
         width: every channel group feeding it must be fixed (build() checks)."""

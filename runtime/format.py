@@ -56,9 +56,11 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
             "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul", "unflatten",
-            "slice")
+            "slice", "resize")
 # Kinds whose output keeps the channel map of their (single) input.
-MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias", "unflatten")
+MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias", "unflatten",
+                  "resize")
+RESIZE_MODES = ("nearest", "bilinear")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
 WEIGHTED = ("conv", "linear", "prelu", "scale_bias")
 # Kinds with an epilogue (scale, bias), which a profile may replace ("<op>.scale@<profile>").
@@ -112,6 +114,8 @@ class Op:
     count_include_pad: bool = False
     start: int = 0  # slice: channels [start, end)
     end: int = 0
+    scale: tuple[int, int] = (1, 1)  # resize: integer factors (sh, sw), and its mode
+    mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "scale_bias": ("act",),
     "shuffle": ("groups",),
     "slice": ("start", "end"),
+    "resize": ("scale", "mode"),
 }
 
 
@@ -507,6 +512,11 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         if fields["out_group"] >= n_groups:
             raise InvalidModelError(
                 f"{where} names channel group {fields['out_group']}, the model has {n_groups}")
+    if kind == "resize":
+        fields["scale"] = _ints_field(entry, "scale", where, 2, 1)
+        fields["mode"] = _str_field(entry, "mode", where)
+        if fields["mode"] not in RESIZE_MODES:
+            raise InvalidModelError(f"{where} has mode '{fields['mode']}' (known: {', '.join(RESIZE_MODES)})")
     if kind == "slice":
         fields["start"] = _int_field(entry, "start", where, 0)
         fields["end"] = _int_field(entry, "end", where, fields["start"] + 1)
@@ -581,7 +591,7 @@ def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> i
 def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     """Full output shape of `op` for input shapes `ins`; InvalidModelError if it refuses them."""
     where = f"op '{op.name}' ({op.kind})"
-    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle", "slice"):
+    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle", "slice", "resize"):
         if len(ins[0]) != 4:
             raise InvalidModelError(f"{where} needs a rank-4 input, '{op.inputs[0]}' has "
                                     f"shape {list(ins[0])}")
@@ -622,6 +632,9 @@ def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     if op.kind == "flatten":
         n, c, h, w = ins[0]
         return (n, c * h * w)
+    if op.kind == "resize":
+        n, c, h, w = ins[0]
+        return (n, c, h * op.scale[0], w * op.scale[1])
     if op.kind == "slice":
         if op.end > ins[0][1]:
             raise InvalidModelError(f"{where} takes channels [{op.start}, {op.end}) of an input with "

@@ -91,6 +91,8 @@ def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.Tensor
         return _shuffle(inputs[0], op.groups)
     if op.kind == "slice":
         return inputs[0][:, op.start:op.end]
+    if op.kind == "resize":
+        return _resize(inputs[0], op.scale, op.mode == "bilinear")
     if op.kind == "unflatten":
         return inputs[0].reshape(inputs[0].shape + (1, 1))
     if op.kind == "mul":
@@ -228,6 +230,22 @@ def _avgpool(op: fmt.Op, x: np.ndarray, shape: fmt.Shape) -> np.ndarray:
             total += _tap(padded, i, j, op, shape[2], shape[3])
             count += _tap(counted, i, j, op, shape[2], shape[3])
     return total / count
+
+
+def _resize(x: np.ndarray, scale: tuple[int, int], bilinear: bool) -> np.ndarray:
+    """Upsampling by integer factors: nearest, or bilinear with half-pixel centres (model.h)."""
+    for axis, s in ((2, scale[0]), (3, scale[1])):
+        size = x.shape[axis]
+        out = np.arange(size * s)
+        if not bilinear:
+            x = np.take(x, out // s, axis=axis)
+            continue
+        src = np.maximum((out + 0.5) / s - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), size - 1)
+        i1 = np.minimum(i0 + 1, size - 1)
+        w1 = (src - i0).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+        x = np.take(x, i0, axis=axis) * (1 - w1) + np.take(x, i1, axis=axis) * w1
+    return x
 
 
 def _shuffle(x: np.ndarray, groups: int) -> np.ndarray:

@@ -16,6 +16,8 @@ models, so they are the zoo that conversion, training and benchmarks are checked
   batch norm follows a conv;
 * :func:`densenet121` (Huang et al., 2017): dense blocks of BN -> ReLU -> conv over concatenations;
 * :func:`shufflenet_v2` (Ma et al., 2018, 1.0x): channel split, concat and channel shuffle;
+* :func:`unet_small` (Ronneberger et al., 2015, narrowed): max-pool down, bilinear up, skip
+  concatenations, a logit per pixel;
 * :func:`resnet_small`, :func:`mobilenet_v2_small`: the same blocks sized for 16-32 px inputs
   (the training benchmarks' data sets), with ``in_channels`` for grey images.
 
@@ -34,7 +36,7 @@ from torch import nn
 __all__ = ["MODELS", "VGG", "DenseNet", "EfficientNet", "MobileNetV2", "MobileNetV3", "PreActResNet", "ResNet",
            "create", "densenet121", "efficientnet_b0", "mobilenet_v2", "mobilenet_v2_small", "mobilenet_v3_large",
            "mobilenet_v3_small", "preact_resnet18", "resnet18", "resnet50", "resnet_small", "shufflenet_v2",
-           "ShuffleNetV2", "vgg16_bn"]
+           "ShuffleNetV2", "UNet", "unet_small", "vgg16_bn"]
 
 
 def _init(module: nn.Module) -> None:
@@ -457,6 +459,40 @@ class ShuffleNetV2(nn.Module):
         return self.fc(self.conv5(self.stages(self.stem(x))).mean((2, 3)))
 
 
+# ---- U-Net ----------------------------------------------------------------------------
+
+
+class UNet(nn.Module):
+    """U-Net: (3x3 conv -> BN -> ReLU) x 2 per level, 2x2 max pooling down, bilinear upsampling
+    (align_corners=False) and concatenation with the encoder's level up, a 1x1 conv to one logit
+    per class and pixel. Inputs divisible by 2^(levels - 1)."""
+
+    def __init__(self, num_classes: int = 2, in_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(_conv_bn(cin, cout, 3), _conv_bn(cout, cout, 3))
+
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.down.append(block(cin, w))
+            cin = w
+        self.up = nn.ModuleList(block(widths[i] + widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
+        self.head = nn.Conv2d(widths[0], num_classes, 1)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1])):
+            x = nn.functional.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = block(torch.cat([skip, x], 1))
+        return self.head(x)
+
+
 # ---- constructors ---------------------------------------------------------------------
 
 
@@ -524,12 +560,18 @@ def shufflenet_v2(num_classes: int = 1000, in_channels: int = 3) -> ShuffleNetV2
     return ShuffleNetV2(num_classes=num_classes, in_channels=in_channels)
 
 
+def unet_small(num_classes: int = 2, in_channels: int = 3) -> UNet:
+    """A small U-Net: four levels of 16, 32, 64, 128 channels (0.49M parameters, 2.0G MACs at
+    224x224)."""
+    return UNet(num_classes, in_channels)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": mobilenet_v2, "resnet18": resnet18, "resnet50": resnet50, "vgg16_bn": vgg16_bn,
     "resnet_small": resnet_small, "mobilenet_v2_small": mobilenet_v2_small,
     "mobilenet_v3_large": mobilenet_v3_large, "mobilenet_v3_small": mobilenet_v3_small,
     "efficientnet_b0": efficientnet_b0, "preact_resnet18": preact_resnet18, "densenet121": densenet121,
-    "shufflenet_v2": shufflenet_v2,
+    "shufflenet_v2": shufflenet_v2, "unet_small": unet_small,
 }
 
 

@@ -1019,6 +1019,44 @@ def test_models_from_torchs_default_exporter(make) -> None:
     check_all_profiles(slim, x.numpy())
 
 
+class TestResize:
+    def test_upsampling_as_pytorch_writes_it(self) -> None:
+        class Up(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c, self.d = torch.nn.Conv2d(3, 13, 3, stride=2, padding=1), torch.nn.Conv2d(16, 5, 3, padding=1)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                y = torch.relu(self.c(x))
+                u = torch.nn.functional.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+                v = torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest")
+                w = torch.nn.Upsample(size=(x.shape[2], x.shape[3]), mode="nearest")(y)
+                return self.d(torch.cat([u + v + w, x], 1))
+
+        torch.manual_seed(45)
+        net = Up().eval()
+        x = np.random.default_rng(46).standard_normal((1, 3, 8, 10)).astype(np.float32)
+        slim = torch_to_slim(net, x, widths={"small": {"c": 3}, "1.0": 1.0})
+        assert [op["mode"] for op in slim.meta["ops"] if op["op"] == "resize"] == ["bilinear", "nearest", "nearest"]
+        with torch.no_grad():
+            assert rel_err(slimrt.load(to_bytes(slim)).run(x), net(torch.from_numpy(x)).numpy()) < RTOL
+        check_all_profiles(slim, x)
+
+    @pytest.mark.parametrize("attrs,scales,expect", [
+        ({"mode": "linear", "coordinate_transformation_mode": "align_corners"}, [1, 1, 2, 2], "align_corners"),
+        ({"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "round_prefer_floor"},
+         [1, 1, 3, 3], "asymmetric, round_prefer_floor"),
+        ({"mode": "cubic"}, [1, 1, 2, 2], "cubic"),
+        ({"mode": "nearest"}, [1, 1, 1.5, 1.5], "integer factors"),
+        ({"mode": "nearest"}, [1, 2, 1, 1], "integer factors"),
+    ], ids=["align-corners", "asymmetric-round", "cubic", "fractional", "channels"])
+    def test_other_resizes_are_refused_naming_the_node(self, attrs: dict, scales: list, expect: str) -> None:
+        node = helper.make_node("Resize", ["c", "", "scales"], ["y"], name="up", **attrs)
+        model = _single_node_model(node, None, [_init("scales", np.array(scales, np.float32))])
+        with pytest.raises(ConversionError, match=f"Resize 'up' .*{expect}"):
+            onnx_to_slim(model, (1.0,))
+
+
 # ---- importance sorting -----------------------------------------------------------------
 
 

@@ -506,3 +506,17 @@ def test_channel_slices_of_a_fixed_group(threads):
     for p in slim.meta["profiles"]:
         got, want = session.run(x, p["name"]), run_reference(slim, x, p["name"])
         assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max()), p["name"]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("scale", [1, 2, 3, (2, 3)])
+def test_resize_every_width(mode, scale):
+    """Upsampling by integer factors, on a concat's runs at every width; odd sizes and factors."""
+    rng = np.random.default_rng(53)
+    b = ModelBuilder("resize", input_shape=(2, 3, 5, 7), min_multiplier=0.01)
+    a, _ = stem(b, rng, 3, 7, "a")
+    c, _ = stem(b, rng, 3, 13, "c")
+    b.set_output(b.resize(b.concat([a, c]), scale, mode))
+    for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)]:
+        b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
+    check_all_profiles(b, rng.standard_normal((2, 3, 5, 7)).astype(np.float32), rtol=1e-5)

@@ -57,6 +57,7 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     s = b.prelu(b.act(s, "leaky_relu"), rng.normal(size=13))
     s = b.scale_bias(s, rng.uniform(0.5, 1.5, 13), rng.normal(size=13), act="relu6", name="sb")
     s = b.scale_bias(s, bias=rng.normal(size=13))
+    s = b.maxpool(b.resize(b.resize(s, (2, 3), "bilinear"), 2, "nearest"), 2)
     f = b.flatten(b.global_avgpool(b.act(s, "elu")))
     f = b.prelu(f, rng.normal(size=13))
     g = b.linear(f, rng.normal(size=(13, 13)) / 4, out_group=a, act="hardsigmoid")
@@ -225,6 +226,12 @@ class PrunedTorch:
     def prelu(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg
         return F.prelu(x, self.t[f"{op['name']}.slope"][idx]), idx, channels
+
+    def resize(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        kwargs = {"align_corners": False} if op["mode"] == "bilinear" else {}
+        return F.interpolate(x, scale_factor=tuple(float(s) for s in op["scale"]), mode=op["mode"], **kwargs), \
+            idx, channels
 
     def slice(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

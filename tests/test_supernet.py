@@ -114,7 +114,7 @@ def seg_net(seed: int = 0) -> fmt.SlimFile:
     a = b.conv(b.input, w(13, 3, 3, 3), out_group=b.group("a", 13), padding=1, act="relu",
                scale=rng.uniform(0.5, 1.5, 13), bias=rng.standard_normal(13) * 0.1)
     c = b.conv(a, w(11, 13, 1, 1), out_group=b.group("c", 11), bias=rng.standard_normal(11))
-    b.softmax(b.concat([a, c]))
+    b.softmax(b.resize(b.concat([a, c]), 2, "bilinear"))
     b.uniform_profiles((0.2, 0.5, 1.0))
     b.profile("uneven", {"a": 5, "c": 3})
     return b.build()

@@ -40,6 +40,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Mul: return "mul";
     case OpKind::Unflatten: return "unflatten";
     case OpKind::Slice: return "slice";
+    case OpKind::Resize: return "resize";
   }
   return "?";
 }
@@ -156,12 +157,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
       {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
       {"mul", OpKind::Mul}, {"unflatten", OpKind::Unflatten},
-      {"slice", OpKind::Slice}};
+      {"slice", OpKind::Slice}, {"resize", OpKind::Resize}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu, scale_bias, mul, unflatten, slice)");
+             "prelu, scale_bias, mul, unflatten, slice, resize)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -492,6 +493,16 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     }
     if (op.kind == OpKind::Shuffle)
       op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
+    if (op.kind == OpKind::Resize) {
+      if (j.find("scale") == j.end()) fail_model(where + " has no \"scale\"");
+      const auto sc = int_list(j, "scale", 2, 1, 1, 64, where);
+      op.sh = sc[0];
+      op.sw = sc[1];
+      const std::string mode = as_string(member(j, "mode", where), where + " field \"mode\"");
+      if (mode != "nearest" && mode != "bilinear")
+        fail_model(where + " has mode '" + mode + "' (known: nearest, bilinear)");
+      op.bilinear = mode == "bilinear";
+    }
     if (op.kind == OpKind::Slice) {
       op.start = as_int32(member(j, "start", where), where + " start", 0, (1 << 20) - 1);
       op.end = as_int32(member(j, "end", where), where + " end", op.start + 1, 1 << 20);

@@ -91,6 +91,13 @@
 //                   order (a converter puts them in one channel group).
 //   maxpool         "kernel", "stride", "pads", "ceil_mode" (bool, default false)
 //   avgpool         as maxpool, plus "count_include_pad" (bool, default false)
+//   resize          "scale": [sh, sw] (integers >= 1), "mode": "nearest" |
+//                   "bilinear". [N, C, H, W] -> [N, C, H*sh, W*sw]. nearest:
+//                   output (y, x) is input (y / sh, x / sw) (integer division);
+//                   bilinear: half-pixel centres (PyTorch's align_corners=False):
+//                   input row max((y + 0.5) / sh - 0.5, 0), interpolated between
+//                   the two nearest input rows (the last repeated at the edge),
+//                   likewise across.
 //   global_avgpool  [N, C, H, W] -> [N, C, 1, 1]
 //   flatten         [N, C, H, W] -> [N, C*H*W], in NCHW order (c major)
 //   unflatten       [N, F] -> [N, F, 1, 1]: features become channels (the
@@ -126,14 +133,14 @@
 // (fixed groups: size). A tensor's active channels form a *channel map*: a list
 // of runs (offset into the full channel axis, count). The model input is one
 // full run. conv and linear outputs are one run [0, width(out_group)).
-// Depthwise conv, pools, act, scale_bias, prelu and softmax keep their input's
-// map; mul keeps x's (which is g's). add of two
-// single-run maps gives [0, max). concat joins its inputs' maps, shifting
-// offsets by the full sizes before them; runs that touch merge into one. shuffle
-// takes one full run and gives one full run; slice one full run of end - start. flatten maps a channel run (o, k) of
-// an HxW tensor to the feature run (o*H*W, k*H*W); unflatten maps a feature run
-// to the same channel run. A conv or linear reads, for
-// every run, the weight rows [offset, offset + count) of each tap.
+// Depthwise conv, pools, resize, act, scale_bias, prelu and softmax keep their
+// input's map; mul keeps x's (which is g's). add of two single-run maps gives
+// [0, max). concat joins its inputs' maps, shifting offsets by the full sizes
+// before them; runs that touch merge into one. shuffle takes one full run and
+// gives one full run; slice gives one full run of end - start. flatten maps a
+// channel run (o, k) of an HxW tensor to the feature run (o*H*W, k*H*W);
+// unflatten maps a feature run to the same channel run. A conv or linear
+// reads, for every run, the weight rows [offset, offset + count) of each tap.
 //
 // Uniform multiplier m in [min_multiplier, 1]: a group that is not fixed runs
 // at the value nearest to size * m among the multiples of 8 below size and size
@@ -190,7 +197,7 @@ constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
   Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul,
-  Unflatten, Slice
+  Unflatten, Slice, Resize
 };
 
 const char* op_kind_name(OpKind kind);
@@ -232,6 +239,7 @@ struct Op {
   bool ceil_mode = false;
   bool count_include_pad = false;
   int32_t start = 0, end = 0;  // slice: channels [start, end)
+  bool bilinear = false;       // resize (scale in sh, sw)
   // conv / linear; shuffle: its channel groups
   ConvType conv_type = ConvType::Dense;
   int32_t groups = 1;

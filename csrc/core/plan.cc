@@ -172,6 +172,14 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
         y.runs = x.runs;
         break;
       }
+      case OpKind::Resize:
+        need_rank(x, 4);
+        y = x;
+        y.h = x.h * op.sh;
+        y.w = x.w * op.sw;
+        if (y.h > (int64_t{1} << 20) || y.w > (int64_t{1} << 20))
+          fail_argument(where + ": resizing " + dims(x) + " gives too large an output");
+        break;
       case OpKind::GlobalAvgPool:
         need_rank(x, 4);
         y = x;

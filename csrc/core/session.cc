@@ -13,7 +13,7 @@ namespace slimrt {
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu, ScaleBias, Mul, Slice };
+                      Prelu, ScaleBias, Mul, Slice, Resize };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -22,6 +22,7 @@ struct Session::Step {
   kernels::DwParams dw{};
   kernels::GroupedParams grouped{};
   kernels::PoolParams pool{};
+  kernels::ResizeParams resize{};
   std::vector<ChannelRun> runs;
   std::vector<float> scale, bias;  // gathered epilogue (or prelu slopes) when not a plain prefix
   // generic operands for the simple kernels
@@ -359,6 +360,12 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
       }
       case OpKind::Unflatten:
         continue;  // same memory
+      case OpKind::Resize:
+        s.kind = StepKind::Resize;
+        s.resize = {s.x, static_cast<int32_t>(x.n), static_cast<int32_t>(x.h), static_cast<int32_t>(x.w), x.c, s.y,
+                    static_cast<int32_t>(y.h), static_cast<int32_t>(y.w), op.sh, op.sw, op.bilinear};
+        s.count = y.n * y.h * y.w;
+        break;
       case OpKind::Slice:
         s.kind = StepKind::Slice;
         s.x = buf(op.inputs[0]) + op.start;
@@ -600,6 +607,9 @@ void Session::execute(const Step& s) {
     case StepKind::Copy:
       parallel(s.count,
                [&](int, int64_t b, int64_t e) { kernels::copy_channels(s.x, s.c, s.y, s.y_stride, s.c, b, e); });
+      break;
+    case StepKind::Resize:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::resize(s.resize, b, e); });
       break;
     case StepKind::Slice:
       parallel(s.count,

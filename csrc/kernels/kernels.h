@@ -170,6 +170,28 @@ static inline PoolWindow pool_window(const PoolParams& p, int oy, int ox) {
   return w;
 }
 
+// Upsampling by integer factors sh, sw, NHWC, output pixels [m_begin, m_end)
+// (m = (n*oh + y)*ow + x, oh = ih*sh, ow = iw*sw). Nearest: output (y, x)
+// copies input (y / sh, x / sw). Bilinear (half-pixel centres, as PyTorch's
+// align_corners=False): input coordinate max((y + 0.5) / sh - 0.5, 0), the two
+// nearest input rows (the last repeated at the edge) weighted by distance; the
+// same across.
+struct ResizeParams {
+  const float* input;
+  int32_t n, ih, iw, channels;
+  float* output;
+  int32_t oh, ow, sh, sw;
+  bool bilinear;
+};
+void resize(const ResizeParams& p, int64_t m_begin, int64_t m_end);
+
+// The input rows (or columns) one output row reads, with their weights.
+struct ResizeTap {
+  int32_t i0, i1;
+  float w0, w1;
+};
+ResizeTap resize_tap(int32_t out, int32_t scale, int32_t in, bool bilinear);
+
 // Mean over the pixels of each image: x [n][hw][c] -> y [n][c], images [n_begin, n_end).
 void global_avgpool(const float* x, int32_t hw, int32_t c, float* y, int64_t n_begin, int64_t n_end);
 

@@ -198,6 +198,14 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         g.node("Softmax", x, op.output, op.name, axis=1)
     elif op.kind == "shuffle":
         _shuffle(g, view.infos[op.inputs[0]].active_shape, op.groups, x[0], op.output, op.name)
+    elif op.kind == "resize":
+        scales = g.const(g.temp(f"{op.name}.scales"), np.array([1, 1, *op.scale], np.float32))
+        if op.mode == "nearest":
+            g.node("Resize", [x[0], "", scales], op.output, op.name, mode="nearest",
+                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        else:
+            g.node("Resize", [x[0], "", scales], op.output, op.name, mode="linear",
+                   coordinate_transformation_mode="pytorch_half_pixel")
     elif op.kind == "slice":
         bounds = [g.const(g.temp(f"{op.name}.{k}"), np.array([v], np.int64))
                   for k, v in (("start", op.start), ("end", op.end), ("axis", 1))]

@@ -26,6 +26,7 @@ Node kinds and their fields:
                     (c % groups) * (C / groups) + c / groups
 ``prelu``           params ``slope`` [C]: x > 0 ? x : slope * x per channel
 ``slice``           channels [``start``, ``end``) (a channel split; kept at full width)
+``resize``          attrs ``scale`` (sh, sw) integers, ``mode``: nearest | bilinear (half-pixel centres)
 ``scale_bias``      params ``scale``, ``bias`` [C]: act(scale * x + bias) per channel; attrs ``act``
 ==================  ========================================================================
 
@@ -52,7 +53,8 @@ ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "sigmoid", "leaky_relu", "t
                "elu")
 ACT_PARAMS = ("act_alpha", "act_beta")
 KINDS = ("conv", "linear", "batchnorm", "act", "add", "concat", "maxpool", "avgpool",
-         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul", "unflatten", "slice")
+         "global_avgpool", "flatten", "softmax", "shuffle", "prelu", "scale_bias", "mul", "unflatten", "slice",
+         "resize")
 
 
 class ConversionError(InvalidModelError):
@@ -278,6 +280,9 @@ def output_shape(node: Node, shapes: dict[str, tuple[int, ...]]) -> tuple[int, .
         return (x[0], x[1], 1, 1)
     if node.kind == "slice":
         return (x[0], node.attrs["end"] - node.attrs["start"]) + tuple(x[2:])
+    if node.kind == "resize":
+        sh, sw = node.attrs["scale"]
+        return (x[0], x[1], x[2] * sh, x[3] * sw)
     if node.kind == "concat":
         return (x[0], sum(shapes[t][1] for t in node.inputs)) + tuple(x[2:])
     return x

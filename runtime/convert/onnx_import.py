@@ -1,14 +1,20 @@
 """ONNX -> converter IR (:mod:`slimrt.convert.ir`).
 
-A channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
-[N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed nothing
-else. Arithmetic with constants (Mul, Div, Add, Sub of a per-channel constant) is kept as a
-pending affine map of its activation until something reads it: GELU written out as
-x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes one ``gelu``
-activation; any other reader gets the map folded into the layer before it. A zero Pad of H and
-W is kept pending too and folded into the Conv or pool that reads it. Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
-Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the
-ops that touch activations map onto the IR's op set. Anything else raises
+Some ONNX values are kept as pending views, not IR nodes, until something reads them:
+
+* a channel shuffle, Reshape [N, g, C/g, H, W] -> Transpose perm [0, 2, 1, 3, 4] -> Reshape
+  [N, C, H, W], becomes one ``shuffle`` node; the 5-D tensors between its steps may feed
+  nothing else;
+* arithmetic with per-channel constants (Mul, Div, Add, Sub) is an affine map of its activation:
+  GELU written out as x * 0.5 * (1 + Erf(x / sqrt(2))), in any order of its factors, becomes
+  one ``gelu`` activation; any other reader gets a ``scale_bias`` node, which fuse() folds into
+  a layer next to it where that is exact;
+* a zero Pad of H and W is folded into the Conv or pool that reads it;
+* [N, F] unsqueezed to [N, F, 1] waits for its second Unsqueeze to [N, F, 1, 1].
+
+Subgraphs that only compute constants (weights, shapes: Constant, ConstantOfShape, Identity,
+Shape, Gather, Unsqueeze, Concat, Cast, ...) are evaluated with numpy at import time; the ops
+that touch activations map onto the IR's op set. Anything else raises
 :class:`~slimrt.convert.ir.ConversionError` naming the op and the node.
 """
 
@@ -25,13 +31,14 @@ from onnx import helper, numpy_helper
 from .ir import ConversionError, Graph, Node, output_shape
 
 SUPPORTED = ("Conv", "BatchNormalization", "Relu", "Clip", "HardSwish", "Sigmoid", "Mul (x * Sigmoid(x))",
-             "Mul (x * g, g [N, C, 1, 1]: a channel gate)",
-             "LeakyRelu", "PRelu", "Tanh", "Gelu", "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
+             "Mul (x * g, g [N, C, 1, 1]: a channel gate)", "LeakyRelu", "PRelu", "Tanh", "Gelu",
+             "Erf (in x * 0.5 * (1 + Erf(x / sqrt(2))))", "HardSigmoid", "Elu",
              "Mul, Div, Add, Sub by per-channel constants (scale_bias)", "Pad (zeros on H, W, before a Conv or pool)",
              "Add", "Sum", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Flatten",
-             "Reshape to (N, -1)",
-             "Reshape-Transpose-Reshape channel shuffle", "Slice and Split of the channels", "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]",
-             "Squeeze", "Gemm", "MatMul", "Concat", "Dropout", "Identity", "Softmax (axis 1)")
+             "Reshape to (N, -1)", "Reshape-Transpose-Reshape channel shuffle", "Slice and Split of the channels",
+             "Resize / Upsample (integer factors: nearest, bilinear with half-pixel centres)",
+             "Reshape or Unsqueeze of [N, F] to [N, F, 1, 1]", "Squeeze", "Gemm", "MatMul", "Concat", "Dropout",
+             "Identity", "Softmax (axis 1)")
 
 Shape = tuple[int, ...]
 
@@ -309,7 +316,7 @@ class _Ctx:
 
 def _unsupported(op: str, name: str) -> str:
     hint = ""
-    if op in ("Transpose", "Reshape", "Split", "Slice", "Gather"):
+    if op in ("Transpose", "Reshape", "Gather", "GatherElements", "ScatterND"):
         hint = (" (an op that moves channels, such as a channel shuffle, cannot keep the channel "
                 "order that width slicing needs)")
     return (f"unsupported ONNX op '{op}' at node '{name}'{hint}; slimrt converts {', '.join(SUPPORTED)}. "
@@ -803,6 +810,43 @@ def _slice(imp: _Importer, ctx: _Ctx) -> None:
     imp.emit(ctx, "slice", [x], {"start": channels.start, "end": channels.stop})
 
 
+def _resize(imp: _Importer, ctx: _Ctx) -> None:
+    """Resize (and the older Upsample) of H and W by integer factors: nearest, or bilinear with
+    half-pixel centres, the coordinate modes in which both are a fixed pattern per factor."""
+    x = imp.act_input(ctx)
+    shape = imp.shapes[x]
+    a = ctx.attrs
+    text = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
+    mode = text.get("mode", "nearest")
+    if ctx.op == "Upsample":
+        scales = imp.const(ctx, 1, "scales") if len(ctx.inputs) > 1 else np.asarray(a.get("scales", []))
+        coords, nearest = ("asymmetric", "floor") if mode == "nearest" else ("align_corners", "")
+    else:
+        coords = text.get("coordinate_transformation_mode", "half_pixel")
+        nearest = text.get("nearest_mode", "round_prefer_floor")
+        has_scales = len(ctx.inputs) > 2 and ctx.inputs[2] and imp.const(ctx, 2, "scales").size
+        if has_scales:
+            scales = imp.const(ctx, 2, "scales")
+        elif len(ctx.inputs) > 3 and ctx.inputs[3]:
+            scales = imp.const(ctx, 3, "sizes").astype(np.float64) / np.asarray(shape, np.float64)
+        else:
+            raise ConversionError(f"Resize '{ctx.name}' has neither scales nor sizes")
+    factors = [float(f) for f in np.asarray(scales, np.float64).reshape(-1)]
+    what = f"{ctx.op} '{ctx.name}' ({mode}, {coords}{', ' + nearest if mode == 'nearest' else ''}, scales {factors})"
+    if len(shape) != 4 or len(factors) != 4 or factors[:2] != [1.0, 1.0] or \
+            any(f < 1 or f != int(f) for f in factors[2:]):
+        raise ConversionError(f"{what} of a tensor of shape {shape}; slimrt converts upsampling of H and W by "
+                              "integer factors only")
+    exact_nearest = mode == "nearest" and ((coords == "asymmetric" and nearest == "floor") or (
+        coords in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_floor", "round_prefer_ceil")))
+    exact_linear = mode == "linear" and coords in ("half_pixel", "pytorch_half_pixel")
+    if not (exact_nearest or exact_linear):
+        raise ConversionError(f"{what}; slimrt converts nearest (asymmetric with floor, or half-pixel with "
+                              "rounding) and linear with half-pixel centres (PyTorch's align_corners=False) only")
+    imp.emit(ctx, "resize", [x], {"scale": (int(factors[2]), int(factors[3])),
+                                  "mode": "nearest" if mode == "nearest" else "bilinear"})
+
+
 def _split(imp: _Importer, ctx: _Ctx) -> None:
     """Split along channels: one channel slice per output."""
     x = imp.act_input(ctx)
@@ -910,6 +954,7 @@ _HANDLERS: dict[str, Callable[[_Importer, _Ctx], None]] = {
     "Add": _add, "Sum": _sum, "MaxPool": _pool("maxpool"), "AveragePool": _pool("avgpool"),
     "GlobalAveragePool": _global_pool, "ReduceMean": _reduce_mean, "Flatten": _flatten,
     "Reshape": _reshape, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice,
+    "Resize": _resize, "Upsample": _resize,
     "Split": _split, "Gemm": _gemm, "MatMul": _matmul, "Concat": _concat,
     "Dropout": _passthrough, "Identity": _passthrough, "Softmax": _softmax,
 }

@@ -131,6 +131,8 @@ def _emit_node(b: ModelBuilder, node: Node, names: dict[str, str], group: int | 
         return b.shuffle(xs[0], a["groups"], name=name)
     if node.kind == "slice":
         return b.slice(xs[0], a["start"], a["end"], name=name)
+    if node.kind == "resize":
+        return b.resize(xs[0], tuple(a["scale"]), a["mode"], name=name)
     if node.kind == "unflatten":
         return b.unflatten(xs[0], name=name)
     if node.kind == "mul":

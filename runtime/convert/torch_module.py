@@ -81,6 +81,8 @@ class PrunedNet(nn.Module):
             return torch.cat(xs, dim=1)
         if step.kind == "slice":
             return xs[0][:, a["start"]:a["end"]]
+        if step.kind == "resize":
+            return resize(xs[0], a["scale"], a["mode"])
         if step.kind == "unflatten":
             return xs[0].reshape(xs[0].shape + (1, 1))
         if step.kind == "mul":
@@ -122,6 +124,13 @@ class ChannelAffine(nn.Module):
         return x * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
+def resize(x: torch.Tensor, scale: tuple[int, int], mode: str) -> torch.Tensor:
+    """The .slim resize: F.interpolate by integer factors (bilinear with align_corners=False)."""
+    if mode == "nearest":
+        return F.interpolate(x, scale_factor=tuple(float(s) for s in scale), mode="nearest")
+    return F.interpolate(x, scale_factor=tuple(float(s) for s in scale), mode="bilinear", align_corners=False)
+
+
 def _pad_channels(x: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - x.shape[1]
     if missing == 0:
@@ -156,6 +165,8 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
         return Step(attrs=(("groups", op.groups),), **base)
     if op.kind == "slice":
         return Step(attrs=(("start", op.start), ("end", op.end)), **base)
+    if op.kind == "resize":
+        return Step(attrs=(("scale", tuple(op.scale)), ("mode", op.mode)), **base)
     if op.kind == "scale_bias":
         scale, bias = channel_affine(view, op)
         layers[key] = ChannelAffine(torch.from_numpy(scale.copy()), torch.from_numpy(bias.copy()))

@@ -440,6 +440,9 @@ class Supernet(nn.Module):
             return x.reshape(x.shape + (1, 1))
         if op.kind == "slice":
             return x[:, op.start:op.end]
+        if op.kind == "resize":
+            kwargs = {"align_corners": False} if op.mode == "bilinear" else {}
+            return F.interpolate(x, scale_factor=tuple(float(s) for s in op.scale), mode=op.mode, **kwargs)
         if op.kind == "maxpool":
             return _pool(op, x, self._out_hw(op, x), "max")
         if op.kind == "avgpool":
