@@ -614,3 +614,62 @@ class Result:
     def to_json(self) -> dict[str, Any]:
         return {"benchmark": self.kind, "machine": self.machine, "config": self.config,
                 "rows": self.rows, **self.extra}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServeProcess:
+    """`python -m slimrt.serve MODEL --port P FLAGS` in a subprocess on loopback: started when
+    entered (ready once /healthz answers 200, within 120 s), stopped on exit. ``env`` replaces
+    the environment of the server when given."""
+
+    def __init__(self, model: str, flags: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cmd = [sys.executable, "-m", "slimrt.serve", model, "--port", str(self.port),
+                    "--log-level", "warning", *flags]
+        self.log, self.env = log, None if env is None else dict(env)
+
+    def __enter__(self) -> "ServeProcess":
+        import subprocess
+        import urllib.error
+        import urllib.request
+
+        self._log = open(self.log, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as answer:
+                    if answer.status == 200:
+                        return self
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        raise RuntimeError("the server did not start within 120 s")
+
+    def rss(self) -> int:
+        """The server's resident memory, bytes (Linux /proc)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc: the memory figure needs Linux")
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()

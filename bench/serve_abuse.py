@@ -39,8 +39,6 @@ import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,51 +57,14 @@ PARTS = ("slow", "uploads", "overload", "memory")
 
 # ---------------------------------------------------------------------------- the server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = common.free_port
 
 
-class Server:
-    """`python -m slimrt.serve MODEL FLAGS` on a free loopback port, stopped by its pid."""
+class Server(common.ServeProcess):
+    """The server under abuse, without an API key from the environment."""
 
     def __init__(self, model: str, flags: list[str], log: Path) -> None:
-        self.port = free_port()
-        self.cmd = [sys.executable, "-m", "slimrt.serve", model, "--port", str(self.port),
-                    "--log-level", "warning", *flags]
-        self.log = log
-
-    def __enter__(self) -> Server:
-        self._log = open(self.log, "wb")
-        env = {k: v for k, v in os.environ.items() if k != "SLIMRT_API_KEY"}
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._log,
-                                     env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.log.read_text()}")
-            try:
-                if asyncio.run(request(self.port, HEALTHZ, timeout=1))[0] == 200:
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the server did not start within 120 s")
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc: the memory figure needs Linux")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        super().__init__(model, flags, log, {k: v for k, v in os.environ.items() if k != "SLIMRT_API_KEY"})
 
 
 # ---------------------------------------------------------------------------- raw HTTP

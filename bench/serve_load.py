@@ -34,8 +34,6 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +45,9 @@ import numpy as np
 
 import slimrt
 from slimrt.control.stress import CpuHog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("adaptive", "full", "smallest")
@@ -68,50 +69,20 @@ class Sample:
 
 # ---------------------------------------------------------------------------- server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = common.free_port
 
 
-class Server:
-    """`python -m slimrt.serve` in a subprocess on a loopback port."""
+class Server(common.ServeProcess):
+    """The server under load: the budget policy, optional workers and queue size."""
 
     def __init__(self, model: str, budget_ms: float, workers: int | None, queue: int | None,
                  log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [sys.executable, "-m", "slimrt.serve", model, "--policy", "budget",
-                    "--budget-ms", str(budget_ms), "--port", str(self.port),
-                    "--log-level", "warning"]
+        flags = ["--policy", "budget", "--budget-ms", str(budget_ms)]
         if workers:
-            self.cmd += ["--workers", str(workers)]
+            flags += ["--workers", str(workers)]
         if queue is not None:
-            self.cmd += ["--queue-size", str(queue)]
-        self.log = log
-
-    def __enter__(self) -> Server:
-        self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self._log)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start within 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+            flags += ["--queue-size", str(queue)]
+        super().__init__(model, flags, log)
 
 
 # ---------------------------------------------------------------------------- load
