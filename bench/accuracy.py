@@ -23,7 +23,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,9 +35,14 @@ RECIPES = ("plain", "plain+calib", "sandwich", "ema", "parallel", "individual")
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
 
-def train_recipe(recipe: str, net_name: str, data: Any, epochs: int, seed: int, batch_size: int,
-                 lr: float) -> tuple[dict[str, float], dict[str, int], float]:
-    """(accuracy per profile through the engine, MACs per profile, seconds per epoch)."""
+def train_unit(data_name: str, net_name: str, seed: int, recipes: Sequence[str], epochs: int,
+               batch_size: int, lr: float, threads: int) -> dict[str, Any]:
+    """Every recipe for one data set, net and seed: ``{recipe: (accuracy per profile through the
+    engine, MACs per profile, training seconds per epoch)}``.
+
+    ``plain`` and ``plain+calib`` share one training, and ``individual`` reuses it as its full
+    width (the same config and seed train the same net).
+    """
     import torch
 
     import slimrt
@@ -45,44 +50,63 @@ def train_recipe(recipe: str, net_name: str, data: Any, epochs: int, seed: int, 
     from slimrt import zoo
     from slimrt.train import Supernet, TrainConfig, fit
     from slimrt.train.calibration import calibrate_slim
+    from slimrt.train.datasets import load_dataset
     from slimrt.train.evaluation import engine_accuracy
 
+    torch.set_num_threads(threads)
+    data = load_dataset(data_name, seed=seed)
     c, h, w = data.input_shape
-
-    def fresh() -> Supernet:
-        torch.manual_seed(seed)
-        module = zoo.create(net_name, num_classes=data.num_classes, in_channels=c)
-        return Supernet.from_torch(module, torch.zeros(1, c, h, w), WIDTHS, name=net_name)
-
     train, test = (data.x_train, data.y_train), (data.x_test, data.y_test)
     base = dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
-    accuracy: dict[str, float] = {}
-    seconds = []
-    if recipe == "individual":
-        for key in (str(m) for m in WIDTHS):
-            net = fresh()
-            hist = fit(net, train, None, TrainConfig(method="fixed", profile=key, **base), progress=False)
-            seconds.append(hist.seconds_per_epoch)
-            model = slimrt.load(fmt.to_bytes(net.to_slim()))
-            accuracy[key] = engine_accuracy(model, *test, profiles=[key])[0]["accuracy"]
-        return accuracy, {p.name: p.macs for p in model.profiles}, float(np.sum(seconds))
-    net = fresh()
-    cfg = {"plain": TrainConfig(method="fixed", **base), "plain+calib": TrainConfig(method="fixed", **base),
-           "sandwich": TrainConfig(method="sandwich", distill="inplace", **base),
-           "ema": TrainConfig(method="sandwich", distill="ema", **base),
-           "parallel": TrainConfig(method="parallel", distill="inplace", **base)}[recipe]
-    hist = fit(net, train, None, cfg, progress=False)
-    slim = net.to_slim()
-    if recipe.startswith("plain"):  # one set of statistics, as a converter writes it
-        slim = fmt.SlimFile(slim.meta, {k: v for k, v in slim.tensors.items() if "@" not in k})
-        for p in slim.meta["profiles"]:
-            p["macs"], p["params"] = fmt.profile_cost(slim.meta, p["widths"], profile=p["name"],
-                                                      tensor_names=slim.tensors)
-        if recipe == "plain+calib":
-            slim = calibrate_slim(slim, data, seed=seed)
-    model = slimrt.load(fmt.to_bytes(slim))
-    rows = engine_accuracy(model, *test)
-    return {r["name"]: r["accuracy"] for r in rows}, {r["name"]: r["macs"] for r in rows}, hist.seconds_per_epoch
+    configs = {"plain": TrainConfig(method="fixed", **base),
+               "sandwich": TrainConfig(method="sandwich", distill="inplace", **base),
+               "ema": TrainConfig(method="sandwich", distill="ema", **base),
+               "parallel": TrainConfig(method="parallel", distill="inplace", **base)}
+    trained: dict[str, tuple[Any, float]] = {}
+
+    def fit_config(key: str, cfg: Any) -> tuple[Any, float]:
+        if key not in trained:
+            torch.manual_seed(seed)
+            module = zoo.create(net_name, num_classes=data.num_classes, in_channels=c)
+            net = Supernet.from_torch(module, torch.zeros(1, c, h, w), WIDTHS, name=net_name)
+            t0 = time.perf_counter()
+            hist = fit(net, train, None, cfg, progress=False)
+            common.log(f"  {data_name} {net_name} seed {seed}: trained {key} in {time.perf_counter() - t0:.0f} s")
+            trained[key] = (net.to_slim(), hist.seconds_per_epoch)
+        return trained[key]
+
+    def measure(slim: Any, profiles: Sequence[str] | None = None) -> tuple[dict[str, float], dict[str, int]]:
+        model = slimrt.load(fmt.to_bytes(slim))
+        rows = engine_accuracy(model, *test, profiles=profiles)
+        return {r["name"]: r["accuracy"] for r in rows}, {p.name: p.macs for p in model.profiles}
+
+    out: dict[str, Any] = {}
+    for recipe in recipes:
+        if recipe in ("plain", "plain+calib"):
+            slim, sec = fit_config("plain", configs["plain"])
+            # one set of statistics, as a converter writes it
+            slim = fmt.SlimFile(slim.meta, {k: v for k, v in slim.tensors.items() if "@" not in k})
+            for p in slim.meta["profiles"]:
+                p["macs"], p["params"] = fmt.profile_cost(slim.meta, p["widths"], profile=p["name"],
+                                                          tensor_names=slim.tensors)
+            if recipe == "plain+calib":
+                slim = calibrate_slim(slim, data, seed=seed)
+            acc, macs = measure(slim)
+        elif recipe == "individual":
+            acc, seconds = {}, 0.0
+            for key in (str(m) for m in WIDTHS):
+                cfg = configs["plain"] if key == str(WIDTHS[-1]) else \
+                    TrainConfig(method="fixed", profile=key, **base)
+                slim, sec = fit_config("plain" if key == str(WIDTHS[-1]) else f"fixed {key}", cfg)
+                one, macs = measure(slim, [key])
+                acc[key] = one[key]
+                seconds += sec
+            sec = seconds
+        else:
+            slim, sec = fit_config(recipe, configs[recipe])
+            acc, macs = measure(slim)
+        out[recipe] = (acc, macs, sec)
+    return out
 
 
 def epoch_times(net_name: str, data: Any, rounds: int, batch_size: int, lr: float) -> dict[str, float]:
@@ -126,24 +150,36 @@ def run(args: argparse.Namespace) -> common.Result:
                                "parallel_over_sandwich": times["parallel"] / times["sandwich"]})
                 common.log(f"{data_name} {net_name}: s/epoch sandwich {times['sandwich']:.2f}, parallel "
                            f"{times['parallel']:.2f} (ratio {times['parallel'] / times['sandwich']:.2f}, side by side)")
+    units = [(d, n, seed) for d in args.data for n in args.nets for seed in range(args.seeds)]
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    work = dict(recipes=args.recipes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                threads=args.threads)
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {u: pool.submit(train_unit, *u, **work) for u in units}
+            for u, f in futures.items():
+                done[u] = f.result()
+                common.log(f"{u[0]} {u[1]} seed {u[2]}: done")
+    else:
+        for u in units:
+            done[u] = train_unit(*u, **work)
+    for data_name in args.data:
+        for net_name in args.nets:
             for recipe in args.recipes:
-                per_seed, times, macs = [], [], {}
-                for seed in range(args.seeds):
-                    data = load_dataset(data_name, seed=seed)
-                    t0 = time.perf_counter()
-                    acc, macs, sec = train_recipe(recipe, net_name, data, args.epochs, seed, args.batch_size,
-                                                  args.lr)
+                per_seed = [done[(data_name, net_name, seed)][recipe] for seed in range(args.seeds)]
+                macs = per_seed[0][1]
+                for seed, (acc, _, sec) in enumerate(per_seed):
                     common.log(f"{data_name} {net_name} {recipe} seed {seed}: "
-                               + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items())
-                               + f" ({time.perf_counter() - t0:.0f} s)")
-                    per_seed.append(acc)
-                    times.append(sec)
-                for key in per_seed[0]:
-                    values = [a[key] for a in per_seed]
+                               + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items()) + f" ({sec:.1f} s/epoch)")
+                for key in per_seed[0][0]:
+                    values = [a[key] for a, _, _ in per_seed]
                     result.rows.append({"data": data_name, "net": net_name, "recipe": recipe, "profile": key,
                                         "macs": macs[key], "accuracy": float(np.mean(values)),
                                         "accuracy_std": float(np.std(values)), "seeds": len(values),
-                                        "seconds_per_epoch": float(np.mean(times))})
+                                        "seconds_per_epoch": float(np.mean([t for _, _, t in per_seed]))})
     return result
 
 
@@ -191,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-rounds", type=int, default=3,
                         help="epochs of sandwich and parallel training timed alternately, per data set and net")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training processes side by side (each data set, net and seed is one job)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     unknown = set(args.recipes) - set(RECIPES)

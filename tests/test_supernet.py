@@ -189,6 +189,35 @@ def test_parallel_slices_equal_their_own_forward(case) -> None:
             np.testing.assert_allclose(out[lo:hi].index_select(1, active).numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_parallel_masked_and_sliced_give_the_same_function_and_gradients(case, train: bool) -> None:
+    slim, _, net = case
+    net = net.train(train)
+    x = torch.from_numpy(_input(slim, n=7, seed=4))
+    names = [p["name"] for p in slim.meta["profiles"]]
+    slices = [names[-1], names[0], 0.6 if net.min_multiplier <= 0.6 else names[0]]
+    results = []
+    for impl in ("mask", "slice"):
+        net.zero_grad(set_to_none=True)
+        out = net.forward_parallel(x, slices, sizes=[3, 2, 2], bn_stats="none", impl=impl)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+        results.append((out.detach(), grads))
+    (out_m, grad_m), (out_s, grad_s) = results
+    np.testing.assert_allclose(out_s.numpy(), out_m.numpy(), rtol=1e-4, atol=1e-5)
+    assert grad_m and set(grad_m) <= set(grad_s)
+    for k, g in grad_s.items():
+        want = grad_m.get(k, torch.zeros_like(g))
+        np.testing.assert_allclose(g.numpy(), want.numpy(), rtol=1e-3, atol=1e-4, err_msg=k)
+    net.eval()
+
+
+def test_parallel_refuses_an_unknown_implementation(case) -> None:
+    slim, _, net = case
+    with pytest.raises(ValueError, match="impl"):
+        net.forward_parallel(torch.from_numpy(_input(slim, n=2)), [1.0, 1.0], impl="gpu")
+
+
 def test_parallel_training_mode_normalises_each_slice_by_itself() -> None:
     slim = odd_net(4)
     net = Supernet.from_slim(slim).train()

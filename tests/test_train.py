@@ -101,6 +101,61 @@ def test_calibration_changes_only_the_epilogues(data) -> None:
     assert acc_after["0.25"] > acc_before["0.25"]
 
 
+class _BnFree(torch.nn.Module):
+    """Convs without batch norm (as an exporter leaves them), a squeeze-and-excitation gate on a
+    1x1 map and a fixed classifier conv: only the sliced convs over real maps get batch norm."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.a = nn.Conv2d(1, 37, 3, padding=1, bias=bias)
+        self.b = nn.Conv2d(37, 51, 3, stride=2, padding=1, bias=bias)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(51, 17, 1), nn.ReLU(), nn.Conv2d(17, 51, 1),
+                                nn.Sigmoid())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(51, 10, 1), nn.Flatten())
+
+    def forward(self, x):
+        y = torch.relu(self.b(torch.relu(self.a(x))))
+        return self.head(y * self.se(y))
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_batch_norm_is_added_where_an_exporter_folded_it_away(data, bias: bool) -> None:
+    x, y, _, _ = data
+    torch.manual_seed(3)
+    module = _BnFree(bias).eval()
+    net = Supernet.from_torch(module, torch.zeros(1, 1, 16, 16), (0.25, 0.5, 1.0))
+    assert not net.norms
+    xb = torch.from_numpy(x[:8])
+    with torch.no_grad():
+        before = net.eval()(xb, "1.0")
+    added = net.add_batch_norm()
+    assert len(added) == 2 and set(net.norms) == {k.replace(".", "__") for k in added}
+    assert net.add_batch_norm() == []  # once
+    for name in added:
+        bn = net.norms[name.replace(".", "__")]
+        if bias:  # the identity in eval mode, the bias now beta: recovered from data later
+            assert torch.allclose(bn.weight, torch.full_like(bn.weight, (1 + bn.eps) ** 0.5))
+            assert bn.bias.abs().max() > 0
+        else:  # a fresh batch norm
+            assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(xb, "1.0").numpy(), before.numpy(), rtol=1e-4, atol=1e-5)
+    torch.manual_seed(3)
+    plain = Supernet.from_torch(_BnFree(bias).eval(), torch.zeros(1, 1, 16, 16), (0.25, 0.5, 1.0))
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=1e-2)
+    fit(net, (x, y), None, cfg, progress=False)
+    fit(plain, (x, y), None, cfg, progress=False)
+    with_bn, without = ({k: _loss(n, x, y, k) for k in ("0.25", "0.5", "1.0")} for n in (net, plain))
+    assert all(with_bn[k] < without[k] for k in with_bn) and with_bn["1.0"] < without["1.0"] - 0.1, \
+        (with_bn, without)
+    model = slimrt.load(fmt.to_bytes(net.to_slim()))
+    with torch.no_grad():
+        for key in ("0.25", "0.5", "1.0"):
+            np.testing.assert_allclose(model.run(x[:8], profile=key), net.eval()(xb, key).numpy(),
+                                       rtol=1e-4, atol=1e-4, err_msg=key)
+
+
 def test_cli_train_eval_calibrate_end_to_end(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(0)
     d = digits()

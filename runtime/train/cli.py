@@ -36,6 +36,9 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--label-weight", type=float, default=0.5,
                    help="share of the label loss for the distilled (narrower) widths (default: %(default)s)")
+    p.add_argument("--batch-norm", default="add", choices=("add", "keep"),
+                   help="add: give every sliced convolution without batch norm (exporters fold it "
+                        "away) a trainable one; keep: train the graph as it is (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -187,6 +190,11 @@ def run_train(args: argparse.Namespace) -> int:
     net = build_supernet(args.source, data, _widths(args.widths))
     say(f"{args.source}: {len(net.groups)} channel groups, profiles {', '.join(net.profile_names)}; "
         f"{data.name}: {len(data.x_train)} training and {len(data.x_test)} test images {data.input_shape}")
+    if args.batch_norm == "add":
+        added = net.add_batch_norm()
+        if added:
+            say(f"batch norm added behind {len(added)} convolution(s) that had none (--batch-norm keep "
+                "leaves them out); it folds into their epilogues")
     if not args.source.startswith("zoo:"):  # a trained source: recover its batch norm from data
         net.init_bn_statistics([xb for xb, _ in batches(data.x_train[:1024], None, 256)])
     profile = None if args.profile is None else _profile_key(args.profile)

@@ -66,6 +66,7 @@ class TrainConfig:
     temperature: float = 1.0
     label_weight: float = 0.5         # share of the label loss for distilled widths (0: teacher only)
     largest_share: float | None = None  # parallel: share of the batch for the largest width (None: equal)
+    parallel_impl: str = "slice"      # parallel: "slice" (each slice on its own prefix) | "mask" (one masked pass)
     bn_l1: float = 0.0                # L1 penalty on batch-norm scales (network slimming, SP-Net)
     augment: int = 1                  # random shifts of up to this many pixels (0: none)
     calibration_samples: int = 2048   # training samples for the final BN recalibration
@@ -80,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"unknown distillation '{self.distill}'; choose one of {', '.join(DISTILL)}")
         if self.sampling not in ("uniform", "profiles"):
             raise ValueError(f"sampling must be 'uniform' or 'profiles', got '{self.sampling}'")
+        if self.parallel_impl not in ("slice", "mask"):
+            raise ValueError(f"parallel_impl must be 'slice' or 'mask', got '{self.parallel_impl}'")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got '{self.optimizer}'")
         if self.epochs < 1 or self.batch_size < 2 or self.num_random < 0 or not self.lr > 0:
@@ -280,7 +283,7 @@ def _parallel_step(model: torch.nn.Module, net: Supernet, x: torch.Tensor, y: to
         with torch.no_grad():
             teacher = net(x, widths[0], bn_stats="none")
     sizes = slice_sizes(len(x), len(widths), cfg.largest_share)
-    out = model(x, slices=widths, sizes=sizes)
+    out = model(x, slices=widths, sizes=sizes, impl=cfg.parallel_impl)
     losses = []
     start = 0
     for i, size in enumerate(sizes):

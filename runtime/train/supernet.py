@@ -269,6 +269,39 @@ class Supernet(nn.Module):
                 bn.running_var[row].index_copy_(0, idx, torch.from_numpy(np.maximum(var, 0.0)).float())
                 bn.running_mean[row].index_copy_(0, idx, torch.from_numpy(mean).float())
 
+    @torch.no_grad()
+    def add_batch_norm(self) -> list[str]:
+        """Give every convolution without batch norm a trainable one; returns their op names.
+
+        Slimmable training needs batch norm behind every sliced convolution (a narrower width
+        changes the statistics of what follows), but an exported graph often has none: exporters
+        fold batch norm into the convolution. Each convolution whose output group is free, whose
+        output is more than 1x1 (not a squeeze-and-excitation layer) and which has no batch norm
+        gets one; after training it folds into the epilogue like any other, so inference costs
+        the same. A convolution with a nonzero bias (a folded, trained batch norm) gets one that
+        computes the identity in eval mode, the bias becoming beta, whose statistics
+        :meth:`init_bn_statistics` then recovers from data; one without (a folded batch norm that
+        never saw data: a net exported with random weights) gets a fresh one (gamma 1, beta 0).
+        """
+        added = []
+        rows = len(self.profiles) + 1
+        narrowest = self._maps(self.widths(self.min_multiplier))
+        for op in self.ops:
+            key = _key(op.name)
+            if op.kind != "conv" or key in self.norms:
+                continue
+            shape = self._shapes[op.output]
+            if narrowest[op.output].width == shape[1] or shape[2] * shape[3] <= 1:
+                continue  # never sliced, or a 1x1 map (a squeeze-and-excitation layer)
+            bn = SlimBatchNorm(shape[1], rows)
+            bias = self.biases.pop(key) if key in self.biases else None
+            if bias is not None and bool(bias.detach().abs().max() > 0):
+                bn.weight.fill_(math.sqrt(1.0 + bn.eps))  # exactly the identity in eval mode
+                bn.bias.copy_(bias.detach())
+            self.norms[key] = bn
+            added.append(op.name)
+        return added
+
     # -- widths ---------------------------------------------------------------------------
 
     @property
@@ -336,7 +369,7 @@ class Supernet(nn.Module):
     # -- forward --------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, profile: ProfileKey = 1.0, *, slices: Sequence[ProfileKey] | None = None,
-                sizes: Sequence[int] | None = None, bn_stats: str = "auto") -> torch.Tensor:
+                sizes: Sequence[int] | None = None, bn_stats: str = "auto", impl: str = "mask") -> torch.Tensor:
         """Run at ``profile``; returns the output's active channels (as the engine does).
 
         With ``slices``, runs :meth:`forward_parallel` instead (so DistributedDataParallel,
@@ -350,7 +383,7 @@ class Supernet(nn.Module):
         if bn_stats not in ("auto", "none"):
             raise ValueError(f"bn_stats must be 'auto' or 'none', got {bn_stats!r}")
         if slices is not None:
-            return self.forward_parallel(x, slices, sizes, bn_stats=bn_stats)
+            return self.forward_parallel(x, slices, sizes, bn_stats=bn_stats, impl=impl)
         plan = self.plan(profile)
         if not self.training:
             row = plan.profile if plan.profile is not None else self.shared_row
@@ -459,6 +492,18 @@ class Supernet(nn.Module):
             return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
         return _act(op, x)
 
+    def _full_layout(self, out: torch.Tensor, profile: ProfileKey) -> torch.Tensor:
+        """An output at ``profile`` (its active channels) placed in the full channel layout."""
+        name = self.meta["output"]
+        channels = self._shapes[name][1]
+        if out.shape[1] == channels:
+            return out
+        plan = self.plan(profile)
+        rows = next(p.out_rows for op, p in zip(self.ops, plan.ops) if op.output == name)
+        if isinstance(rows, slice):
+            return F.pad(out, (0, 0) * (out.dim() - 2) + (0, channels - out.shape[1]))
+        return out.new_zeros((out.shape[0], channels) + out.shape[2:]).index_copy(1, rows, out)
+
     def _out_hw(self, op: fmt.Op, x: torch.Tensor) -> tuple[int, int]:
         shape = fmt.op_output_shape(op, [tuple(x.shape)], self.groups)
         return shape[2], shape[3]
@@ -466,20 +511,31 @@ class Supernet(nn.Module):
     # -- parallel sub-networks ------------------------------------------------------------
 
     def forward_parallel(self, x: torch.Tensor, slices: Sequence[ProfileKey],
-                         sizes: Sequence[int] | None = None, *, bn_stats: str = "auto") -> torch.Tensor:
+                         sizes: Sequence[int] | None = None, *, bn_stats: str = "auto",
+                         impl: str = "mask") -> torch.Tensor:
         """PSE-Net parallel sub-networks: slice ``i`` of the batch runs at ``slices[i]``.
 
         ``sizes`` gives the samples per slice (default: as equal as possible). Returns the full
         output [N, ...], each sample computed by its own slice's sub-network: channels beyond a
         sample's widths are zero, batch norm normalises each slice with its own statistics and,
         in training mode with ``bn_stats="auto"``, updates the slice's named profile's row.
+
+        ``impl`` chooses how: ``"mask"`` runs the whole batch once at full width and zeroes the
+        dropped channels per sample (one pass, the layout of a GPU); ``"slice"`` runs each slice
+        through its prefix-sliced weights, so a narrow slice costs only its own MACs (the same
+        function and gradients, cheaper on a CPU).
         """
+        if impl not in ("mask", "slice"):
+            raise ValueError(f"impl must be 'mask' or 'slice', got {impl!r}")
         n = x.shape[0]
         if sizes is None:
             base, extra = divmod(n, len(slices))
             sizes = [base + (i < extra) for i in range(len(slices))]
         if sum(sizes) != n or any(s <= 0 for s in sizes):
             raise ValueError(f"slice sizes {list(sizes)} do not split a batch of {n} into non-empty slices")
+        if impl == "slice":
+            return torch.cat([self._full_layout(self.forward(part, s, bn_stats=bn_stats), s)
+                              for part, s in zip(torch.split(x, list(sizes), 0), slices)], 0)
         plans = [self.plan(s) for s in slices]
         train = self.training
         mask_cache: dict[str, torch.Tensor] = {}
