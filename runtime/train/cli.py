@@ -46,7 +46,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=0, help="split seed of the data (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true", help='print {"profiles": [{"name", "macs", "accuracy"}, ...]}')
+    p.add_argument("--json", action="store_true", help='print {"profiles": [{"name", "macs", "accuracy"}, ...]}; '
+                   'a gated model adds the row "gate" (average MACs per sample, "choices": count per profile)')
     p.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("calibrate", help="recompute every profile's batch-norm statistics from data")
@@ -409,4 +410,6 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     full = max(r["macs"] for r in rows) or 1
     print(f"  {'profile':>12} {'MMACs':>9} {'MACs/full':>10} {'accuracy':>9}")
     for r in rows:
-        print(f"  {r['name']:>12} {r['macs'] / 1e6:9.3f} {r['macs'] / full:10.3f} {r['accuracy']:8.2f}%")
+        choices = r.get("choices")
+        tail = "  choices " + ", ".join(f"{k} {v}" for k, v in choices.items()) if choices else ""
+        print(f"  {r['name']:>12} {r['macs'] / 1e6:9.3f} {r['macs'] / full:10.3f} {r['accuracy']:8.2f}%{tail}")
