@@ -157,3 +157,37 @@ def test_eval_of_a_gated_model_adds_the_gate_row(gated: GatedSupernet, tmp_path)
     assert gate["macs"] == pytest.approx(float(counts @ np.array([p.macs for p in model.profiles])) / 40)
     assert gate["accuracy"] == pytest.approx(100.0 * float((out.argmax(1).numpy() == y).mean()))
     assert rows[0]["macs"] <= gate["macs"] <= rows[2]["macs"]
+
+
+def test_cli_train_gate_then_eval(tmp_path, capsys) -> None:
+    import json
+
+    from slimrt.cli import main
+
+    torch.manual_seed(0)
+    net = Supernet.from_torch(zoo.resnet_small(10, in_channels=1, widths=(16, 24, 32)), torch.zeros(1, 1, 12, 12),
+                              (0.25, 0.5, 1.0))
+    source = tmp_path / "slimmable.slim"
+    fmt.write(net.to_slim(), source)
+    rng = np.random.default_rng(8)
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=rng.standard_normal((96, 1, 12, 12)).astype(np.float32), y=rng.integers(0, 10, 96),
+             x_test=rng.standard_normal((24, 1, 12, 12)).astype(np.float32), y_test=rng.integers(0, 10, 24))
+    out = tmp_path / "gated.slim"
+    args = ["train-gate", str(source), "--data", str(npz), "-o", str(out), "--epochs", "1", "--batch-size", "32",
+            "--macs-weight", "2", "--threads", "1", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "  gate " in printed and "choices 0.25" in printed
+    model = slimrt.load(out)
+    assert model.has_gate and [p.name for p in model.profiles] == ["0.25", "0.5", "1.0"]
+    assert main(["eval", str(out), "--data", str(npz), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["profiles"]
+    gate = rows[-1]
+    assert [r["name"] for r in rows] == ["0.25", "0.5", "1.0", "gate"]
+    assert sum(gate["choices"].values()) == 24 and rows[0]["macs"] <= gate["macs"] <= rows[2]["macs"]
+    # a gated model, an unknown gate point: refused with what to do
+    assert main(["train-gate", str(out), "--data", str(npz), "-o", str(tmp_path / "again.slim")]) == 1
+    assert "has a gate already" in capsys.readouterr().err
+    assert main(args[:6] + ["--gate-at", "nowhere", "-q"]) == 1
+    assert "no op outputs tensor 'nowhere'" in capsys.readouterr().err
