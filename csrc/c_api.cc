@@ -113,6 +113,12 @@ slimrt_status slimrt_model_input_shape(const slimrt_model* model, int64_t out_sh
   return SLIMRT_OK;
 }
 
+slimrt_status slimrt_model_has_gate(const slimrt_model* model, int32_t* out_has_gate) {
+  if (!model || !out_has_gate) return fail(SLIMRT_INVALID_ARGUMENT, "slimrt_model_has_gate: NULL argument");
+  *out_has_gate = model->model->gate_op() >= 0 ? 1 : 0;
+  return SLIMRT_OK;
+}
+
 slimrt_status slimrt_session_create(const slimrt_model* model, int32_t threads, slimrt_session** out_session) {
   if (!model || !out_session) return fail(SLIMRT_INVALID_ARGUMENT, "slimrt_session_create: NULL argument");
   return guarded([&] {
@@ -139,6 +145,24 @@ slimrt_status slimrt_session_run(slimrt_session* session, const float* input, co
   slimrt::Session::Shape shape;
   const slimrt_status st = guarded([&] {
     session->session->run(input, input_shape, rank, ref, output, output_capacity, &shape);
+  });
+  if ((st == SLIMRT_OK || st == SLIMRT_BUFFER_TOO_SMALL) && shape.rank > 0) {
+    if (out_shape) std::memcpy(out_shape, shape.dims, static_cast<size_t>(shape.rank) * sizeof(int64_t));
+    if (out_rank) *out_rank = shape.rank;
+  }
+  return st;
+}
+
+slimrt_status slimrt_session_run_gated(slimrt_session* session, const float* input, const int64_t* input_shape,
+                                       int32_t rank, int32_t max_profile, float* output, size_t output_capacity,
+                                       int64_t* out_shape, int32_t* out_rank, int32_t* out_choices) {
+  if (!session || !input || !input_shape || !out_choices)
+    return fail(SLIMRT_INVALID_ARGUMENT,
+                "slimrt_session_run_gated: session, input, input_shape and out_choices must not be NULL");
+  slimrt::Session::Shape shape;
+  const slimrt_status st = guarded([&] {
+    session->session->run_gated(input, input_shape, rank, max_profile, output, output_capacity, &shape, out_choices,
+                                nullptr);
   });
   if ((st == SLIMRT_OK || st == SLIMRT_BUFFER_TOO_SMALL) && shape.rank > 0) {
     if (out_shape) std::memcpy(out_shape, shape.dims, static_cast<size_t>(shape.rank) * sizeof(int64_t));

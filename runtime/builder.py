@@ -342,6 +342,26 @@ class ModelBuilder:
         must run at full width: every channel group feeding it must be fixed (build() checks)."""
         return self._simple("shuffle", x, name, groups=int(groups))
 
+    def gate(self, x: str, reduce_weight: Any, reduce_bias: Any, expand_weight: Any, expand_bias: Any,
+             slim_weight: Any, slim_bias: Any, name: str | None = None) -> str:
+        """The dynamic gate (DS-Net) on rank-4 tensor ``x``, its layers in PyTorch layouts: reduce
+        [D, C], expand [C, D], slim [K, D] (``nn.Linear`` weights) with their biases. C is the
+        active channels ``x`` has at every profile (the ops before the gate run at one shared
+        width), K the number of profiles: logit k chooses the k-th cheapest. The output is ``x``
+        scaled by the attention head. build() checks the rules of a gated model (model.h)."""
+        arrays = [np.asarray(a, dtype=np.float32) for a in (reduce_weight, reduce_bias, expand_weight, expand_bias,
+                                                               slim_weight, slim_bias)]
+        rw, rb, ew, eb, sw, sb = arrays
+        if rw.ndim != 2 or sw.ndim != 2:
+            raise ValueError(f"gate: reduce_weight must be [D, C] and slim_weight [K, D], got shapes {rw.shape} "
+                             f"and {sw.shape}")
+        hidden, channels = rw.shape
+        name = self._new_name("gate", name)
+        op = {"op": "gate", "name": name, "inputs": [x], "output": name, "channels": int(channels),
+              "hidden": int(hidden), "choices": int(sw.shape[0])}
+        stored = (rw.T, rb, ew.T if ew.ndim == 2 else ew, eb, sw.T, sb)
+        return self._add(op, {which: np.ascontiguousarray(a) for which, a in zip(fmt.GATE_TENSORS, stored)})
+
     def set_output(self, tensor: str) -> None:
         """Make `tensor` the model output (default: the last op's output)."""
         if tensor not in self._shapes:

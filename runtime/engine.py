@@ -7,6 +7,9 @@ any profile of the model by name, index or uniform width multiplier::
     model = slimrt.load("model.slim")
     session = model.session(threads=2)
     y = session.run(x, profile="0.5")      # or profile=1, or profile=0.6
+
+A model with a gate op picks its own profile per image: ``session.run(x, profile="gate")``,
+then ``session.last_choice`` holds the profile index chosen for each image.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from .format import SlimFile
 
 ProfileKey = Union[str, int, float, "Profile"]
+GATE = "gate"  # the profile argument of a gated run
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,15 @@ class Session:
             raise ValueError(f"threads must be a positive integer, got {threads!r}")
         self.model = model
         self._core = _core.Session(model._core, threads)
+        self.last_choice: np.ndarray | None = None  # profile index per image of the last gated run
+        self.last_logits: np.ndarray | None = None  # its gate logits [N, profiles]
 
     @property
     def threads(self) -> int:
         return self._core.threads
 
-    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None,
+            max_profile: Union[str, int, "Profile", None] = None) -> np.ndarray:
         """Run on float32 NCHW input ``x`` at ``profile``.
 
         ``profile`` is a profile name (str), an index into ``model.profiles`` (int),
@@ -70,8 +77,24 @@ class Session:
         ``[model.min_multiplier, 1]``; None (the default) runs the most expensive
         profile, the full model. Returns a new float32 array: NCHW for a spatial
         output, ``[N, F]`` otherwise.
+
+        ``profile="gate"`` on a model with a gate op (:attr:`Model.has_gate`) is a gated run:
+        each image runs at the profile its gate chooses, at most ``max_profile`` (a name, an
+        index or a :class:`Profile`; None: no cap). :attr:`last_choice` then holds the chosen
+        profile index per image and :attr:`last_logits` the gate's logits.
         """
         x = self._check_input(x)
+        if isinstance(profile, str) and profile == GATE and self.model.has_gate:
+            cap = -1 if max_profile is None else self.model._max_profile(max_profile)
+            out, choice, logits = self._core.run_gated(x, cap)
+            self.last_choice, self.last_logits = choice.astype(np.int64), logits
+            return out
+        if max_profile is not None:
+            raise ValueError("max_profile caps the choice of a gated run: pass profile='gate' "
+                             + ("" if self.model.has_gate else "(this model has no gate op)"))
+        if isinstance(profile, str) and profile == GATE and profile not in self.model._by_name:
+            raise ProfileError(f"model {self.model.name!r} has no gate op: profile='gate' needs a gated model "
+                               f"(profiles: {', '.join(p.name for p in self.model.profiles)})")
         index, multiplier = self.model._resolve(profile)
         return self._core.run(x, index, multiplier)
 
@@ -121,6 +144,16 @@ class Model:
     @property
     def min_multiplier(self) -> float:
         return float(self._core.min_multiplier)
+
+    @property
+    def has_gate(self) -> bool:
+        """Whether the model has a gate op, which picks the profile per image (``run(x, "gate")``)."""
+        return int(self._core.gate_op) >= 0
+
+    def _max_profile(self, key: Union[str, int, Profile]) -> int:
+        if isinstance(key, float):
+            raise ProfileError(f"max_profile is a profile name, an index or a Profile, got the multiplier {key!r}")
+        return self.profile(key).index
 
     @property
     def weight_bytes(self) -> int:
@@ -175,14 +208,16 @@ class Model:
         """A new session with its own scratch memory and ``threads`` threads."""
         return Session(self, threads)
 
-    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None,
+            max_profile: Union[str, int, Profile, None] = None) -> np.ndarray:
         """Convenience: run on a single-threaded session cached per calling thread.
 
-        ``profile`` as in :meth:`Session.run` (default: the most expensive profile)."""
+        ``profile`` and ``max_profile`` as in :meth:`Session.run` (default: the most expensive
+        profile)."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self.session(1)
-        return session.run(x, profile)
+        return session.run(x, profile, max_profile)
 
     # --- persistence and interop -------------------------------------------
     def to_bytes(self) -> bytes:

@@ -37,7 +37,7 @@ __all__ = [
     "read", "write", "to_bytes", "validate", "parse_ops", "parse_op", "parse_groups",
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
-    "epilogue_tensor_name", "read_regular_file", "MAX_JSON_DEPTH", "DTYPE_SIZES",
+    "epilogue_tensor_name", "read_regular_file", "MAX_JSON_DEPTH", "DTYPE_SIZES", "GATE_TENSORS", "gate_index",
 ]
 
 FORMAT_VERSION = 1
@@ -56,13 +56,15 @@ ACT_PARAMS: dict[str, dict[str, float]] = {
 }
 OP_KINDS = ("conv", "linear", "add", "concat", "maxpool", "avgpool", "global_avgpool",
             "flatten", "softmax", "act", "shuffle", "prelu", "scale_bias", "mul", "unflatten",
-            "slice", "resize")
+            "slice", "resize", "gate")
 # Kinds whose output keeps the channel map of their (single) input.
 MAP_PRESERVING = ("maxpool", "avgpool", "global_avgpool", "softmax", "act", "prelu", "scale_bias", "unflatten",
-                  "resize")
+                  "resize", "gate")
 RESIZE_MODES = ("nearest", "bilinear")
 # Kinds with tensors of their own ("<op>.<name>"), see param_shapes.
-WEIGHTED = ("conv", "linear", "prelu", "scale_bias")
+WEIGHTED = ("conv", "linear", "prelu", "scale_bias", "gate")
+# The tensors of a gate op, all required: "<op>.<name>" (model.h).
+GATE_TENSORS = ("reduce.weight", "reduce.bias", "expand.weight", "expand.bias", "slim.weight", "slim.bias")
 # Kinds with an epilogue (scale, bias), which a profile may replace ("<op>.scale@<profile>").
 EPILOGUED = ("conv", "linear", "scale_bias")
 
@@ -116,6 +118,9 @@ class Op:
     end: int = 0
     scale: tuple[int, int] = (1, 1)  # resize: integer factors (sh, sw), and its mode
     mode: str = ""
+    channels: int = 0  # gate: the active channels it reads (C), its hidden features (D), its choices (K)
+    hidden: int = 0
+    choices: int = 0
 
 
 @dataclass(frozen=True)
@@ -442,6 +447,7 @@ _OP_FIELDS: dict[str, tuple[str, ...]] = {
     "shuffle": ("groups",),
     "slice": ("start", "end"),
     "resize": ("scale", "mode"),
+    "gate": ("channels", "hidden", "choices"),
 }
 
 
@@ -457,8 +463,14 @@ def parse_ops(meta: Mapping[str, Any]) -> list[Op]:
     n_groups = len(meta.get("groups", []))
     source = meta["input"]["name"]
     produced, names, ops = {source}, set(), []
+    gate: str | None = None
     for i, entry in enumerate(raw):
         op = parse_op(i, entry, n_groups)
+        if op.kind == "gate":
+            if gate is not None:
+                raise InvalidModelError(f"op '{op.name}' is a second gate; a model has at most one (the first is "
+                                        f"'{gate}')")
+            gate = op.name
         if op.name in names:
             raise InvalidModelError(f"op {i} '{op.name}': the name is used by an earlier op")
         for tensor in op.inputs:
@@ -517,6 +529,9 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         fields["mode"] = _str_field(entry, "mode", where)
         if fields["mode"] not in RESIZE_MODES:
             raise InvalidModelError(f"{where} has mode '{fields['mode']}' (known: {', '.join(RESIZE_MODES)})")
+    if kind == "gate":
+        for key in ("channels", "hidden", "choices"):
+            fields[key] = _int_field(entry, key, where, 1)
     if kind == "slice":
         fields["start"] = _int_field(entry, "start", where, 0)
         fields["end"] = _int_field(entry, "end", where, fields["start"] + 1)
@@ -591,7 +606,7 @@ def _pool_out(size: int, k: int, s: int, p0: int, p1: int, ceil_mode: bool) -> i
 def op_output_shape(op: Op, ins: list[Shape], groups: Sequence[Group]) -> Shape:
     """Full output shape of `op` for input shapes `ins`; InvalidModelError if it refuses them."""
     where = f"op '{op.name}' ({op.kind})"
-    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle", "slice", "resize"):
+    if op.kind in ("conv", "maxpool", "avgpool", "global_avgpool", "flatten", "shuffle", "slice", "resize", "gate"):
         if len(ins[0]) != 4:
             raise InvalidModelError(f"{where} needs a rank-4 input, '{op.inputs[0]}' has "
                                     f"shape {list(ins[0])}")
@@ -713,6 +728,9 @@ def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, 
     per input channel)."""
     if op.kind == "prelu":
         return {"slope": (in_shape[1],)}
+    if op.kind == "gate":
+        c, d, k = op.channels, op.hidden, op.choices
+        return dict(zip(GATE_TENSORS, ((c, d), (d,), (d, c), (c,), (d, k), (k,))))
     if op.kind == "scale_bias":
         return {"scale": (in_shape[1],), "bias": (in_shape[1],)}
     if op.kind == "linear":
@@ -894,6 +912,11 @@ def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
         if op.kind == "prelu":
             params += infos[op.inputs[0]].width
             continue
+        if op.kind == "gate":
+            c, d, k = op.channels, op.hidden, op.choices
+            macs += 2 * c * d + d * k
+            params += 2 * c * d + d * k + d + c + k
+            continue
         if op.kind not in EPILOGUED:
             continue
         op_macs, weights = _op_cost(op, infos[op.inputs[0]], infos[op.output]) if op.kind != "scale_bias" \
@@ -937,6 +960,7 @@ def validate(slim: SlimFile) -> None:
     shapes = _shapes(meta, groups, ops, None, None)
     _check_static_widths(meta, groups, ops, shapes)
     profiles = _check_profiles(meta, groups)
+    _check_gate(slim, groups, ops, shapes, profiles)
     _check_tensors(slim, groups, ops, shapes, profiles)
     _check_costs(slim, groups, ops, shapes, profiles)
 
@@ -1073,10 +1097,10 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
             known.add(name)
             if name in slim.tensors:
                 _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
-            elif which in ("weight", "slope"):
+            elif which in ("weight", "slope") or op.kind == "gate":
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
-        if op.kind == "prelu":
+        if op.kind not in EPILOGUED:
             continue
         for p, infos in zip(profiles, maps):
             for which in ("scale", "bias"):
@@ -1089,6 +1113,57 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
     if unknown:
         raise InvalidModelError(f"tensor '{unknown[0]}' is not used by any op or profile; "
                                 "remove it or fix its name")
+
+
+def gate_index(ops: Sequence[Op]) -> int | None:
+    """Index of the gate op in ``ops``, or None."""
+    return next((i for i, op in enumerate(ops) if op.kind == "gate"), None)
+
+
+def _check_gate(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op], shapes: Mapping[str, Shape],
+                profiles: Sequence[Mapping[str, Any]]) -> None:
+    """The rules of a gated model (model.h), with the engine's messages."""
+    index = gate_index(ops)
+    if index is None:
+        return
+    gate = ops[index]
+    where = f"gate '{gate.name}'"
+    if gate.choices != len(profiles):
+        raise InvalidModelError(f"{where} has {gate.choices} choices, the model has {len(profiles)} profiles; a gate "
+                                "chooses among all of them")
+    first = profiles[0]
+    for op in ops[:index]:
+        if op.out_group is None:
+            continue
+        g = op.out_group
+        for p in profiles:
+            if p["widths"][g] != first["widths"][g]:
+                raise InvalidModelError(
+                    f"group '{groups[g].name}' is written before {where} and runs at one shared width, but profile "
+                    f"'{first['name']}' gives it {first['widths'][g]} and profile '{p['name']}' {p['widths'][g]}")
+    output = slim.meta["output"]
+    first_width = None
+    for p in profiles:
+        infos = _channel_maps(slim.meta, groups, ops, p["widths"], shapes)
+        width = infos[gate.output].width
+        if width != gate.channels:
+            raise InvalidModelError(f"{where} reads {width} active channels at profile '{p['name']}', its "
+                                    f"\"channels\" is {gate.channels}")
+        if first_width is None:
+            first_width = infos[output].width
+        elif infos[output].width != first_width:
+            raise InvalidModelError(
+                f"the output '{output}' has {first_width} channels at profile '{first['name']}' and "
+                f"{infos[output].width} at profile '{p['name']}'; a gated model's output has one width at every profile")
+        for op in ops[:index]:
+            if op.kind not in EPILOGUED:
+                continue
+            for which in ("scale", "bias"):
+                name = epilogue_tensor_name(op.name, which, p["name"])
+                if name in slim.tensors:
+                    raise InvalidModelError(
+                        f"op '{op.name}' runs before {where} and has the per-profile epilogue '{name}'; the ops "
+                        "before a gate run alike at every profile")
 
 
 def _check_array(name: str, array: Any, shape: Shape, user: str) -> None:

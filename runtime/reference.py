@@ -14,8 +14,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from slimrt import format as fmt
+from slimrt.errors import InvalidModelError, ProfileError
 
-__all__ = ["run_reference", "activate", "ACTIVATION_FUNCTIONS"]
+__all__ = ["run_reference", "run_reference_gated", "gate_head", "activate", "ACTIVATION_FUNCTIONS"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -69,8 +70,64 @@ def run_reference(slim: fmt.SlimFile, x: np.ndarray, profile: str | int | float)
     return values[meta["output"]]
 
 
+def run_reference_gated(slim: fmt.SlimFile, x: np.ndarray,
+                        max_profile: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A gated run of a model with a gate op (model.h): (output, chosen profile index per image,
+    gate logits [N, profiles]).
+
+    The ops up to the gate run at the shared width (profile 0's); each image then takes the first
+    profile among 0..max_profile (None: all) with the largest logit and runs the rest of the graph
+    at it, on its own. Raises InvalidModelError for a model without a gate, ProfileError for a
+    max_profile out of range.
+    """
+    meta = slim.meta
+    ops = fmt.parse_ops(meta)
+    index = fmt.gate_index(ops)
+    if index is None:
+        raise InvalidModelError(f"model '{meta['name']}' has no gate op")
+    profiles = meta["profiles"]
+    if max_profile is None:
+        max_profile = len(profiles) - 1
+    if not 0 <= max_profile < len(profiles):
+        raise ProfileError(f"max_profile {max_profile} is out of range (model has {len(profiles)} profiles)")
+    x = np.asarray(x, dtype=np.float64)
+    hw, n = (x.shape[2], x.shape[3]), x.shape[0]
+    shared = fmt.channel_maps(meta, profiles[0]["widths"], hw=hw, batch=n)
+    values = {meta["input"]["name"]: x}
+    logits = np.zeros((n, len(profiles)))
+    for op in ops[:index + 1]:
+        inputs = [values[t] for t in op.inputs]
+        if op.kind == "gate":
+            values[op.output], logits = gate_head(op, inputs[0], slim.tensors)
+        else:
+            values[op.output] = _run_op(op, inputs, shared, slim.tensors, profiles[0]["name"])
+    choices = np.argmax(logits[:, :max_profile + 1], axis=1)  # the first of equal maxima
+    outputs = []
+    for i, k in enumerate(choices):
+        infos = fmt.channel_maps(meta, profiles[k]["widths"], hw=hw, batch=1)
+        mine = {name: v[i:i + 1] for name, v in values.items()}
+        for op in ops[index + 1:]:
+            mine[op.output] = _run_op(op, [mine[t] for t in op.inputs], infos, slim.tensors, profiles[k]["name"])
+        outputs.append(mine[meta["output"]])
+    return np.concatenate(outputs, axis=0), choices, logits
+
+
+def gate_head(op: fmt.Op, x: np.ndarray, tensors: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The gate op's double head (model.h) on ``x`` (its active channels): (x scaled by the attention
+    head, the slimming head's logits [N, choices])."""
+    if x.shape[1] != op.channels:
+        raise ProfileError(f"op '{op.name}' (gate) reads {x.shape[1]} active channels here, its head takes "
+                           f"{op.channels}: run a named profile of this gated model")
+    w = {name: tensors[f"{op.name}.{name}"].astype(np.float64) for name in fmt.GATE_TENSORS}
+    h = np.maximum(x.mean(axis=(2, 3)) @ w["reduce.weight"] + w["reduce.bias"], 0.0)
+    attention = 2.0 * _sigmoid(h @ w["expand.weight"] + w["expand.bias"])
+    return x * attention[:, :, None, None], h @ w["slim.weight"] + w["slim.bias"]
+
+
 def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.TensorInfo],
             tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
+    if op.kind == "gate":
+        return gate_head(op, inputs[0], tensors)[0]
     if op.kind == "conv":
         return activate(op, _conv(op, inputs[0], infos, tensors, profile))
     if op.kind == "linear":

@@ -162,16 +162,83 @@ def test_c_example_builds_and_runs(tmp_path, model_path):
         assert re.search(rf"profile {re.escape(p.name)}\s+{p.macs} MACs  argmax {best} ", out), out
 
 
+def gated_path(tmp_path: Path) -> str:
+    """A gated model (tests/gate_models.py) written to a file; its gate picks among 3 profiles."""
+    from gate_models import per_image_model
+
+    path = tmp_path / "gated.slim"
+    fmt.write(per_image_model(), path)
+    return str(path)
+
+
+def test_gated_runs_through_the_c_abi(lib, tmp_path, model_path):
+    from gate_models import inputs
+
+    ffi, c = lib
+    path = gated_path(tmp_path)
+    status, model = load(ffi, c, path)
+    assert status == c.SLIMRT_OK, ffi.string(c.slimrt_last_error())
+    has = ffi.new("int32_t*")
+    assert c.slimrt_model_has_gate(model, has) == c.SLIMRT_OK and has[0] == 1
+    session = ffi.new("slimrt_session**")
+    assert c.slimrt_session_create(model, 2, session) == c.SLIMRT_OK
+    py = slimrt.load(path).session()
+    x = inputs(9, seed=5)
+    shape = ffi.new("int64_t[4]", x.shape)
+    out = np.zeros(64, np.float32)
+    out_shape, out_rank, choices = ffi.new("int64_t[4]"), ffi.new("int32_t*"), ffi.new("int32_t[9]")
+
+    def run(cap, capacity=out.size, picks=choices):
+        return c.slimrt_session_run_gated(session[0], ffi.from_buffer("float[]", x), shape, 4, cap,
+                                          ffi.from_buffer("float[]", out), capacity, out_shape, out_rank, picks)
+
+    for cap in (-1, 0, 1, 2):
+        assert run(cap) == c.SLIMRT_OK, ffi.string(c.slimrt_last_error())
+        want = py.run(x, "gate", max_profile=None if cap < 0 else cap)
+        assert out_rank[0] == 2 and tuple(out_shape)[:2] == want.shape == (9, 5)
+        np.testing.assert_allclose(out[:want.size].reshape(want.shape), want, rtol=1e-6, atol=1e-7)
+        assert list(choices) == py.last_choice.tolist()
+        assert max(choices) <= (2 if cap < 0 else cap)
+    assert len(set(choices)) == 3  # the last cap (2) lets every image choose freely: they differ
+    # errors: the cap, the choices buffer, the output buffer, a model without a gate
+    before = list(choices)
+    out_shape[0] = 0
+    assert run(3) == c.SLIMRT_INVALID_ARGUMENT
+    assert "max_profile 3 is out of range" in ffi.string(c.slimrt_last_error()).decode()
+    assert run(-2) == c.SLIMRT_INVALID_ARGUMENT
+    assert run(-1, picks=ffi.NULL) == c.SLIMRT_INVALID_ARGUMENT
+    assert "out_choices" in ffi.string(c.slimrt_last_error()).decode()
+    assert out_shape[0] == 0 and list(choices) == before  # a failed call changes nothing
+    assert run(-1, capacity=44) == c.SLIMRT_BUFFER_TOO_SMALL
+    assert tuple(out_shape)[:2] == (9, 5) and list(choices) == before
+    status, plain = load(ffi, c, model_path)
+    assert c.slimrt_model_has_gate(plain, has) == c.SLIMRT_OK and has[0] == 0
+    other = ffi.new("slimrt_session**")
+    assert c.slimrt_session_create(plain, 1, other) == c.SLIMRT_OK
+    px = np.zeros(slimrt.load(model_path).input_shape, np.float32)
+    status = c.slimrt_session_run_gated(other[0], ffi.from_buffer("float[]", px), ffi.new("int64_t[4]", px.shape), 4,
+                                        -1, ffi.from_buffer("float[]", out), out.size, out_shape, out_rank, choices)
+    assert status == c.SLIMRT_INVALID_ARGUMENT and "has no gate op" in ffi.string(c.slimrt_last_error()).decode()
+    assert c.slimrt_model_has_gate(ffi.NULL, has) == c.SLIMRT_INVALID_ARGUMENT
+    for s in (session, other):
+        c.slimrt_session_free(s[0])
+    c.slimrt_model_free(model)
+    c.slimrt_model_free(plain)
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 @pytest.mark.parametrize("threads", [1, 2])
-def test_runs_allocate_nothing_after_warm_up(tmp_path, model_path, threads):
-    """Every profile (and a multiplier) run once, then again: the second round allocates nothing."""
+@pytest.mark.parametrize("gated", [False, True])
+def test_runs_allocate_nothing_after_warm_up(tmp_path, model_path, threads, gated):
+    """Every profile (and a multiplier) run once, then again: the second round allocates nothing.
+    A gated model also runs gated at batch 3 under every cap, in both rounds."""
     libdir = str(Path(slimrt.c_library_path()).parent)
     exe = tmp_path / "count_allocs"
     src = Path(__file__).resolve().parent / "c" / "count_allocs.c"
     subprocess.run(["cc", "-std=c99", "-O1", str(src), "-I", slimrt.c_include_dir(), "-L", libdir, "-lslimrt",
                     f"-Wl,-rpath,{libdir}", "-o", str(exe)], check=True)
-    out = subprocess.run([str(exe), model_path, str(threads)], check=True, capture_output=True, text=True,
+    path = gated_path(tmp_path) if gated else model_path
+    out = subprocess.run([str(exe), path, str(threads)], check=True, capture_output=True, text=True,
                          timeout=120).stdout
     assert out.strip() == "allocations 0", out
 

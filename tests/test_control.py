@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slimrt.control import (BudgetPolicy, Controller, FeedbackPolicy, FixedPolicy, LatencyTable,
+from slimrt.control import (BudgetPolicy, Controller, FeedbackPolicy, FixedPolicy, GatePolicy, LatencyTable,
                             Level, ManualMonitor, MinPolicy, Outcome, Request, ResourceMonitor,
                             ResourcePolicy, ResourceSample, Threshold, make_policy, read_sample)
 from slimrt.control.latency import cache_key, calibrate, load_or_calibrate, quantile
@@ -489,6 +489,48 @@ class TestMinPolicy:
             MinPolicy([FixedPolicy(NAMES), FixedPolicy(NAMES[:2])])
 
 
+class TestGatePolicy:
+    def test_without_a_cap_the_gate_chooses_freely(self):
+        d = GatePolicy(NAMES).decide(Request(budget_ms=1.0))
+        assert d.gate and d.index == 3 and d.profile == "1.0" and d.policy == "gate"
+        assert d.as_dict()["gate"] == {"cap": "1.0", "choices": None}
+
+    def test_the_cap_is_the_other_policys_choice_before_the_run(self):
+        policy = GatePolicy(NAMES, BudgetPolicy(NAMES, table(), budget_ms=8.0, margin=0.0))
+        d = policy.decide(Request())
+        assert d.gate and d.index == 1 and d.signals["cap"] == "0.5"  # tail 5.0 fits 8 ms, 8.5 does not
+        assert "at most 0.5" in d.reason and "budget" in d.reason
+        assert policy.decide(Request(budget_ms=100.0)).index == 3
+        assert policy.decide(Request(budget_ms=0.1)).index == 0
+        capped = GatePolicy(NAMES, MinPolicy([FixedPolicy(NAMES, "0.75"), BudgetPolicy(NAMES, table())]))
+        assert capped.decide(Request()).index == 2
+
+    def test_outcomes_reach_the_cap_and_the_names_must_agree(self):
+        fb = FeedbackPolicy(NAMES, target_ms=10.0, window=2)
+        policy = GatePolicy(NAMES, fb)
+        for _ in range(2):
+            policy.observe(Outcome(policy.decide(Request()).index, 30.0, 30.0))
+        assert fb.level < 3 and policy.decide(Request()).index == fb.level
+        with pytest.raises(ValueError, match="differ"):
+            GatePolicy(NAMES, FixedPolicy(NAMES[:2]))
+
+    def test_make_policy_and_the_controller(self):
+        assert make_policy("gate", NAMES).cap is None
+        p = make_policy("gate", NAMES, table=table(), budget_ms=6.0)
+        assert isinstance(p.cap, BudgetPolicy) and p.decide(Request()).index == 1
+        with pytest.raises(ValueError, match="needs a latency table"):
+            make_policy("gate", NAMES, budget_ms=6.0)
+        t = table(macs=MACS, alpha=1.0)
+        c = Controller(p, t)
+        from dataclasses import replace
+
+        d = replace(c.decide(Request()), choices=("0.25", "0.5"))
+        c.observe(d, service_ms=2 * t.calibrated_at(1.6e6).mean_ms, total_ms=9.0, macs=1.6e6)
+        assert t.slowdown == pytest.approx(2.0)  # learnt from the MACs of the images' choices
+        assert [r["observed_count"] for r in t.snapshot()] == [0, 0, 0, 0]
+        assert c.log()[-1].decision.as_dict()["gate"] == {"cap": "0.5", "choices": ["0.25", "0.5"]}
+
+
 class TestControllerAndFactory:
     def test_controller_feeds_table_and_logs(self):
         t = table()
@@ -501,7 +543,7 @@ class TestControllerAndFactory:
         log = c.log()
         assert len(log) == 2 and log[-1].outcome.total_ms == 30.0
 
-    @pytest.mark.parametrize("kind", ["budget", "fixed", "resource", "feedback", "adaptive"])
+    @pytest.mark.parametrize("kind", ["budget", "fixed", "resource", "feedback", "adaptive", "gate"])
     def test_make_policy(self, kind):
         p = make_policy(kind, NAMES, table=table(), monitor=ManualMonitor(), budget_ms=20.0)
         assert p.decide(Request()).profile in NAMES

@@ -70,8 +70,22 @@ def act_net(seed: int = 0) -> fmt.SlimFile:
     return b.build()
 
 
+def gate_net(seed: int = 0) -> fmt.SlimFile:
+    """A dynamic gate on a fixed stem (so every multiplier runs), then sliceable layers."""
+    rng = np.random.default_rng(seed)
+    b = ModelBuilder("gate_net", input_shape=(1, 3, 9, 7))
+    s = b.conv(b.input, rng.normal(size=(7, 3, 3, 3)), out_group=b.group("stem", 7, fixed=True), stride=2,
+               act="relu")
+    g = b.gate(s, rng.normal(size=(3, 7)), rng.normal(size=3), rng.normal(size=(7, 3)), rng.normal(size=7),
+               rng.normal(size=(3, 3)), rng.normal(size=3))
+    y = b.conv(g, rng.normal(size=(19, 7, 3, 3)) / 6, out_group=b.group("body", 19), padding=1, act="relu")
+    b.linear(b.flatten(b.global_avgpool(y)), rng.normal(size=(4, 19)), out_group=b.group("cls", 4, fixed=True))
+    b.uniform_profiles((0.25, 0.5, 1.0))
+    return b.build()
+
+
 MODELS = {"tiny_resnet": tiny_resnet, "vgg_like": vgg_like, "concat_net": concat_net,
-          "shuffle_net": shuffle_net, "act_net": act_net}
+          "shuffle_net": shuffle_net, "act_net": act_net, "gate_net": gate_net}
 # name -> f(x, alpha, beta), with the ONNX defaults of the parameters (model.h)
 ACTS = {"none": lambda x, a, b: x, "relu": lambda x, a, b: F.relu(x), "relu6": lambda x, a, b: F.relu6(x),
         "hardswish": lambda x, a, b: F.hardswish(x), "silu": lambda x, a, b: F.silu(x),
@@ -238,6 +252,12 @@ class PrunedTorch:
         assert torch.equal(idx, torch.arange(channels)), "a slice runs at full width"
         width = op["end"] - op["start"]
         return x[:, op["start"]:op["end"]], torch.arange(width), width
+
+    def gate(self, op: dict[str, Any], arg: tuple) -> tuple:
+        x, idx, channels = arg
+        t = {k: self.t[f"{op['name']}.{k}"] for k in ("reduce.weight", "reduce.bias", "expand.weight", "expand.bias")}
+        h = F.relu(x.mean(dim=(2, 3)) @ t["reduce.weight"] + t["reduce.bias"])
+        return x * 2.0 * torch.sigmoid(h @ t["expand.weight"] + t["expand.bias"])[:, :, None, None], idx, channels
 
     def shuffle(self, op: dict[str, Any], arg: tuple) -> tuple:
         x, idx, channels = arg

@@ -1192,3 +1192,56 @@ def test_cli_port_in_use_and_exposed_hosts(model_path, tmp_path, capsys, monkeyp
     from slimrt.serve.server import is_loopback
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.org")
+
+
+# ---------------------------------------------------------------------------- a gated model
+
+@pytest.fixture(scope="module")
+def gated_model(tmp_path_factory):
+    """A model with a gate op whose choices differ between images (tests/gate_models.py)."""
+    from gate_models import per_image_model
+
+    path = tmp_path_factory.mktemp("gated-model") / "gated.slim"
+    write(per_image_model(), path)
+    return slimrt.load(path)
+
+
+def test_the_gate_policy_serves_the_gates_choices_capped_by_the_budget(gated_model, cache_dir):
+    from gate_models import inputs
+
+    x = inputs(9, seed=5)
+    local = gated_model.session()
+    want = local.run(x, "gate")
+    names = [p.name for p in gated_model.profiles]
+    chosen = [names[k] for k in local.last_choice]
+    assert len(set(chosen)) == 3
+    config = ServeConfig(policy="gate", budget_ms=1000.0, workers=1, latency_cache=cache_dir, calibrate_repeats=2,
+                         max_batch=16)
+    with InProcess(create_app(gated_model, config)) as c:
+        body = c.post("/v1/infer", json=x.tolist()).json()
+        assert body["policy"] == "gate" and body["profile"] == names[-1]  # a second fits every profile: no cap
+        assert body["gate"] == {"cap": names[-1], "choices": chosen}
+        np.testing.assert_allclose(np.asarray(body["output"], np.float32), want, rtol=1e-5, atol=1e-6)
+        # a budget no profile fits caps the gate at the cheapest, before the run
+        tight = c.post("/v1/infer?budget_ms=0.001", json=x.tolist()).json()
+        assert tight["gate"] == {"cap": names[0], "choices": [names[0]] * 9}
+        assert "at most " + names[0] in tight["reason"]
+        np.testing.assert_allclose(np.asarray(tight["output"], np.float32), local.run(x, names[0]), rtol=1e-5,
+                                   atol=1e-6)
+        r = c.post("/v1/infer", content=npy_bytes(x), headers={"Content-Type": NPY, "Accept": NPY})
+        assert r.headers["x-slimrt-gate-choices"] == ",".join(chosen)
+        log = c.get("/v1/decisions").json()
+        assert [row["gate"] for row in log] == [body["gate"], tight["gate"], body["gate"]]
+        assert log[0]["signals"]["cap"] == names[-1]
+        fam = prom(c.get("/metrics").text)
+    counts = {s.labels["profile"]: s.value for s in fam["slimrt_gate_choices"]}
+    expected = {n: 2 * chosen.count(n) for n in names}
+    expected[names[0]] += 9
+    assert counts == expected
+    macs = {p.name: p.macs for p in gated_model.profiles}
+    assert fam["slimrt_served_macs"][0].value == 2 * sum(macs[n] for n in chosen) + 9 * macs[names[0]]
+
+
+def test_the_gate_policy_needs_a_gated_model(model):
+    with pytest.raises(ValueError, match="policy 'gate' needs a model with a gate op"):
+        create_app(model, ServeConfig(policy="gate"))

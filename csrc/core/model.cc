@@ -41,6 +41,7 @@ const char* op_kind_name(OpKind kind) {
     case OpKind::Unflatten: return "unflatten";
     case OpKind::Slice: return "slice";
     case OpKind::Resize: return "resize";
+    case OpKind::Gate: return "gate";
   }
   return "?";
 }
@@ -157,12 +158,12 @@ OpKind parse_kind(const std::string& s, const std::string& where) {
       {"softmax", OpKind::Softmax}, {"act", OpKind::Act},
       {"shuffle", OpKind::Shuffle}, {"prelu", OpKind::Prelu}, {"scale_bias", OpKind::ScaleBias},
       {"mul", OpKind::Mul}, {"unflatten", OpKind::Unflatten},
-      {"slice", OpKind::Slice}, {"resize", OpKind::Resize}};
+      {"slice", OpKind::Slice}, {"resize", OpKind::Resize}, {"gate", OpKind::Gate}};
   for (const auto& k : kinds)
     if (s == k.first) return k.second;
   fail_model(where + " has unknown op '" + s +
              "' (known: conv, linear, add, concat, maxpool, avgpool, global_avgpool, flatten, softmax, act, shuffle, "
-             "prelu, scale_bias, mul, unflatten, slice, resize)");
+             "prelu, scale_bias, mul, unflatten, slice, resize, gate)");
 }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -367,6 +368,13 @@ void use_tensor(const TensorTable& table, const std::string& name, const std::ve
   }
 }
 
+// The tensors of a gate op: (name suffix, shape), in the order of the format spec.
+std::vector<std::pair<std::string, std::vector<int64_t>>> gate_tensor_shapes(const GateHead& g) {
+  const int64_t c = g.channels, d = g.hidden, k = g.choices;
+  return {{".reduce.weight", {c, d}}, {".reduce.bias", {d}}, {".expand.weight", {d, c}},
+          {".expand.bias", {c}},      {".slim.weight", {d, k}},  {".slim.bias", {k}}};
+}
+
 std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
   v.resize(static_cast<size_t>(kernels::round_up(static_cast<int64_t>(v.size()), kernels::kPanel)), fill_unused);
   return v;
@@ -503,6 +511,14 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(where + " has mode '" + mode + "' (known: nearest, bilinear)");
       op.bilinear = mode == "bilinear";
     }
+    if (op.kind == OpKind::Gate) {
+      if (gate_op_ >= 0)
+        fail_model(where + " is a second gate; a model has at most one (the first is '" + ops_[gate_op_].name + "')");
+      gate_op_ = static_cast<int32_t>(ops_.size());
+      op.gate.channels = as_int32(member(j, "channels", where), where + " channels", 1, 1 << 20);
+      op.gate.hidden = as_int32(member(j, "hidden", where), where + " hidden", 1, 1 << 20);
+      op.gate.choices = as_int32(member(j, "choices", where), where + " choices", 1, 1 << 20);
+    }
     if (op.kind == OpKind::Slice) {
       op.start = as_int32(member(j, "start", where), where + " start", 0, (1 << 20) - 1);
       op.end = as_int32(member(j, "end", where), where + " end", op.start + 1, 1 << 20);
@@ -549,6 +565,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     p.params = as_int(member(j, "params", where), where + " params");
     profiles_.push_back(std::move(p));
   }
+  if (gate_op_ >= 0) check_gate();
 
   // Weights. First every tensor an op needs is checked (presence, dtype,
   // shape) against `shapes`, for all ops, before anything is allocated; so
@@ -562,6 +579,10 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     if (op.kind == OpKind::Prelu) {
       op.cin = op.cout = shapes.in_channels[i];
       checked_entry(table, op.name + ".slope", {op.cin}, user);
+      continue;
+    }
+    if (op.kind == OpKind::Gate) {
+      for (const auto& [suffix, shape] : gate_tensor_shapes(op.gate)) checked_entry(table, op.name + suffix, shape, user);
       continue;
     }
     if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
@@ -602,6 +623,16 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     if (op.kind == OpKind::Prelu) {
       op.weights = padded(read_tensor(table, op.name + ".slope", {op.cin}, user));
       weight_bytes_ += sizeof(float) * op.weights.size();
+      continue;
+    }
+    if (op.kind == OpKind::Gate) {
+      GateHead& g = op.gate;
+      std::vector<float>* dst[] = {&g.reduce_w, &g.reduce_b, &g.expand_w, &g.expand_b, &g.slim_w, &g.slim_b};
+      const auto shapes_of = gate_tensor_shapes(g);
+      for (size_t t = 0; t < shapes_of.size(); ++t) {
+        *dst[t] = read_tensor(table, op.name + shapes_of[t].first, shapes_of[t].second, user);
+        weight_bytes_ += sizeof(float) * dst[t]->size();
+      }
       continue;
     }
     if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
@@ -646,6 +677,18 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     } catch (const Error& e) {
       fail_model("profile '" + p.name + "' " + e.what());
     }
+    if (gate_op_ >= 0) {
+      const Op& g = ops_[gate_op_];
+      if (out_widths[gate_op_] != g.gate.channels)
+        fail_model("gate '" + g.name + "' reads " + std::to_string(out_widths[gate_op_]) + " active channels at profile '" +
+                   p.name + "', its \"channels\" is " + std::to_string(g.gate.channels));
+      const int32_t out_op = producer_of(output_);
+      const int32_t first = profile_output_widths(*this, profiles_[0].widths)[out_op];
+      if (out_widths[out_op] != first)
+        fail_model("the output '" + tensor_names_[output_] + "' has " + std::to_string(first) + " channels at profile '" +
+                   profiles_[0].name + "' and " + std::to_string(out_widths[out_op]) + " at profile '" + p.name +
+                   "'; a gated model's output has one width at every profile");
+    }
     for (size_t i = 0; i < ops_.size(); ++i) {
       Op& op = ops_[i];
       if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
@@ -653,6 +696,9 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
       const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;
       if (!hs && !hb) continue;
+      if (static_cast<int32_t>(i) < gate_op_)
+        fail_model("op '" + op.name + "' runs before gate '" + ops_[gate_op_].name + "' and has the per-profile epilogue '" +
+                   (hs ? sname : bname) + "'; the ops before a gate run alike at every profile");
       const std::string user = "op '" + op.name + "' at profile '" + p.name + "'";
       const int64_t w = out_widths[i];
       Epilogue e;
@@ -665,6 +711,32 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       weight_bytes_ += sizeof(float) * (e.scale.size() + e.bias.size());
       op.profile_epilogue[pi] = std::move(e);
     }
+  }
+}
+
+int32_t Model::producer_of(int32_t tensor) const {
+  for (size_t i = 0; i < ops_.size(); ++i)
+    if (ops_[i].output == tensor) return static_cast<int32_t>(i);
+  return -1;
+}
+
+// The rules of a gated model that the profiles decide (model.h), checked before
+// any weights are read.
+void Model::check_gate() const {
+  const Op& g = ops_[gate_op_];
+  const std::string where = "gate '" + g.name + "'";
+  if (static_cast<size_t>(g.gate.choices) != profiles_.size())
+    fail_model(where + " has " + std::to_string(g.gate.choices) + " choices, the model has " +
+               std::to_string(profiles_.size()) + " profiles; a gate chooses among all of them");
+  for (int32_t i = 0; i < gate_op_; ++i) {
+    const int32_t grp = ops_[i].out_group;
+    if ((ops_[i].kind != OpKind::Conv && ops_[i].kind != OpKind::Linear) || grp < 0) continue;
+    for (const Profile& p : profiles_)
+      if (p.widths[grp] != profiles_[0].widths[grp])
+        fail_model("group '" + groups_[grp].name + "' is written before " + where +
+                   " and runs at one shared width, but profile '" + profiles_[0].name + "' gives it " +
+                   std::to_string(profiles_[0].widths[grp]) + " and profile '" + p.name + "' " +
+                   std::to_string(p.widths[grp]));
   }
 }
 

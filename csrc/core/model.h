@@ -124,6 +124,33 @@
 //                   divisible by g): the ONNX Reshape [N, g, C/g, H, W],
 //                   Transpose [0, 2, 1, 3, 4], Reshape [N, C, H, W]. Its input
 //                   must run at full width: the groups feeding it are fixed.
+//   gate            "channels": C, "hidden": D, "choices": K (integers >= 1).
+//                   The dynamic gate (DS-Net): its double head looks at a
+//                   rank-4 input x whose active channels are C at every
+//                   profile. Per image: p = mean of x over H, W ([C]);
+//                   h = relu(p * Wr + br) ([D]); the attention head gives
+//                   y = x * 2 * sigmoid(h * We + be) (each channel scaled; the
+//                   output keeps x's shape and channel map); the slimming head
+//                   gives logits = h * Ws + bs ([K]). Tensors (all required):
+//                   "<name>.reduce.weight" [C, D], "<name>.reduce.bias" [D],
+//                   "<name>.expand.weight" [D, C], "<name>.expand.bias" [C],
+//                   "<name>.slim.weight" [D, K], "<name>.slim.bias" [K]; the
+//                   rows of Wr and the columns of We follow x's active channels
+//                   in the order the channel map stores them.
+//
+// A model has at most one gate. With a gate, the profiles are its choices
+// (K = the number of profiles; logit k chooses profile k) and:
+//   - every group written by an op before the gate (in execution order) has
+//     the same width in every profile: the shared width the ops before the
+//     gate run at (so the gate's input has the same channel map everywhere);
+//   - the ops before the gate have no per-profile epilogues;
+//   - the model's output has the same shape at every profile.
+// A gated run runs the ops up to the gate once at the shared width, then takes,
+// per image, the first profile k <= max_profile with the largest logit and runs
+// the ops after the gate at profile k. A run at a named profile computes the
+// gate's attention as well (its logits are unused), so it equals a gated run
+// that chooses that profile. A uniform multiplier runs only if it gives the
+// gate's input C active channels.
 //
 // Weight layout is chosen so that every profile reads a top-left block: an
 // in-channel prefix is a row prefix of each tap's [Cin, Cout] block, an
@@ -159,9 +186,10 @@
 //
 // MACs (at the default input shape, per sample): dense conv OH*OW*cout*kh*kw*
 // cin; depthwise OH*OW*c*kh*kw; grouped OH*OW*Cout*kh*kw*Cin/g; linear in*out;
-// other ops 0 (all with active widths). params: weight elements read plus the
-// active elements of the scale and bias tensors present, plus a prelu's active
-// slopes.
+// gate 2*C*D + D*K; other ops 0 (all with active widths). params: weight
+// elements read plus the active elements of the scale and bias tensors
+// present, plus a prelu's active slopes, plus a gate's 2*C*D + D*K weights
+// and D + C + K biases.
 //
 // Versions: format_version 1 is the only version; a file with a newer version
 // is refused with a message naming both versions.
@@ -197,7 +225,7 @@ constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
   Conv, Linear, Add, Concat, MaxPool, AvgPool, GlobalAvgPool, Flatten, Softmax, Act, Shuffle, Prelu, ScaleBias, Mul,
-  Unflatten, Slice, Resize
+  Unflatten, Slice, Resize, Gate
 };
 
 const char* op_kind_name(OpKind kind);
@@ -227,6 +255,14 @@ struct Epilogue {
 
 enum class ConvType { Dense, Depthwise, Grouped };
 
+// The double head of a gate op (format spec above), weights as in the file.
+struct GateHead {
+  int32_t channels = 0, hidden = 0, choices = 0;  // C, D, K
+  std::vector<float> reduce_w, reduce_b;  // [C, D], [D]
+  std::vector<float> expand_w, expand_b;  // [D, C], [C]
+  std::vector<float> slim_w, slim_b;      // [D, K], [K]
+};
+
 struct Op {
   OpKind kind = OpKind::Act;
   std::string name;
@@ -253,6 +289,7 @@ struct Op {
   std::vector<float> weights;
   Epilogue epilogue;                     // full width, used unless a profile overrides
   std::vector<Epilogue> profile_epilogue;  // per profile index; empty vectors: no override
+  GateHead gate;                           // gate only
 };
 
 // A loaded model: immutable, shared by sessions on any threads.
@@ -271,6 +308,8 @@ class Model {
   int32_t output_tensor() const { return output_; }
   float min_multiplier() const { return min_multiplier_; }
   size_t weight_bytes() const { return weight_bytes_; }
+  // Index of the gate op in ops(), or -1 when the model has none.
+  int32_t gate_op() const { return gate_op_; }
 
   // Widths of the uniform multiplier m (rule in the format spec); throws
   // UnknownProfile if m is outside [min_multiplier, 1].
@@ -284,6 +323,8 @@ class Model {
  private:
   Model() = default;
   void parse(const uint8_t* data, size_t size, bool mapped);
+  void check_gate() const;
+  int32_t producer_of(int32_t tensor) const;  // op index, or -1 for the input
 
   std::string name_;
   std::string json_;
@@ -295,6 +336,7 @@ class Model {
   std::vector<Profile> profiles_;
   std::vector<std::string> tensor_names_;  // id -> name; id 0 is the input
   size_t weight_bytes_ = 0;
+  int32_t gate_op_ = -1;
 };
 
 }  // namespace slimrt

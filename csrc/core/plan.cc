@@ -237,6 +237,14 @@ ShapePlan plan_shapes(const Model& model, const std::vector<int32_t>& widths, in
         y.c = y.c_full = op.end - op.start;
         y.runs = {{0, y.c}};
         break;
+      case OpKind::Gate: {
+        need_rank(x, 4);
+        y = x;
+        const int64_t c = op.gate.channels, d = op.gate.hidden, k = op.gate.choices;
+        plan.macs += 2 * c * d + d * k;
+        plan.params += 2 * c * d + d * k + d + c + k;
+        break;
+      }
       case OpKind::Shuffle:
         need_rank(x, 4);
         if (x.c_full % op.groups)

@@ -13,7 +13,7 @@ namespace slimrt {
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu, ScaleBias, Mul, Slice, Resize };
+                      Prelu, ScaleBias, Mul, Slice, Resize, Gate };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -23,6 +23,7 @@ struct Session::Step {
   kernels::GroupedParams grouped{};
   kernels::PoolParams pool{};
   kernels::ResizeParams resize{};
+  kernels::GateParams gate{};
   std::vector<ChannelRun> runs;
   std::vector<float> scale, bias;  // gathered epilogue (or prelu slopes) when not a plain prefix
   // generic operands for the simple kernels
@@ -42,6 +43,7 @@ struct Session::Plan {
   TensorShape output;
   float* input = nullptr;   // NHWC input in the arena
   int nchw_step = -1;       // the step reading the caller's NCHW input in place (then no NHWC copy)
+  int gate_step = -1;       // the gate's step: a gated run switches plans after it
   const float* result = nullptr;
 };
 
@@ -138,7 +140,7 @@ Session::Session(std::shared_ptr<const Model> model, int threads)
 
 Session::~Session() { std::free(arena_); }
 
-void Session::prepare_shape(const int64_t* shape, int rank) {
+void Session::check_shape(const int64_t* shape, int rank) const {
   if (!shape) fail_argument("input shape is null");
   // The caller's array is only known to hold `rank` values: read none of them
   // unless rank is 4.
@@ -155,6 +157,10 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
   for (int i = 0; i < 4; ++i)
     if (shape[i] < 1 || shape[i] > (int64_t{1} << 20)) fail_argument("input shape " + shape_text() + " is not valid");
   if (shape[0] * shape[2] * shape[3] > (int64_t{1} << 28)) fail_argument("input " + shape_text() + " is too large");
+}
+
+void Session::prepare_shape(const int64_t* shape, int rank) {
+  check_shape(shape, rank);
   if (shape[0] == n_ && shape[2] == h_ && shape[3] == w_) return;
 
   // Full widths bound every profile's tensor sizes, so one arena serves all.
@@ -199,6 +205,11 @@ void Session::prepare_shape(const int64_t* shape, int rank) {
   by_multiplier_.clear();
   uniform_.clear();
   named_.clear();
+  // The gate's head writes hidden, attention and logits rows per image.
+  if (model_->gate_op() >= 0) {
+    const GateHead& g = model_->ops()[model_->gate_op()].gate;
+    gate_buf_.assign(static_cast<size_t>(shape[0]) * (g.hidden + g.channels + g.choices), 0.0f);
+  }
   // Named profiles are planned now, so switching between them never allocates.
   try {
     for (size_t i = 0; i < model_->profiles().size(); ++i)
@@ -396,6 +407,23 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
         s.c2 = op.groups;
         s.count = x.n * x.h * x.w;
         break;
+      case OpKind::Gate: {
+        const GateHead& g = op.gate;
+        if (x.c != g.channels)
+          fail_argument("op '" + op.name + "' (gate) reads " + std::to_string(x.c) + " active channels here, its head " +
+                        "takes " + std::to_string(g.channels) + ": run a named profile of this gated model");
+        s.kind = StepKind::Gate;
+        s.c = x.c;
+        s.hw = static_cast<int32_t>(x.h * x.w);
+        s.count = x.n * x.h * x.w;
+        float* hidden = gate_buf_.data();
+        float* attention = hidden + x.n * g.hidden;
+        float* logits = attention + x.n * g.channels;
+        s.gate = {s.x, s.hw, g.channels, g.hidden, g.choices, g.reduce_w.data(), g.reduce_b.data(),
+                  g.expand_w.data(), g.expand_b.data(), g.slim_w.data(), g.slim_b.data(), hidden, attention, logits};
+        plan->gate_step = static_cast<int>(plan->steps.size());
+        break;
+      }
       case OpKind::Mul:
         s.kind = StepKind::Mul;
         s.x2 = buf(op.inputs[1]);
@@ -517,6 +545,53 @@ void Session::run(const float* input, const int64_t* shape, int rank, const Prof
     std::memcpy(output, plan.result, need * sizeof(float));
 }
 
+void Session::run_gated(const float* input, const int64_t* shape, int rank, int32_t max_profile, float* output,
+                        size_t capacity, Shape* out_shape, int32_t* choices, float* logits) {
+  if (!input) fail_argument("input is null");
+  const int32_t gate = model_->gate_op();
+  if (gate < 0) fail_argument("model '" + model_->name() + "' has no gate op: run a profile");
+  const int32_t k_all = static_cast<int32_t>(model_->profiles().size());
+  if (max_profile < -1 || max_profile >= k_all)
+    throw Error(ErrorKind::UnknownProfile, "max_profile " + std::to_string(max_profile) + " is out of range (model has " +
+                                               std::to_string(k_all) + " profiles; -1: no cap)");
+  if (!choices) fail_argument("choices is null");
+  std::lock_guard<std::mutex> lock(mu_);
+  check_shape(shape, rank);
+  // Images run one by one through the batch-1 plans: each continues after the
+  // gate with its own profile's plan, and the output keeps the batch order.
+  const int64_t n = shape[0], one[4] = {1, shape[1], shape[2], shape[3]};
+  prepare_shape(one, 4);
+  const TensorShape& o = named_[0]->output;  // the same at every profile (model.h)
+  Shape os = shape_of(o);
+  os.dims[0] = n;
+  if (out_shape) *out_shape = os;
+  const size_t per_image = static_cast<size_t>(o.elements());
+  if (!output || capacity / per_image < static_cast<size_t>(n))
+    throw Error(ErrorKind::BufferTooSmall, "output needs " + std::to_string(per_image * n) + " floats, the buffer holds " +
+                                               std::to_string(output ? capacity : 0));
+  const int32_t cap = max_profile < 0 ? k_all - 1 : max_profile;
+  const int64_t image_in = shape[1] * shape[2] * shape[3];
+  Plan& head = *named_[0];
+  const float* scores = head.steps[head.gate_step].gate.logits;
+  pool_.warm();
+  for (int64_t i = 0; i < n; ++i) {
+    feed_input(head, input + i * image_in);
+    for (int st = 0; st <= head.gate_step; ++st) execute(head.steps[st]);
+    int32_t k = 0;
+    for (int32_t q = 1; q <= cap; ++q)
+      if (scores[q] > scores[k]) k = q;
+    if (logits) std::memcpy(logits + i * k_all, scores, sizeof(float) * k_all);
+    choices[i] = k;
+    const Plan& tail = *named_[k];
+    for (size_t st = static_cast<size_t>(tail.gate_step) + 1; st < tail.steps.size(); ++st) execute(tail.steps[st]);
+    float* dst = output + i * per_image;
+    if (o.rank == 4 && o.h * o.w > 1)
+      kernels::nhwc_to_nchw(tail.result, 1, o.c, static_cast<int32_t>(o.h * o.w), dst);
+    else
+      std::memcpy(dst, tail.result, per_image * sizeof(float));
+  }
+}
+
 std::vector<std::pair<std::string, double>> Session::profile_ops(const float* input, const int64_t* shape, int rank,
                                                                  const ProfileRef& profile) {
   if (!input) fail_argument("input is null");
@@ -634,6 +709,11 @@ void Session::execute(const Step& s) {
       break;
     case StepKind::Mul:
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::channel_mul(s.x, s.c, s.hw, s.x2, s.y, b, e); });
+      break;
+    case StepKind::Gate:
+      kernels::gate_head(s.gate, 0, s.count / s.hw);
+      parallel(s.count,
+               [&](int, int64_t b, int64_t e) { kernels::channel_mul(s.x, s.c, s.hw, s.gate.attention, s.y, b, e); });
       break;
     case StepKind::ScaleBias:
       parallel(s.count,

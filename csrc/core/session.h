@@ -50,6 +50,17 @@ class Session {
   void run(const float* input, const int64_t* shape, int rank, const ProfileRef& profile, float* output,
            size_t capacity, Shape* out_shape);
 
+  // A gated run (the model has a gate op, model.h): runs the ops up to the
+  // gate at the shared width, then each image continues at the profile its
+  // gate chooses, the first with the largest logit among profiles
+  // 0..max_profile (-1: all). Fills choices[i] (room for N) and, unless null,
+  // logits[i * K + k] (room for N * K, K = the number of profiles). Images run
+  // one by one through plans of batch 1, prepared when first used; the output
+  // keeps the batch order. Throws InvalidArgument if the model has no gate,
+  // UnknownProfile for a max_profile out of range, BufferTooSmall as run().
+  void run_gated(const float* input, const int64_t* shape, int rank, int32_t max_profile, float* output,
+                 size_t capacity, Shape* out_shape, int32_t* choices, float* logits);
+
   // Per-op wall time of one run (for latency analysis): (op name, seconds),
   // in execution order; ops that need no work (a flatten of a 1x1 map) are absent.
   std::vector<std::pair<std::string, double>> profile_ops(const float* input, const int64_t* shape, int rank,
@@ -59,6 +70,7 @@ class Session {
   struct Step;
   struct Plan;
 
+  void check_shape(const int64_t* shape, int rank) const;
   void prepare_shape(const int64_t* shape, int rank);
   Plan& plan_for(const ProfileRef& profile);
   std::unique_ptr<Plan> build_plan(const std::vector<int32_t>& widths, int32_t profile_index);
@@ -74,6 +86,7 @@ class Session {
   std::vector<float> workspace_;    // kConvWorkspaceFloats per thread
   int input_uses_ = 0;  // ops reading the model's input (tensor 0)
   std::vector<int32_t> fused_add_;  // per op: the Add its epilogue performs, or -1
+  std::vector<float> gate_buf_;     // the gate head's rows per image: hidden, attention, logits
   std::vector<std::unique_ptr<Plan>> named_;                      // per named profile
   std::map<std::vector<int32_t>, std::unique_ptr<Plan>> uniform_;  // other widths
   std::map<double, Plan*> by_multiplier_;                          // multiplier -> plan

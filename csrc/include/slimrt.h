@@ -95,6 +95,10 @@ SLIMRT_API slimrt_status slimrt_model_profile_info(const slimrt_model* model, in
 /* The default input shape (NCHW) of the model. */
 SLIMRT_API slimrt_status slimrt_model_input_shape(const slimrt_model* model, int64_t out_shape[4]);
 
+/* Whether the model has a gate op (csrc/core/model.h), which picks the
+ * profile of each image itself (slimrt_session_run_gated): 1 or 0. */
+SLIMRT_API slimrt_status slimrt_model_has_gate(const slimrt_model* model, int32_t* out_has_gate);
+
 /* Create a session running on `threads` threads (>= 1): the caller's thread
  * and threads - 1 workers of the session's own. Between runs the workers spin
  * for half a millisecond, then sleep; a run wakes them first thing. On Linux
@@ -124,6 +128,21 @@ SLIMRT_API slimrt_status slimrt_session_run(slimrt_session* session, const float
                                             int32_t profile_index, float multiplier, float* output,
                                             size_t output_capacity, int64_t* out_shape,
                                             int32_t* out_rank);
+
+/* A gated run of a model with a gate op: the layers up to the gate run once,
+ * then each image continues at the profile its gate chooses: the first of the
+ * largest logits among profiles 0..max_profile (max_profile = -1: all
+ * profiles; other values outside 0..count-1 fail with
+ * SLIMRT_INVALID_ARGUMENT). The chosen profile index of image i goes to
+ * out_choices[i] (room for input_shape[0] values). Images run one by one
+ * through plans of batch 1; the output keeps the batch order and has the
+ * same shape at every profile. Other arguments as slimrt_session_run; a model
+ * without a gate gives SLIMRT_INVALID_ARGUMENT. */
+SLIMRT_API slimrt_status slimrt_session_run_gated(slimrt_session* session, const float* input,
+                                                  const int64_t* input_shape, int32_t rank,
+                                                  int32_t max_profile, float* output,
+                                                  size_t output_capacity, int64_t* out_shape,
+                                                  int32_t* out_rank, int32_t* out_choices);
 
 #ifdef __cplusplus
 }

@@ -227,6 +227,24 @@ void scale_bias(const float* x, int32_t c, const float* scale, const float* bias
 void channel_mul(const float* x, int32_t c, int32_t hw, const float* gate, float* y, int64_t m_begin,
                  int64_t m_end);
 
+// The double head of a gate op (format spec in core/model.h) for images
+// [n_begin, n_end) of an NHWC input [n][hw][channels]: p = the mean over the
+// pixels, h = relu(p * reduce_w + reduce_b) into hidden [n][hidden],
+// attention [n][channels] = 2 * sigmoid(h * expand_w + expand_b), logits
+// [n][choices] = h * slim_w + slim_b. Weights row-major: reduce_w
+// [channels][hidden], expand_w [hidden][channels], slim_w [hidden][choices].
+// The outputs do not alias the input or each other. Reads and writes nothing
+// else; does not allocate.
+struct GateParams {
+  const float* input;
+  int32_t hw, channels, hidden, choices;
+  const float *reduce_w, *reduce_b, *expand_w, *expand_b, *slim_w, *slim_b;
+  float* hidden_out;
+  float* attention;
+  float* logits;
+};
+void gate_head(const GateParams& p, int64_t n_begin, int64_t n_end);
+
 // In place: x[i] = act(x[i]) for i in [begin, end).
 void activate(float* x, const Activation& act, int64_t begin, int64_t end);
 // The vector kernel per instruction set that activate() uses for the

@@ -31,6 +31,7 @@ void register_model(py::module_& m) {
       .def_property_readonly("json", &Model::json)
       .def_property_readonly("min_multiplier", &Model::min_multiplier)
       .def_property_readonly("weight_bytes", &Model::weight_bytes)
+      .def_property_readonly("gate_op", &Model::gate_op)
       .def_property_readonly("input_shape",
                              [](const Model& self) {
                                const int64_t* s = self.input_shape();

@@ -10,12 +10,12 @@ from typing import Any, Sequence
 
 from .latency import LatencyTable
 from .monitors import Monitor
-from .policies import (BudgetPolicy, Decision, FeedbackPolicy, FixedPolicy, MinPolicy, Outcome,
+from .policies import (BudgetPolicy, Decision, FeedbackPolicy, FixedPolicy, GatePolicy, MinPolicy, Outcome,
                        Policy, Request, ResourcePolicy)
 
 __all__ = ["Controller", "LoggedDecision", "POLICY_KINDS", "make_policy"]
 
-POLICY_KINDS = ("budget", "fixed", "resource", "feedback", "adaptive")
+POLICY_KINDS = ("budget", "fixed", "resource", "feedback", "adaptive", "gate")
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ class Controller:
         outcome = Outcome(decision.index, service_ms, total_ms)
         with self._lock:
             if self.table is not None:
-                profile = None if decision.multiplier is not None else decision.index
+                # a multiplier or a gated run (images at several profiles) is known by its MACs only
+                profile = None if decision.multiplier is not None or decision.gate else decision.index
                 if profile is not None or macs is not None:
                     self.table.observe(profile, service_ms, macs=macs)
             self.policy.observe(outcome)
@@ -86,7 +87,8 @@ def make_policy(kind: str, names: Sequence[str], *, table: LatencyTable | None =
     fixed: FixedPolicy(profile);
     resource: ResourcePolicy with the default thresholds (needs monitor);
     feedback: FeedbackPolicy with target budget_ms; adaptive: the minimum of budget and
-    resource.
+    resource; gate: GatePolicy (a model with a gate op picks each image's profile), capped
+    by the budget policy when there is a budget_ms (then it needs table), uncapped otherwise.
     """
     def need(what: str, value: Any) -> Any:
         if value is None:
@@ -106,4 +108,8 @@ def make_policy(kind: str, names: Sequence[str], *, table: LatencyTable | None =
         return MinPolicy([make_policy("budget", names, table=table, budget_ms=budget_ms,
                                       margin_ms=margin_ms),
                           make_policy("resource", names, monitor=monitor)])
+    if kind == "gate":
+        cap = None if budget_ms is None else make_policy("budget", names, table=table, budget_ms=budget_ms,
+                                                         margin_ms=margin_ms)
+        return GatePolicy(names, cap)
     raise ValueError(f"unknown policy {kind!r}; choose one of {', '.join(POLICY_KINDS)}")

@@ -19,7 +19,7 @@ from .monitors import Monitor, ResourceSample
 
 __all__ = [
     "Request", "Outcome", "Decision", "Policy", "FixedPolicy", "Level", "Threshold",
-    "ResourcePolicy", "BudgetPolicy", "FeedbackPolicy", "MinPolicy", "resolve_profile",
+    "ResourcePolicy", "BudgetPolicy", "FeedbackPolicy", "MinPolicy", "GatePolicy", "resolve_profile",
     "default_thresholds",
 ]
 
@@ -60,7 +60,11 @@ class Decision:
 
     `multiplier` is set when the run uses a uniform width multiplier instead of a named
     profile (a request may ask for one); `index` is then -1 and `profile` a label such as
-    "0.6x"."""
+    "0.6x".
+
+    `gate` marks a gated run (a model with a gate op picks each image's profile itself): `index`
+    and `profile` are then the cap, the most expensive profile the gate may choose; once the
+    run is done, `choices` holds the name of the profile each image took."""
 
     index: int
     profile: str
@@ -68,6 +72,8 @@ class Decision:
     reason: str
     signals: Mapping[str, Any] = field(default_factory=dict)
     multiplier: float | None = None
+    gate: bool = False
+    choices: tuple[str, ...] | None = None
 
     @property
     def run_key(self) -> str | float:
@@ -79,6 +85,8 @@ class Decision:
                "reason": self.reason, "signals": dict(self.signals)}
         if self.multiplier is not None:
             row["multiplier"] = self.multiplier
+        if self.gate:
+            row["gate"] = {"cap": self.profile, "choices": None if self.choices is None else list(self.choices)}
         return row
 
 
@@ -386,3 +394,35 @@ class MinPolicy(Policy):
     def observe(self, outcome: Outcome) -> None:
         for p in self.policies:
             p.observe(outcome)
+
+
+class GatePolicy(Policy):
+    """The model's own gate picks each image's profile, capped by another policy (DS-Net).
+
+    For a model with a gate op: the decision is a gated run whose cap is `cap`'s decision (any
+    policy: budget, resource, feedback, or their MinPolicy), taken *before* the run, so the gate
+    can never choose above it and a budget still holds; without `cap` the gate chooses freely.
+    The final profile of an image is the gate's choice, at most the cap.
+    """
+
+    kind = "gate"
+
+    def __init__(self, names: Sequence[str], cap: Policy | None = None) -> None:
+        super().__init__(names)
+        if cap is not None and cap.names != self.names:
+            raise ValueError(f"the cap's profiles {cap.names} differ from {self.names}")
+        self.cap = cap
+
+    def decide(self, request: Request) -> Decision:
+        if self.cap is None:
+            return Decision(self.top, self.names[self.top], self.kind, "the gate chooses (no cap)", {}, gate=True)
+        capped = self.cap.decide(request)
+        signals = {f"{capped.policy}.{k}": v for k, v in capped.signals.items()}
+        signals["cap"] = capped.profile
+        return Decision(capped.index, capped.profile, self.kind,
+                        f"the gate chooses, at most {capped.profile} ({capped.policy}: {capped.reason})", signals,
+                        gate=True)
+
+    def observe(self, outcome: Outcome) -> None:
+        if self.cap is not None:
+            self.cap.observe(outcome)

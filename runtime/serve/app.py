@@ -162,8 +162,11 @@ def build_controller(model: Any, config: ServeConfig
     names = [p.name for p in model.profiles]
     if config.policy == "fixed":
         resolve_profile(names, config.profile)  # KeyError / IndexError before anything slow
+    if config.policy == "gate" and not getattr(model, "has_gate", False):
+        raise ValueError(f"policy 'gate' needs a model with a gate op; {model.name!r} has none "
+                         "(add one with `slimrt train-gate`)")
     table = None
-    if config.policy in NEEDS_TABLE:
+    if config.policy in NEEDS_TABLE or (config.policy == "gate" and config.budget_ms is not None):
         table = load_or_calibrate(model, threads=config.threads, cache_dir=config.latency_cache,
                                   repeats=config.calibrate_repeats, quantile=config.tail_quantile,
                                   batches=config.calibration_batches())
@@ -197,6 +200,9 @@ class _Metrics:
         self.misses = r.add(Counter("slimrt_budget_misses_total",
                                     "Served requests whose time in the server exceeded the "
                                     "budget"))
+        self.gate_choices = r.add(Counter("slimrt_gate_choices_total",
+                                          "Images of gated runs, by the profile their gate chose",
+                                          ["profile"]))
         self.macs = r.add(Counter("slimrt_served_macs_total",
                                   "Multiply-accumulates served (per-sample MACs x batch)"))
         self.aborted = r.add(Counter("slimrt_aborted_uploads_total",
@@ -213,6 +219,8 @@ class _Metrics:
         self.latency.observe(result.total_ms / 1e3)
         self.inference.observe(result.service_ms / 1e3, label)
         self.profiles.inc(label)
+        for name in result.decision.choices or ():
+            self.gate_choices.inc(name)
         if result.macs is not None:
             self.macs.inc(amount=float(result.macs))
         if result.budget_ms is not None:
@@ -472,6 +480,8 @@ def _answer(request: HttpRequest, result: Result, receive_ms: float, parse_ms: f
             "X-Slimrt-Total-Ms": f"{result.total_ms:.3f}",
             "X-Slimrt-Within-Budget": str(result.within_budget).lower(),
         }
+        if result.decision.choices is not None:
+            headers["X-Slimrt-Gate-Choices"] = ",".join(result.decision.choices)
         return Response(to_npy(result.output), media_type="application/x-npy", headers=headers)
     facts: dict[str, Any] = {
         "profile": result.decision.profile,
@@ -483,6 +493,8 @@ def _answer(request: HttpRequest, result: Result, receive_ms: float, parse_ms: f
     }
     if result.decision.multiplier is not None:
         facts["multiplier"] = result.decision.multiplier
+    if result.decision.gate:  # "profile" is the cap; the gate's choice per image
+        facts["gate"] = {"cap": result.decision.profile, "choices": list(result.decision.choices or ())}
     return JSONResponse({"output": result.output.tolist(), "shape": list(result.output.shape),
                          **facts})
 
@@ -568,7 +580,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         return {"model": state.model.name, "input_shape": list(state.model.input_shape),
                 "min_multiplier": state.min_multiplier,
                 "policy": state.controller.policy.kind, "budget_ms": config.budget_ms,
-                "profiles": rows}
+                "has_gate": bool(getattr(state.model, "has_gate", False)), "profiles": rows}
 
     @app.get("/v1/decisions")
     async def decisions(limit: int = Query(100, ge=1, le=10_000)) -> list[dict[str, Any]]:

@@ -35,7 +35,9 @@ def add_commands(subparsers: Any) -> None:
                         "whose predicted latency fits the request's budget (no budget: the "
                         "largest); adaptive: budget capped by CPU/memory/battery/temperature "
                         "thresholds; resource: the thresholds only; feedback: AIMD on observed "
-                        "tail latency against --budget-ms; fixed: always --profile")
+                        "tail latency against --budget-ms; fixed: always --profile; gate: the "
+                        "model's gate op picks each image's profile, capped before the run by the "
+                        "budget policy when --budget-ms is given")
     p.add_argument("--budget-ms", type=float, default=None,
                    help="default latency budget per request in ms, counted from the arrival "
                         "of its headers (required by feedback; a request may send its own "

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -289,10 +289,19 @@ class InferencePool:
             queue_ms = (start - arrival) * 1e3
             decision = forced or self.controller.decide(
                 Request(budget_ms, queue_ms, waiting=waiting, workers=self.workers, cost=cost))
-            output = self._session().run(x, profile=decision.run_key)
+            session = self._session()
+            if decision.gate:  # the model's gate picks each image's profile, at most the cap
+                output = session.run(x, profile="gate", max_profile=decision.index)
+                picked = session.last_choice.tolist()
+                decision = replace(decision, choices=tuple(self.model.profiles[k].name for k in picked))
+            else:
+                output = session.run(x, profile=decision.run_key)
             service_ms = (time.perf_counter() - start) * 1e3
             total_ms = queue_ms + service_ms
-            macs = forced_macs if decision.multiplier is not None else cost[decision.index]
+            if decision.gate:
+                macs = round(sum(cost[k] for k in picked) / len(picked))  # cost is per request: batch x one image
+            else:
+                macs = forced_macs if decision.multiplier is not None else cost[decision.index]
             self.controller.observe(decision, service_ms, total_ms, macs=macs)
             within = None if budget_ms is None else total_ms <= budget_ms
             return Result(output, decision, queue_ms, service_ms, total_ms, budget_ms, within,

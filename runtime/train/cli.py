@@ -1,4 +1,4 @@
-"""`slimrt train`, `eval`, `calibrate`, `prune` and `profiles export|import`."""
+"""`slimrt train`, `eval`, `train-gate`, `calibrate`, `prune` and `profiles export|import`."""
 
 from __future__ import annotations
 
@@ -49,8 +49,36 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=0, help="split seed of the data (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true", help='print {"profiles": [{"name", "macs", "accuracy"}, ...]}')
+    p.add_argument("--json", action="store_true", help='print {"profiles": [{"name", "macs", "accuracy"}, ...]}; '
+                   'a gated model adds the row "gate" (average MACs per sample, "choices": count per profile)')
     p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("train-gate", help="add a DS-Net dynamic gate: the model picks its width per input",
+                              description="DS-Net stage II on a slimmable .slim model: a double-headed gate "
+                                          "(attention + slimming head) at one tensor, trained with sandwich gate "
+                                          "sparsification targets, Gumbel-softmax and a MACs penalty, batch norm "
+                                          "frozen; written as a .slim file with a gate op.")
+    p.add_argument("model", help="the slimmable .slim file (stage I, e.g. from slimrt train)")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("-o", "--output", required=True, help="the gated .slim file to write")
+    p.add_argument("--gate-at", default=None,
+                   help="the tensor the gate looks at (an op's output; default: the end of the first stage "
+                        "after a downsampling that every path passes)")
+    p.add_argument("--macs-weight", type=float, default=1.0,
+                   help="weight of the expected-MACs penalty (higher: narrower choices; default: %(default)s)")
+    p.add_argument("--choices", default=None,
+                   help="comma-separated profile names the gate chooses among (default: every profile)")
+    p.add_argument("--shared", default=None,
+                   help="the profile whose widths the layers before the gate run at (default: the largest choice)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3, help="the gate's learning rate (default: %(default)s)")
+    p.add_argument("--supernet-lr", type=float, default=1e-4,
+                   help="the supernet's learning rate while the gate trains, 0 to freeze it (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_train_gate)
 
     p = subparsers.add_parser("calibrate", help="recompute every profile's batch-norm statistics from data")
     p.add_argument("model", help="the .slim file")
@@ -250,6 +278,41 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_gate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import format as fmt
+    from .. import load
+    from .datasets import load_dataset
+    from .evaluation import engine_accuracy
+    from .gate import GatedSupernet, train_gate
+    from .supernet import Supernet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    slim = fmt.read(args.model)
+    if fmt.gate_index(fmt.parse_ops(slim.meta)) is not None:
+        raise ValueError(f"{args.model} has a gate already; train the gate of its slimmable source model")
+    data = load_dataset(args.data, seed=args.seed)
+    net = Supernet.from_slim(slim)
+    if net.input_shape[1] != data.input_shape[0]:
+        raise ValueError(f"{args.model} takes {net.input_shape[1]} input channels, the data has "
+                         f"{data.input_shape[0]}")
+    choices = None if args.choices is None else [c.strip() for c in args.choices.split(",") if c.strip()]
+    gnet = GatedSupernet(net, gate_at=args.gate_at, choices=choices, shared=args.shared)
+    say(f"gate at '{gnet.gate_at}' ({gnet.gate.reduce.in_features} channels), choices "
+        f"{', '.join(gnet.choice_names)}; recalibrating their batch norm")
+    gnet.prepare(data.x_train)
+    train_gate(gnet, (data.x_train, data.y_train), epochs=args.epochs, macs_weight=args.macs_weight, lr=args.lr,
+               supernet_lr=args.supernet_lr, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+               log=say)
+    fmt.write(gnet.to_slim(), args.output)
+    print(f"wrote {args.output}; test accuracy through the engine (the row 'gate' is the gated runs):")
+    _print_rows(engine_accuracy(load(args.output), data.x_test, data.y_test))
+    return 0
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from .. import format as fmt
     from .. import load
@@ -417,4 +480,6 @@ def _print_rows(rows: list[dict[str, Any]]) -> None:
     full = max(r["macs"] for r in rows) or 1
     print(f"  {'profile':>12} {'MMACs':>9} {'MACs/full':>10} {'accuracy':>9}")
     for r in rows:
-        print(f"  {r['name']:>12} {r['macs'] / 1e6:9.3f} {r['macs'] / full:10.3f} {r['accuracy']:8.2f}%")
+        choices = r.get("choices")
+        tail = "  choices " + ", ".join(f"{k} {v}" for k, v in choices.items()) if choices else ""
+        print(f"  {r['name']:>12} {r['macs'] / 1e6:9.3f} {r['macs'] / full:10.3f} {r['accuracy']:8.2f}%{tail}")

@@ -18,6 +18,7 @@ weighted by ``macs_weight`` on the expected MACs pushes towards narrow choices; 
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import format as fmt
 from .slimmable import batches
 from .supernet import Supernet, Widths
 
@@ -158,6 +160,53 @@ class GatedSupernet(nn.Module):
         """The output when every sample takes ``choice`` (attention head included)."""
         values, _ = self.head(x)
         return self.tail(values, choice)
+
+    def to_slim(self, name: str | None = None) -> fmt.SlimFile:
+        """The gated model as a .slim file with a ``gate`` op (csrc/core/model.h) on ``gate_at``.
+
+        The profiles are the choices, cheapest first (logit k chooses profile k). The ops before the
+        gate run as :meth:`head` runs them, at the first choice's widths and batch-norm statistics:
+        those become their shared epilogue, and they keep no per-profile ones. The engine then
+        computes what this module computes in eval mode, gated or at any forced choice.
+        """
+        slim = self.net.to_slim(name)
+        meta, tensors = copy.deepcopy(slim.meta), dict(slim.tensors)
+        names = [p["name"] for p in meta["profiles"]]
+        if names != self.choice_names:
+            raise ValueError(f"the supernet's profiles {names} are not the gate's choices {self.choice_names} in "
+                             "order; build the GatedSupernet again")
+        infos = fmt.channel_maps(meta, meta["profiles"][0]["widths"])
+        for op in meta["ops"][:self.split]:
+            if op["op"] not in fmt.EPILOGUED:
+                continue
+            active = infos[op["output"]].channel_index()
+            full = infos[op["output"]].shape[1]
+            for which, default in (("scale", 1.0), ("bias", 0.0)):
+                owns = [tensors.pop(fmt.epilogue_tensor_name(op["name"], which, n), None) for n in names]
+                own = owns[0]  # the first choice's, as head() runs; the other choices' are dropped
+                if own is None:
+                    continue
+                shared = tensors.get(f"{op['name']}.{which}", np.full(full, default, np.float32)).copy()
+                shared[active] = own
+                tensors[f"{op['name']}.{which}"] = shared
+        taken = {op["name"] for op in meta["ops"]} | {op["output"] for op in meta["ops"]} | {meta["input"]["name"]}
+        gate_name = next(n for n in ("gate", *(f"gate{i}" for i in range(1, len(taken) + 2))) if n not in taken)
+        for op in meta["ops"][self.split:]:
+            op["inputs"] = [gate_name if t == self.gate_at else t for t in op["inputs"]]
+        if meta["output"] == self.gate_at:
+            meta["output"] = gate_name
+        g = self.gate
+        meta["ops"].insert(self.split, {"op": "gate", "name": gate_name, "inputs": [self.gate_at],
+                                        "output": gate_name, "channels": g.reduce.in_features,
+                                        "hidden": g.reduce.out_features, "choices": g.slim.out_features})
+        arrays = (g.reduce.weight.T, g.reduce.bias, g.expand.weight.T, g.expand.bias, g.slim.weight.T, g.slim.bias)
+        for which, t in zip(fmt.GATE_TENSORS, arrays):
+            tensors[f"{gate_name}.{which}"] = np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+        for p in meta["profiles"]:
+            p["macs"], p["params"] = fmt.profile_cost(meta, p["widths"], profile=p["name"], tensor_names=tensors)
+        out = fmt.SlimFile(meta, tensors)
+        fmt.validate(out)
+        return out
 
 
 def train_gate(gnet: GatedSupernet, train: tuple[np.ndarray, np.ndarray], *, epochs: int = 5,

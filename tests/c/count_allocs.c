@@ -1,5 +1,6 @@
 /* Counts heap allocations made inside slimrt_session_run after a warm-up run
- * of every profile: the engine promises none. malloc and friends are
+ * of every profile (and, for a model with a gate, inside
+ * slimrt_session_run_gated at batch 3 under every cap): the engine promises none. malloc and friends are
  * interposed here (the executable's definitions win over libc's for every
  * library), forwarding to glibc's own entry points. Prints "allocations N". */
 #include <stdio.h>
@@ -37,14 +38,23 @@ int main(int argc, char** argv) {
   float* x = calloc(n, sizeof(float));
   float* y = calloc(1 << 20, sizeof(float));
   int64_t out_shape[4];
-  int32_t out_rank, profiles = 0;
+  int32_t out_rank, profiles = 0, gated = 0;
   slimrt_model_profile_count(model, &profiles);
+  slimrt_model_has_gate(model, &gated);
+  int64_t batch3[4] = {3, shape[1], shape[2], shape[3]};
+  float* x3 = calloc(3 * n / (size_t)shape[0], sizeof(float));
+  int32_t choices[3];
   for (int round = 0; round < 2; ++round) {
     counting = round == 1;
+    for (int32_t cap = -1; gated && cap < profiles; ++cap)
+      if (slimrt_session_run_gated(session, x3, batch3, 4, cap, y, 1 << 20, out_shape, &out_rank, choices) !=
+          SLIMRT_OK)
+        return 1;
     for (int32_t p = 0; p < profiles; ++p)
       if (slimrt_session_run(session, x, shape, 4, p, 0.0f, y, 1 << 20, out_shape, &out_rank) != SLIMRT_OK) return 1;
-    if (slimrt_session_run(session, x, shape, 4, SLIMRT_PROFILE_MULTIPLIER, 0.6f, y, 1 << 20, out_shape,
-                           &out_rank) != SLIMRT_OK)
+    /* (a multiplier would give the gate of the test's gated model other than its channels) */
+    if (!gated && slimrt_session_run(session, x, shape, 4, SLIMRT_PROFILE_MULTIPLIER, 0.6f, y, 1 << 20, out_shape,
+                                     &out_rank) != SLIMRT_OK)
       return 1;
   }
   counting = 0;
