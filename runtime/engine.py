@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from . import _core
-from .errors import ProfileError
+from .errors import NonFiniteInputError, ProfileError
 
 if TYPE_CHECKING:
     from .format import SlimFile
@@ -49,6 +49,18 @@ class Group:
     why: str
 
 
+def nonfinite_message(x: np.ndarray) -> str | None:
+    """None when every value of ``x`` is finite, else what is wrong: how many NaN and
+    infinite values and the index of the first."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return None
+    bad = finite.size - int(np.count_nonzero(finite))
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite.ravel())), x.shape))
+    return (f"input holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or infinity), "
+            f"the first at index {first}: {float(x[first])}")
+
+
 class Session:
     """Runs a model; one request at a time. Create one per thread."""
 
@@ -62,7 +74,7 @@ class Session:
     def threads(self) -> int:
         return self._core.threads
 
-    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None, *, check_finite: bool = False) -> np.ndarray:
         """Run on float32 NCHW input ``x`` at ``profile``.
 
         ``profile`` is a profile name (str), an index into ``model.profiles`` (int),
@@ -70,9 +82,18 @@ class Session:
         ``[model.min_multiplier, 1]``; None (the default) runs the most expensive
         profile, the full model. Returns a new float32 array: NCHW for a spatial
         output, ``[N, F]`` otherwise.
+
+        NaN and infinity propagate as in IEEE arithmetic (as numpy computes the same
+        network). With ``check_finite=True`` an input holding any is refused with a
+        :class:`NonFiniteInputError` (a ValueError) naming how many and where the first is,
+        and nothing runs.
         """
         x = self._check_input(x)
         index, multiplier = self.model._resolve(profile)
+        if check_finite:
+            problem = nonfinite_message(x)
+            if problem is not None:
+                raise NonFiniteInputError(problem)
         return self._core.run(x, index, multiplier)
 
     def profile_ops(self, x: np.ndarray, profile: ProfileKey | None = None) -> list[tuple[str, float]]:
@@ -175,14 +196,15 @@ class Model:
         """A new session with its own scratch memory and ``threads`` threads."""
         return Session(self, threads)
 
-    def run(self, x: np.ndarray, profile: ProfileKey | None = None) -> np.ndarray:
+    def run(self, x: np.ndarray, profile: ProfileKey | None = None, *, check_finite: bool = False) -> np.ndarray:
         """Convenience: run on a single-threaded session cached per calling thread.
 
-        ``profile`` as in :meth:`Session.run` (default: the most expensive profile)."""
+        ``profile`` and ``check_finite`` as in :meth:`Session.run` (default: the most
+        expensive profile, no check)."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self.session(1)
-        return session.run(x, profile)
+        return session.run(x, profile, check_finite=check_finite)
 
     # --- persistence and interop -------------------------------------------
     def to_bytes(self) -> bytes:
