@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._core import version as _core_version
 from .engine import Group, Model, Profile, Session, load
-from .errors import InvalidModelError, ProfileError
+from .errors import InvalidModelError, NonFiniteInputError, ProfileError
 
 __version__ = _core_version()
 
@@ -19,6 +19,7 @@ __all__ = [
     "Group",
     "InvalidModelError",
     "Model",
+    "NonFiniteInputError",
     "Profile",
     "ProfileError",
     "Session",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from . import _core
-from .errors import ProfileError
+from .errors import NonFiniteInputError, ProfileError
 
 if TYPE_CHECKING:
     from .format import SlimFile
@@ -53,6 +53,18 @@ class Group:
     why: str
 
 
+def nonfinite_message(x: np.ndarray) -> str | None:
+    """None when every value of ``x`` is finite, else what is wrong: how many NaN and
+    infinite values and the index of the first."""
+    finite = np.isfinite(x)
+    if finite.all():
+        return None
+    bad = finite.size - int(np.count_nonzero(finite))
+    first = tuple(int(i) for i in np.unravel_index(int(np.argmin(finite.ravel())), x.shape))
+    return (f"input holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN or infinity), "
+            f"the first at index {first}: {float(x[first])}")
+
+
 class Session:
     """Runs a model; one request at a time. Create one per thread."""
 
@@ -69,7 +81,7 @@ class Session:
         return self._core.threads
 
     def run(self, x: np.ndarray, profile: ProfileKey | None = None,
-            max_profile: Union[str, int, "Profile", None] = None) -> np.ndarray:
+            max_profile: Union[str, int, "Profile", None] = None, *, check_finite: bool = False) -> np.ndarray:
         """Run on float32 NCHW input ``x`` at ``profile``.
 
         ``profile`` is a profile name (str), an index into ``model.profiles`` (int),
@@ -82,8 +94,17 @@ class Session:
         each image runs at the profile its gate chooses, at most ``max_profile`` (a name, an
         index or a :class:`Profile`; None: no cap). :attr:`last_choice` then holds the chosen
         profile index per image and :attr:`last_logits` the gate's logits.
+
+        NaN and infinity propagate as in IEEE arithmetic (as numpy computes the same
+        network). With ``check_finite=True`` an input holding any is refused with a
+        :class:`NonFiniteInputError` (a ValueError) naming how many and where the first is,
+        and nothing runs.
         """
         x = self._check_input(x)
+        if check_finite:
+            problem = nonfinite_message(x)
+            if problem is not None:
+                raise NonFiniteInputError(problem)
         if isinstance(profile, str) and profile == GATE and self.model.has_gate:
             cap = -1 if max_profile is None else self.model._max_profile(max_profile)
             out, choice, logits = self._core.run_gated(x, cap)
@@ -209,15 +230,15 @@ class Model:
         return Session(self, threads)
 
     def run(self, x: np.ndarray, profile: ProfileKey | None = None,
-            max_profile: Union[str, int, Profile, None] = None) -> np.ndarray:
+            max_profile: Union[str, int, Profile, None] = None, *, check_finite: bool = False) -> np.ndarray:
         """Convenience: run on a single-threaded session cached per calling thread.
 
-        ``profile`` and ``max_profile`` as in :meth:`Session.run` (default: the most expensive
-        profile)."""
+        ``profile``, ``max_profile`` and ``check_finite`` as in :meth:`Session.run` (default:
+        the most expensive profile, no cap, no check)."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = self.session(1)
-        return session.run(x, profile, max_profile)
+        return session.run(x, profile, max_profile, check_finite=check_finite)
 
     # --- persistence and interop -------------------------------------------
     def to_bytes(self) -> bytes:

@@ -1,4 +1,4 @@
-"""Exceptions raised by slimrt. Both derive from ValueError so callers may catch either."""
+"""Exceptions raised by slimrt. All derive from ValueError so callers may catch either."""
 
 
 class InvalidModelError(ValueError):
@@ -7,3 +7,7 @@ class InvalidModelError(ValueError):
 
 class ProfileError(ValueError):
     """An unknown profile name or index, or a multiplier outside the model's range."""
+
+
+class NonFiniteInputError(ValueError):
+    """An input holds NaN or infinity and the run was asked to check (``check_finite=True``)."""

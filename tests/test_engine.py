@@ -293,3 +293,42 @@ def test_profile_ops_reports_every_op(default_model):
     assert names and set(names) <= set(ops) and names == [n for n in ops if n in names]
     assert all(t >= 0 for _, t in times)
     np.testing.assert_array_equal(session.run(x, 0), default_model.run(x, 0))
+
+
+def test_nan_and_inf_reach_the_output_as_in_numpy(default_model):
+    """The bundled model (convs with fused relu6, depthwise, residual adds, pooling, a linear):
+    one NaN pixel leaves NaN in the logits where numpy's run has it, an all-NaN input gives all
+    NaN, and an all-+Inf input gives numpy's output for it (not merely the all-NaN one's)."""
+    slim = slimrt.format.read(default_model.to_bytes())
+    x = np.random.default_rng(61).standard_normal(default_model.input_shape).astype(np.float32)
+    x[0, 0, 11, 12] = np.nan
+    for p in default_model.profiles:
+        got = default_model.run(x, p.name)
+        with np.errstate(invalid="ignore"):
+            want = run_reference(slim, x, p.name)
+        assert np.isnan(want).any() and np.array_equal(np.isnan(got), np.isnan(want)), p.name
+    assert np.isnan(default_model.run(np.full(default_model.input_shape, np.nan, np.float32))).all()
+    inf = np.full(default_model.input_shape, np.inf, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = run_reference(slim, inf, default_model.profiles[-1].name).astype(np.float32)
+    np.testing.assert_array_equal(default_model.run(inf), want)  # equal_nan: NaN where numpy has NaN
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_check_finite_refuses_nan_and_inf_input(default_model, value):
+    """check_finite=True refuses an input holding NaN or +-Inf with a message that counts them and
+    names the first; nothing runs, the session stays usable; finite input runs as without it."""
+    session = default_model.session()
+    x = np.random.default_rng(67).standard_normal(default_model.input_shape).astype(np.float32)
+    before = session.run(x, 1)
+    np.testing.assert_array_equal(session.run(x, 1, check_finite=True), before)
+    np.testing.assert_array_equal(default_model.run(x, 1, check_finite=True), before)
+    bad = x.copy()
+    bad[0, 0, 3, 4] = bad[0, 0, 5, 6] = value
+    for run in (session.run, default_model.run):
+        with pytest.raises(slimrt.NonFiniteInputError,
+                           match=r"2 non-finite values \(NaN or infinity\), the first at index \(0, 0, 3, 4\)"):
+            run(bad, 1, check_finite=True)
+    assert issubclass(slimrt.NonFiniteInputError, ValueError)
+    np.testing.assert_array_equal(session.run(x, 1), before)
+    assert not np.isfinite(session.run(bad, 1)).all()  # unchecked, it propagates

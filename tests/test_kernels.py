@@ -520,3 +520,63 @@ def test_resize_every_width(mode, scale):
     for wa, wc in [(7, 13), (1, 13), (7, 1), (3, 5), (1, 1)]:
         b.profile(f"{wa}-{wc}", {"a": wa, "c": wc})
     check_all_profiles(b, rng.standard_normal((2, 3, 5, 7)).astype(np.float32), rtol=1e-5)
+
+
+def assert_same_specials(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """NaN, +Inf and -Inf exactly where numpy has them, numpy's values elsewhere."""
+    want = want.astype(np.float32)
+    assert got.shape == want.shape, what
+    for kind, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        assert np.array_equal(test(got), test(want)), f"{what}: {kind} at {np.argwhere(test(got) != test(want))[:3]}"
+    ok = np.isfinite(want)
+    if ok.any():
+        assert float(np.abs(got[ok] - want[ok]).max()) <= 1e-4 * max(float(np.abs(want[ok]).max()), 1.0), what
+
+
+# Single-op models over a 19-channel input (a full vector and a partial one per pixel).
+SPECIAL_OPS = {
+    "maxpool 3x3/2 pad 1": lambda b, rng: b.maxpool(b.input, 3, stride=2, padding=1),
+    "maxpool 2x2 ceil": lambda b, rng: b.maxpool(b.input, 2, ceil_mode=True),
+    "maxpool after a concat": lambda b, rng: b.maxpool(
+        b.concat([b.conv(b.input, weights(rng, 13, 19, 1, 1), out_group=b.group("a", 13)), b.input]), 3, stride=1),
+    "avgpool 3x3/2 pad 1": lambda b, rng: b.avgpool(b.input, 3, stride=2, padding=1),
+    "global avgpool": lambda b, rng: b.flatten(b.global_avgpool(b.input)),
+    "resize nearest": lambda b, rng: b.resize(b.input, 2, "nearest"),
+    "resize bilinear": lambda b, rng: b.resize(b.input, (2, 3), "bilinear"),
+    "softmax": lambda b, rng: b.softmax(b.input),
+    "shuffle": lambda b, rng: b.shuffle(b.input, 19),
+    "prelu": lambda b, rng: b.prelu(b.input, rng.standard_normal(19)),
+    "dense conv relu": lambda b, rng: b.conv(b.input, weights(rng, 21, 19, 3, 3), out_group=b.group("a", 21),
+                                             padding=1, act="relu"),
+    "depthwise 5x5/2 relu6": lambda b, rng: b.conv(b.input, weights(rng, 19, 1, 5, 5), groups=19, padding=2,
+                                                   stride=2, act="relu6"),
+}
+SLICED_SPECIAL_OPS = {"maxpool after a concat", "dense conv relu"}
+SPECIAL_INPUTS = ["one nan", "one +inf", "one -inf", "all nan", "all +inf", "all -inf"]
+
+
+@pytest.mark.parametrize("inputs", SPECIAL_INPUTS)
+@pytest.mark.parametrize("op", sorted(SPECIAL_OPS))
+def test_nan_and_inf_propagate_as_in_numpy(isa, op, inputs):
+    """Pooling (max pooling above all: an IEEE max written so NaN survives), resize, softmax,
+    shuffle, prelu and conv epilogues give NaN and +-Inf exactly where numpy does, for single
+    special values and for inputs made of nothing else, at every width."""
+    rng = np.random.default_rng(59)
+    b = ModelBuilder("special", input_shape=(2, 19, 7, 9), min_multiplier=0.01)
+    b.set_output(SPECIAL_OPS[op](b, rng))
+    if op in SLICED_SPECIAL_OPS:
+        for w in (1, 7, 13, 16, 21):
+            b.profile(str(w), {"a": min(w, b.group_size("a"))})
+    slim = b.build()
+    value = {"nan": np.nan, "+inf": np.inf, "-inf": -np.inf}[inputs.split()[1]]
+    x = rng.standard_normal((2, 19, 7, 9)).astype(np.float32)
+    if inputs.startswith("all"):
+        x[:] = value
+    else:  # a corner, an interior pixel and a channel of the partial vector
+        x[0, 0, 0, 0] = x[1, 7, 3, 4] = x[0, 18, 6, 8] = value
+    model = slimrt.load(to_bytes(slim))
+    keys = [p.name for p in model.profiles] or [1.0]
+    for key in keys:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf * 0: NaN is the point
+            want = run_reference(slim, x, key)
+        assert_same_specials(model.run(x, key), want, f"{op}, profile {key}")

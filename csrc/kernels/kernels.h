@@ -139,7 +139,8 @@ void grouped_conv(const GroupedParams& p, int64_t m_begin, int64_t m_end);
 
 // Max / average pooling, NHWC. Windows are clipped to the padded input;
 // average divides by the window size inside the padded input when
-// count_include_pad, otherwise by the number of real input pixels.
+// count_include_pad, otherwise by the number of real input pixels. A NaN in
+// a max pooling window makes its result NaN (as numpy's max).
 struct PoolParams {
   const float* input;
   int32_t n, ih, iw, channels;

@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..engine import nonfinite_message
+
 _json_loads: Callable[[bytes], Any]
 try:  # several times faster on large arrays; optional
     from orjson import loads as _json_loads
@@ -276,8 +278,9 @@ def check_input(x: np.ndarray, input_shape: Sequence[int], max_batch: int) -> np
                               f"[N, {c}, {h}, {w}])")
     if not 1 <= x.shape[0] <= max_batch:
         raise BadRequest(422, f"batch size {x.shape[0]} out of range: 1 to {max_batch}")
-    if not np.isfinite(x).all():
-        raise BadRequest(422, "input contains NaN or infinity")
+    problem = nonfinite_message(x)  # the engine would propagate them: refused, as Session.run(check_finite=True)
+    if problem is not None:
+        raise BadRequest(422, problem)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
