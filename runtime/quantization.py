@@ -9,8 +9,17 @@ Activations are quantized per tensor, symmetrically, with scales calibrated **pe
 width clips) for uniform multipliers that are not a named profile. model.h defines the format
 and the semantics, slimrt.reference computes them.
 
-Quantized: dense and depthwise convolutions and linears. Grouped convolutions and the other
-ops stay float32; activations between ops are float32.
+Quantized by default: the dense convolutions and linears that do not read the model's input.
+Activations between ops are float32, so each int8 op quantizes its input as it reads it; that
+makes two kinds of layer slower in int8 than in float32 (measured on MobileNetV2 at 224x224, one
+thread, AVX-512 VNNI) and they stay float32 unless asked for:
+
+* depthwise convolutions (``depthwise=True``): each input value is quantized once per tap that
+  reads it, 2x the float32 time, until producers hand them int8 activations;
+* the first layer over the model's input (``first_layer=True``): a few input channels give a
+  K of taps x 4 rows, and float32 has a kernel reading the NCHW input in place (13x).
+
+Grouped convolutions and the other ops always stay float32.
 """
 
 from __future__ import annotations
@@ -87,14 +96,19 @@ def _as_slimfile(model: ModelLike) -> fmt.SlimFile:
     return fmt.read(model)
 
 
-def _quantizable(slim: fmt.SlimFile) -> list[fmt.Op]:
+def _quantizable(slim: fmt.SlimFile, depthwise: bool, first_layer: bool) -> list[fmt.Op]:
     shapes = fmt.infer_shapes(slim.meta)
+    source = slim.meta["input"]["name"]
     ops = []
     for op in fmt.parse_ops(slim.meta):
         if op.precision == "int8":
             raise ValueError(f"op '{op.name}' is int8 already: quantize the float32 model")
-        if op.kind == "linear" or (op.kind == "conv" and fmt.conv_kind(op, shapes[op.inputs[0]][1]) != "grouped"):
-            ops.append(op)
+        kind = fmt.conv_kind(op, shapes[op.inputs[0]][1]) if op.kind == "conv" else op.kind
+        if kind not in ("linear", "dense", "depthwise"):
+            continue
+        if (kind == "depthwise" and not depthwise) or (op.inputs[0] == source and not first_layer):
+            continue
+        ops.append(op)
     return ops
 
 
@@ -112,23 +126,27 @@ def _input_ranges(slim: fmt.SlimFile, ops: Iterable[fmt.Op], x: np.ndarray, prof
 
 
 def quantize(model: ModelLike, data: DataLike = None, *, samples: int = 512, seed: int = 0,
-             batch_size: int = 64, skip: Sequence[str] = ()) -> fmt.SlimFile:
+             batch_size: int = 64, skip: Sequence[str] = (), depthwise: bool = False,
+             first_layer: bool = False) -> fmt.SlimFile:
     """An int8 model (a SlimFile; write it with slimrt.format.write) made from a float32 one.
 
     `model` is a path, the bytes of a .slim file, a SlimFile or a loaded slimrt.Model. `data`
     calibrates the activation scales of every named profile: "digits", "cluttered-digits", a
     .npz file (its training images), an NCHW float32 array, or None for random inputs (with a
-    CalibrationWarning). `samples` images are drawn (seeded); `skip` names ops to keep float32.
-    Raises ValueError for data that does not fit the model or an op that is int8 already.
+    CalibrationWarning). `samples` images are drawn (seeded); `skip` names ops to keep float32;
+    `depthwise` and `first_layer` quantize those layers too (module docstring: why not by
+    default). Raises ValueError for data that does not fit the model, an op that is int8
+    already, or nothing to quantize.
     """
     slim = _as_slimfile(model)
     names = {op["name"] for op in slim.meta["ops"]}
     unknown = sorted(set(skip) - names)
     if unknown:
         raise ValueError(f"skip names op '{unknown[0]}', which the model does not have")
-    ops = [op for op in _quantizable(slim) if op.name not in set(skip)]
+    ops = [op for op in _quantizable(slim, depthwise, first_layer) if op.name not in set(skip)]
     if not ops:
-        raise ValueError("the model has no dense or depthwise conv or linear to quantize")
+        raise ValueError("the model has no conv or linear to quantize (dense or depthwise; depthwise ones "
+                         "with depthwise=True, the first layer with first_layer=True)")
     x = calibration_inputs(data, slim.meta["input"]["shape"], samples=samples, seed=seed)
     profiles = [p["name"] for p in slim.meta["profiles"]]
     ranges = {p: _input_ranges(slim, ops, x, p, batch_size) for p in profiles}
@@ -177,6 +195,10 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--samples", type=int, default=512, help="calibration images (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", default="", help="comma-separated op names to keep float32")
+    p.add_argument("--depthwise", action="store_true",
+                   help="quantize depthwise convs too (slower than float32 for now: see slimrt.quantization)")
+    p.add_argument("--first-layer", action="store_true",
+                   help="quantize the layer over the model's input too (slower than float32)")
     p.set_defaults(func=_run_quantize)
 
 
@@ -188,7 +210,8 @@ def _run_quantize(args: Any) -> int:
     skip = [s for s in args.skip.split(",") if s]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
-        q = quantize(args.model, args.data, samples=args.samples, seed=args.seed, skip=skip)
+        q = quantize(args.model, args.data, samples=args.samples, seed=args.seed, skip=skip,
+                     depthwise=args.depthwise, first_layer=args.first_layer)
     for w in caught:
         print(f"slimrt quantize: warning: {w.message}", file=sys.stderr)
     fmt.write(q, args.output)

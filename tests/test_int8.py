@@ -65,7 +65,7 @@ def stems(slim: fmt.SlimFile) -> list[str]:
 
 def quantized(b: ModelBuilder, calib: np.ndarray) -> fmt.SlimFile:
     slim = b.build()
-    return quantize(slim, calib, skip=stems(slim))
+    return quantize(slim, calib, skip=stems(slim), depthwise=True)
 
 
 def check_int8(q: fmt.SlimFile, x: np.ndarray, threads: int = 1, rtol: float = 1e-5) -> int:
@@ -149,6 +149,7 @@ def test_int8_linear_after_flatten_every_width(i8_isa, threads, spatial):
     slim = b.build()
     # only the first linear: the second one's input is not an exact integer
     q = quantize(slim, integer_input(rng, (6, 3, hw, hw)), skip=stems(slim) + [slim.meta["ops"][-1]["name"]])
+    assert [op["name"] for op in q.meta["ops"] if op.get("precision") == "int8"] == [slim.meta["ops"][3]["name"]]
     check_int8(q, integer_input(rng, (3, 3, hw, hw)), threads)
 
 
@@ -196,7 +197,8 @@ def test_int8_activations(i8_isa, act):
     b.profile("small", {"a": 5, "o": 9})
     b.profile("full", {"a": 19, "o": 23})
     slim = b.build()
-    q = quantize(slim, integer_input(rng, (4, 3, 6, 7)), skip=stems(slim) + [slim.meta["ops"][-1]["name"]])
+    q = quantize(slim, integer_input(rng, (4, 3, 6, 7)), skip=stems(slim) + [slim.meta["ops"][-1]["name"]],
+                 depthwise=True)
     check_int8(q, integer_input(rng, (1, 3, 6, 7)))
 
 
@@ -208,7 +210,7 @@ def test_int8_quantizes_nan_to_zero_and_saturates(i8_isa):
     b.set_output(y)
     b.profile("half", {"o": 4})
     b.profile("full", {"o": 9})
-    q = quantize(b.build(), rng.standard_normal((4, 5, 4, 4)).astype(np.float32))
+    q = quantize(b.build(), rng.standard_normal((4, 5, 4, 4)).astype(np.float32), first_layer=True)
     x = rng.standard_normal((1, 5, 4, 4)).astype(np.float32)
     x[0, 0, 0, 0], x[0, 1, 2, 3], x[0, 2, 1, 1], x[0, 3, 3, 3] = np.nan, np.inf, -np.inf, 1e6
     check_int8(q, x)
@@ -354,7 +356,8 @@ def small_int8() -> fmt.SlimFile:
     b.set_output(b.linear(t, weights(rng, 4, 8), out_group=b.group("cls", 4, fixed=True, why="classes"),
                           name="fc"))
     b.uniform_profiles((0.5, 1.0))
-    return quantize(b.build(), rng.standard_normal((4, 3, 6, 6)).astype(np.float32))
+    return quantize(b.build(), rng.standard_normal((4, 3, 6, 6)).astype(np.float32), depthwise=True,
+                    first_layer=True)
 
 
 def raw_bytes(meta: dict, tensors: dict) -> bytes:
@@ -443,7 +446,7 @@ def test_grouped_conv_has_no_int8_form():
     b.set_output(y)
     b.uniform_profiles((1.0,))
     slim = b.build()
-    with pytest.raises(ValueError, match="no dense or depthwise conv or linear"):
+    with pytest.raises(ValueError, match="no conv or linear to quantize"):
         quantize(slim, rng.standard_normal((2, 4, 5, 5)).astype(np.float32))
     meta = with_op(slim, "gconv", precision="int8")
     meta["format_version"] = 2
@@ -452,3 +455,19 @@ def test_grouped_conv_has_no_int8_form():
     for read in (fmt.read, slimrt.load):
         with pytest.raises(slimrt.InvalidModelError, match="grouped conv, which has no int8 form"):
             read(raw_bytes(meta, tensors))
+
+
+def test_by_default_depthwise_and_first_layers_stay_float32(default_int8):
+    slim = fmt.read(slimrt.default_model_path())
+    shapes = fmt.infer_shapes(slim.meta)
+    kinds = {op.name: (fmt.conv_kind(op, shapes[op.inputs[0]][1]) if op.kind == "conv" else op.kind,
+                       op.inputs[0] == slim.meta["input"]["name"]) for op in fmt.parse_ops(slim.meta)}
+    precision = {op["name"]: op.get("precision", "float32") for op in default_int8.meta["ops"]}
+    for name, (kind, first) in kinds.items():
+        want = "int8" if kind in ("dense", "linear") and not first else "float32"
+        assert precision[name] == want, (name, kind, first)
+    assert "int8" in precision.values() and any(k == "depthwise" for k, _ in kinds.values())
+    everything = quantize(slim, np.random.default_rng(0).random((4, 1, 24, 24)).astype(np.float32), samples=4,
+                          depthwise=True, first_layer=True)
+    assert {op["name"] for op in everything.meta["ops"] if op.get("precision") == "int8"} == {
+        name for name, (kind, _) in kinds.items() if kind in ("dense", "linear", "depthwise")}
