@@ -12,6 +12,7 @@ from pathlib import Path
 from ._core import version as _core_version
 from .engine import Group, Model, Profile, Session, load
 from .errors import InvalidModelError, NonFiniteInputError, ProfileError
+from .quantization import quantize
 
 __version__ = _core_version()
 
@@ -28,6 +29,7 @@ __all__ = [
     "c_library_path",
     "default_model_path",
     "load",
+    "quantize",
 ]
 
 _HERE = Path(__file__).resolve().parent

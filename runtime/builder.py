@@ -425,7 +425,7 @@ class ModelBuilder:
         if not self._ops:
             raise ValueError("the model has no ops")
         meta: dict[str, Any] = {
-            "format": "slimrt", "format_version": fmt.FORMAT_VERSION, "name": self.name,
+            "format": "slimrt", "format_version": fmt.FLOAT_FORMAT_VERSION, "name": self.name,
             "input": {"name": self.input, "shape": list(self._input_shape)},
             "output": self._output or self._ops[-1]["output"],
             "min_multiplier": self._min_multiplier,

@@ -14,7 +14,7 @@ from .engine import Model, load
 
 # Feature modules that add subcommands through add_commands(subparsers); a module
 # whose optional dependencies are missing adds nothing.
-_COMMAND_MODULES = ("slimrt.convert.cli", "slimrt.serve.cli", "slimrt.train.cli")
+_COMMAND_MODULES = ("slimrt.convert.cli", "slimrt.serve.cli", "slimrt.train.cli", "slimrt.quantization")
 STREAM_SIZE = 160  # input size of the stream demo on the bundled model
 
 

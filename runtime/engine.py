@@ -177,6 +177,14 @@ class Model:
         return self.profile(key).index
 
     @property
+    def precision(self) -> str:
+        """"int8" when any op of the model is int8 (format_version 2), else "float32"."""
+        import json
+
+        ops = json.loads(self._core.json).get("ops", [])
+        return "int8" if any(op.get("precision") == "int8" for op in ops) else "float32"
+
+    @property
     def weight_bytes(self) -> int:
         """Bytes of weights the engine holds (one copy, packed)."""
         return int(self._core.weight_bytes)

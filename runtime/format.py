@@ -38,9 +38,13 @@ __all__ = [
     "infer_shapes", "op_output_shape", "param_shapes",
     "conv_kind", "uniform_width", "uniform_widths", "resolve_widths", "channel_maps", "profile_cost",
     "epilogue_tensor_name", "read_regular_file", "MAX_JSON_DEPTH", "DTYPE_SIZES", "GATE_TENSORS", "gate_index",
+    "FLOAT_FORMAT_VERSION", "INT8_FORMAT_VERSION", "PRECISIONS", "xscale_tensor_name",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this reader reads
+FLOAT_FORMAT_VERSION = 1  # what a writer records for a model without int8 ops
+INT8_FORMAT_VERSION = 2  # the first version with int8 ops (model.h)
+PRECISIONS = ("float32", "int8")
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects in the header JSON and in the model JSON
 # Bytes per element of the safetensors dtypes with whole-byte elements (model.h).
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
@@ -121,6 +125,7 @@ class Op:
     channels: int = 0  # gate: the active channels it reads (C), its hidden features (D), its choices (K)
     hidden: int = 0
     choices: int = 0
+    precision: str = "float32"  # conv and linear: "float32" or "int8"
 
 
 @dataclass(frozen=True)
@@ -300,7 +305,7 @@ def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int
     """Check one tensor's header entry and return its byte range [begin, end) in the data.
 
     The order of the checks and their messages are the engine's (model.cc parse_entry); the
-    F32-only rule is this reader's own.
+    F32-or-I8 rule is this reader's own.
     """
     if not isinstance(entry, dict):
         raise InvalidModelError(f"tensor '{name}': its header entry is not an object")
@@ -320,9 +325,9 @@ def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int
     if held != needed:
         raise InvalidModelError(
             f"tensor '{name}' holds {held} bytes, its shape {shape} of {dtype} needs {needed}")
-    if dtype != "F32":
+    if dtype not in ("F32", "I8"):
         raise InvalidModelError(
-            f"tensor '{name}' has dtype {dtype}; slimrt reads F32 tensors only")
+            f"tensor '{name}' has dtype {dtype}; slimrt reads F32 tensors (and I8 weights of int8 ops) only")
     if offsets[1] > data_size:
         raise InvalidModelError(
             f"file truncated: tensor '{name}' ends at byte {offsets[1]} of the data section, "
@@ -535,6 +540,13 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
     if kind == "slice":
         fields["start"] = _int_field(entry, "start", where, 0)
         fields["end"] = _int_field(entry, "end", where, fields["start"] + 1)
+    if "precision" in entry:
+        if kind not in ("conv", "linear"):
+            raise InvalidModelError(f"{where} has \"precision\"; only conv and linear ops take one")
+        precision = entry["precision"]
+        if precision not in PRECISIONS:
+            raise InvalidModelError(f"{where} has precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        fields["precision"] = precision
     if kind in ("maxpool", "avgpool"):
         fields["ceil_mode"] = _bool_field(entry, "ceil_mode", where, False)
     if kind == "avgpool":
@@ -742,7 +754,10 @@ def param_shapes(op: Op, in_shape: Shape, groups: Sequence[Group]) -> dict[str, 
         kind = conv_kind(op, cin)
         cout = cin if kind == "depthwise" else groups[op.out_group].size  # type: ignore[index]
         weight = (kh, kw, cin) if kind == "depthwise" else (kh, kw, cin // op.groups, cout)
-    return {"weight": weight, "scale": (cout,), "bias": (cout,)}
+    shapes: dict[str, Shape] = {"weight": weight, "scale": (cout,), "bias": (cout,)}
+    if op.precision == "int8":
+        shapes.update(wscale=(cout,), xscale=(1,))
+    return shapes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -885,6 +900,11 @@ def _channel_maps(meta: Mapping[str, Any], groups: Sequence[Group], ops: Sequenc
 def epilogue_tensor_name(op_name: str, which: str, profile: str) -> str:
     """Name of a per-profile epilogue tensor: '<op>.scale@<profile>' or '<op>.bias@<profile>'."""
     return f"{op_name}.{which}@{profile}"
+
+
+def xscale_tensor_name(op_name: str, profile: str) -> str:
+    """Name of an int8 op's input scale at one profile: '<op>.xscale@<profile>'."""
+    return f"{op_name}.xscale@{profile}"
 
 
 def profile_cost(model: Mapping[str, Any] | SlimFile, widths: Sequence[int], *,
@@ -1092,12 +1112,19 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
     for op in ops:
         if op.kind not in WEIGHTED:
             continue
+        int8 = op.precision == "int8"
+        if int8:
+            _check_int8_op(slim.meta, op, shapes)
         for which, shape in param_shapes(op, shapes[op.inputs[0]], groups).items():
             name = f"{op.name}.{which}"
             known.add(name)
+            user = f"op '{op.name}'" + (" (int8)" if int8 and which == "weight" else "")
             if name in slim.tensors:
-                _check_array(name, slim.tensors[name], shape, f"op '{op.name}'")
-            elif which in ("weight", "slope") or op.kind == "gate":
+                _check_array(name, slim.tensors[name], shape, user,
+                             np.int8 if int8 and which == "weight" else np.float32)
+                if which in ("wscale", "xscale"):
+                    _check_scales(name, slim.tensors[name])
+            elif which in ("weight", "slope", "wscale", "xscale") or op.kind == "gate":
                 raise InvalidModelError(f"op '{op.name}' needs tensor '{name}', which is not "
                                         "in the file")
         if op.kind not in EPILOGUED:
@@ -1109,6 +1136,12 @@ def _check_tensors(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op],
                 if name in slim.tensors:
                     _check_array(name, slim.tensors[name], (infos[op.output].width,),
                                  f"op '{op.name}' at profile '{p['name']}'")
+            if int8:
+                name = xscale_tensor_name(op.name, p["name"])
+                known.add(name)
+                if name in slim.tensors:
+                    _check_array(name, slim.tensors[name], (1,), f"op '{op.name}' at profile '{p['name']}'")
+                    _check_scales(name, slim.tensors[name])
     unknown = sorted(set(slim.tensors) - known)
     if unknown:
         raise InvalidModelError(f"tensor '{unknown[0]}' is not used by any op or profile; "
@@ -1166,10 +1199,30 @@ def _check_gate(slim: SlimFile, groups: Sequence[Group], ops: Sequence[Op], shap
                         "before a gate run alike at every profile")
 
 
-def _check_array(name: str, array: Any, shape: Shape, user: str) -> None:
-    if not isinstance(array, np.ndarray) or array.dtype != np.float32:
-        dtype = getattr(array, "dtype", type(array).__name__)
-        raise InvalidModelError(f"tensor '{name}' has dtype {dtype}; slimrt tensors are float32")
+def _check_int8_op(meta: Mapping[str, Any], op: Op, shapes: Mapping[str, Shape]) -> None:
+    if meta["format_version"] < INT8_FORMAT_VERSION:
+        raise InvalidModelError(f"op '{op.name}' is int8, which needs format_version "
+                                f"{INT8_FORMAT_VERSION} (the file has {meta['format_version']})")
+    if op.kind == "conv" and conv_kind(op, shapes[op.inputs[0]][1]) == "grouped":
+        raise InvalidModelError(f"op '{op.name}' is a grouped conv, which has no int8 form (only dense "
+                                "and depthwise convs and linears)")
+
+
+def _check_scales(name: str, array: np.ndarray) -> None:
+    bad = np.flatnonzero(~(np.isfinite(array) & (array > 0)))
+    if bad.size:
+        raise InvalidModelError(f"tensor '{name}' value {int(bad[0])} is {float(array[bad[0]])!r}: "
+                                "scales must be finite and > 0")
+
+
+def _check_array(name: str, array: Any, shape: Shape, user: str,
+                 dtype: type[np.generic] = np.float32) -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        have = getattr(array, "dtype", type(array).__name__)
+        if dtype is np.int8:
+            raise InvalidModelError(f"tensor '{name}' has dtype {have}; {user} needs int8 weights")
+        raise InvalidModelError(f"tensor '{name}' has dtype {have}; slimrt tensors are float32 "
+                                "(the weights of int8 ops int8)")
     if tuple(array.shape) != tuple(shape):
         raise InvalidModelError(f"tensor '{name}' has shape {list(array.shape)}, {user} "
                                 f"needs {list(shape)}")

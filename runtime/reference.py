@@ -3,20 +3,23 @@
 It is the oracle of the C++ engine, so it is written to be obviously right rather than fast:
 activations are NCHW holding only the active channels (in channel-map order); for each conv
 or linear the active weight rows and columns are gathered into a small dense array (the
-physically pruned layer) and a plain dense op runs on it.
+physically pruned layer) and a plain dense op runs on it. It also defines the int8 semantics
+(model.h): an int8 op quantizes its input (quantize_input), runs the same dense op on integers
+(exact in float64) and scales the result by s * wscale * scale.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
 from slimrt import format as fmt
 from slimrt.errors import InvalidModelError, ProfileError
 
-__all__ = ["run_reference", "run_reference_gated", "gate_head", "activate", "ACTIVATION_FUNCTIONS"]
+__all__ = ["run_reference", "run_reference_gated", "gate_head", "activate", "ACTIVATION_FUNCTIONS",
+           "quantize_input", "input_scale", "reference_trace"]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -124,6 +127,21 @@ def gate_head(op: fmt.Op, x: np.ndarray, tensors: Mapping[str, np.ndarray]) -> t
     return x * attention[:, :, None, None], h @ w["slim.weight"] + w["slim.bias"]
 
 
+def reference_trace(slim: fmt.SlimFile, x: np.ndarray,
+                    profile: str | int | float) -> Iterator[tuple[fmt.Op, list[np.ndarray]]]:
+    """Run `slim` as run_reference does, yielding every op with its input values (float64, NCHW,
+    active channels) before it runs: what calibration measures."""
+    meta = slim.meta
+    widths, profile_name = fmt.resolve_widths(meta, profile)
+    x = np.asarray(x, dtype=np.float64)
+    infos = fmt.channel_maps(meta, widths, hw=(x.shape[2], x.shape[3]), batch=x.shape[0])
+    values = {meta["input"]["name"]: x}
+    for op in fmt.parse_ops(meta):
+        inputs = [values[t] for t in op.inputs]
+        yield op, inputs
+        values[op.output] = _run_op(op, inputs, infos, slim.tensors, profile_name)
+
+
 def _run_op(op: fmt.Op, inputs: list[np.ndarray], infos: Mapping[str, fmt.TensorInfo],
             tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
     if op.kind == "gate":
@@ -187,19 +205,51 @@ def _epilogue(tensors: Mapping[str, np.ndarray], op: fmt.Op, profile: str | None
     return result[0], result[1]
 
 
+# -- int8 ops (model.h, "int8 ops") ----------------------------------------------------------
+
+def input_scale(tensors: Mapping[str, np.ndarray], op: fmt.Op, profile: str | None) -> np.float32:
+    """The input scale s of an int8 op at `profile` (its own, else the op's default)."""
+    own = tensors.get(fmt.xscale_tensor_name(op.name, profile)) if profile else None
+    return np.float32((own if own is not None else tensors[f"{op.name}.xscale"])[0])
+
+
+def quantize_input(x: np.ndarray, scale: np.float32) -> np.ndarray:
+    """q(x) = NaN ? 0 : round_half_even(clamp(x * r, -127, 127)), r = 1 / s and the product in
+    float32, as the engine computes it; returned as float64 integers."""
+    r = np.float32(1.0) / np.float32(scale)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = np.asarray(x, dtype=np.float32) * r
+    q = np.rint(np.clip(v, np.float32(-127.0), np.float32(127.0)))
+    return np.where(np.isnan(v), 0.0, q).astype(np.float64)
+
+
+def _int8_operands(op: fmt.Op, x: np.ndarray, tensors: Mapping[str, np.ndarray],
+                   profile: str | None) -> tuple[np.ndarray, np.ndarray, float]:
+    """For an int8 op: its quantized input, its integer weights and the scale s (the float
+    weights and input for a float op, with scale 1)."""
+    weight = tensors[f"{op.name}.weight"].astype(np.float64)
+    if op.precision != "int8":
+        return x, weight, 1.0
+    s = input_scale(tensors, op, profile)
+    return quantize_input(x, s), weight, float(s)
+
+
 def _linear(op: fmt.Op, x: np.ndarray, infos: Mapping[str, fmt.TensorInfo],
             tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
     rows = infos[op.inputs[0]].channel_index()
     out = infos[op.output].channel_index()
-    weight = tensors[f"{op.name}.weight"].astype(np.float64)[rows][:, out]  # [in_w, out_w]
+    x, weight, s = _int8_operands(op, x, tensors, profile)
+    weight = weight[rows][:, out]  # [in_w, out_w]
     scale, bias = _epilogue(tensors, op, profile, out)
+    if op.precision == "int8":
+        scale = scale * s * tensors[f"{op.name}.wscale"].astype(np.float64)[out]
     return (x @ weight) * scale + bias
 
 
 def _conv(op: fmt.Op, x: np.ndarray, infos: Mapping[str, fmt.TensorInfo],
           tensors: Mapping[str, np.ndarray], profile: str | None) -> np.ndarray:
     src, dst = infos[op.inputs[0]], infos[op.output]
-    weight = tensors[f"{op.name}.weight"].astype(np.float64)
+    x, weight, s = _int8_operands(op, x, tensors, profile)
     kind = fmt.conv_kind(op, src.shape[1])
     out = dst.channel_index()
     padded = _pad(x, op.pads, 0.0)
@@ -215,6 +265,8 @@ def _conv(op: fmt.Op, x: np.ndarray, infos: Mapping[str, fmt.TensorInfo],
                    op, dst.shape)
             for g in range(op.groups)], axis=1)
     scale, bias = _epilogue(tensors, op, profile, out)
+    if op.precision == "int8":
+        scale = scale * s * tensors[f"{op.name}.wscale"].astype(np.float64)[out]
     return y * scale[None, :, None, None] + bias[None, :, None, None]
 
 

@@ -295,8 +295,8 @@ def huge_group(data: bytes, index: int | None = None, size: int = 1 << 20) -> Co
 
 def newer_version(data: bytes) -> Corruption:
     def edit(model: dict[str, Any]) -> None:
-        model["format_version"] = 2
-    return Corruption("newer_version", _edit_model(data, edit), "version 2")
+        model["format_version"] = 3
+    return Corruption("newer_version", _edit_model(data, edit), "version 3")
 
 
 def all_corruptions(data: bytes) -> list[Corruption]:

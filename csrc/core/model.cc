@@ -17,6 +17,7 @@
 
 #include "core/error.h"
 #include "core/plan.h"
+#include "kernels/int8.h"
 
 namespace slimrt {
 
@@ -56,6 +57,7 @@ struct TensorEntry {
   const uint8_t* data = nullptr;
   size_t begin = 0, bytes = 0;  // byte range [begin, begin + bytes) of the data section
   bool f32 = false;
+  bool i8 = false;
   bool mapped = false;  // data lies in a private file mapping
 };
 
@@ -258,6 +260,7 @@ TensorEntry parse_entry(const std::string& name, const Json& e, size_t data_size
     fail_model("file truncated: " + where + " ends at byte " + std::to_string(en) +
                " of the data section, which has " + std::to_string(data_size) + " bytes");
   t.f32 = dtype == "F32";
+  t.i8 = dtype == "I8";
   t.begin = static_cast<size_t>(b);
   t.bytes = static_cast<size_t>(held);
   return t;
@@ -322,11 +325,12 @@ TensorTable parse_container(const uint8_t* data, size_t size, bool mapped, std::
 }
 
 const TensorEntry& checked_entry(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
-                                 const std::string& user) {
+                                 const std::string& user, bool int8 = false) {
   auto it = table.find(name);
   if (it == table.end()) fail_model(user + " needs tensor '" + name + "', which the file does not contain");
   const TensorEntry& t = it->second;
-  if (!t.f32) fail_model("tensor '" + name + "' must have dtype F32");
+  if (int8 && !t.i8) fail_model("tensor '" + name + "' must have dtype I8 (" + user + " is int8)");
+  if (!int8 && !t.f32) fail_model("tensor '" + name + "' must have dtype F32");
   if (t.shape != shape)
     fail_model("tensor '" + name + "' has shape " + shape_str(t.shape) + ", " + user + " needs " + shape_str(shape));
   return t;
@@ -375,6 +379,27 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> gate_tensor_shapes(con
           {".expand.bias", {c}},      {".slim.weight", {d, k}},  {".slim.bias", {k}}};
 }
 
+// Copies an I8 tensor out of the file after checking its shape.
+std::vector<int8_t> read_i8_tensor(const TensorTable& table, const std::string& name,
+                                   const std::vector<int64_t>& shape, const std::string& user) {
+  const TensorEntry& t = checked_entry(table, name, shape, user, true);
+  std::vector<int8_t> out(t.bytes);
+  if (t.bytes) std::memcpy(out.data(), t.data, t.bytes);
+  release_pages(t);
+  return out;
+}
+
+// A scale tensor's values, each finite and > 0.
+std::vector<float> read_scales(const TensorTable& table, const std::string& name, const std::vector<int64_t>& shape,
+                               const std::string& user) {
+  std::vector<float> v = read_tensor(table, name, shape, user);
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!(std::isfinite(v[i]) && v[i] > 0.0f))
+      fail_model("tensor '" + name + "' value " + std::to_string(i) + " is " + std::to_string(v[i]) +
+                 ": scales must be finite and > 0");
+  return v;
+}
+
 std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
   v.resize(static_cast<size_t>(kernels::round_up(static_cast<int64_t>(v.size()), kernels::kPanel)), fill_unused);
   return v;
@@ -397,6 +422,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     fail_model("model format version " + std::to_string(version) + " is newer than this slimrt reads (" +
                std::to_string(kFormatVersion) + "): upgrade slimrt");
   if (version < 1) fail_model("format_version " + std::to_string(version) + " is not valid");
+  const bool int8_allowed = version >= 2;
   auto name_it = doc.find("name");
   name_ = name_it != doc.end() && name_it->is_string() ? name_it->get<std::string>() : "model";
 
@@ -498,6 +524,16 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       if (op.kind == OpKind::Linear && op.out_group < 0) fail_model(where + " has no \"out_group\" field");
       if (op.kind == OpKind::Conv && op.groups == 1 && op.out_group < 0)
         fail_model("conv '" + op.name + "' has no out_group; only depthwise convs omit it");
+      if (auto pr = j.find("precision"); pr != j.end()) {
+        const std::string precision = as_string(*pr, where + " field \"precision\"");
+        if (precision != "float32" && precision != "int8")
+          fail_model(where + " has precision '" + precision + "' (known: float32, int8)");
+        op.int8 = precision == "int8";
+        if (op.int8 && !int8_allowed)
+          fail_model(where + " is int8, which needs format_version 2 (the file has " + std::to_string(version) + ")");
+      }
+    } else if (j.contains("precision")) {
+      fail_model(where + " has \"precision\"; only conv and linear ops take one");
     }
     if (op.kind == OpKind::Shuffle)
       op.groups = as_int32(member(j, "groups", where), where + " groups", 1, 1 << 20);
@@ -571,8 +607,10 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   // shape) against `shapes`, for all ops, before anything is allocated; so
   // what is allocated next is bounded by tensors the file holds: packed
   // weights are at most round_up(cout, kPanel) / cout <= 16 times the file
-  // tensor, and epilogues are cout floats, cout being a dimension of the
-  // op's weight.
+  // tensor (int8 panels also round cin up to groups of 4: <= 64 times; an
+  // int8 depthwise conv's values become floats: <= 4 x 16 times), and
+  // epilogues, weight scales and input scales are cout floats or one, cout
+  // being a dimension of the op's weight.
   for (size_t i = 0; i < ops_.size(); ++i) {
     Op& op = ops_[i];
     const std::string user = "op '" + op.name + "'";
@@ -612,7 +650,13 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
         fail_model(user + " is a grouped conv; its out_group '" + groups_[op.out_group].name + "' must be fixed");
       weight_shape = {op.kh, op.kw, op.cin / op.groups, op.cout};
     }
-    if (op.kind != OpKind::ScaleBias) checked_entry(table, op.name + ".weight", weight_shape, user);
+    if (op.int8 && op.conv_type == ConvType::Grouped)
+      fail_model(user + " is a grouped conv, which has no int8 form (only dense and depthwise convs and linears)");
+    if (op.kind != OpKind::ScaleBias) checked_entry(table, op.name + ".weight", weight_shape, user, op.int8);
+    if (op.int8) {
+      checked_entry(table, op.name + ".wscale", {op.cout}, user);
+      checked_entry(table, op.name + ".xscale", {1}, user);
+    }
     op.has_scale = table.count(op.name + ".scale") > 0;
     op.has_bias = table.count(op.name + ".bias") > 0;
     if (op.has_scale) checked_entry(table, op.name + ".scale", {op.cout}, user);
@@ -640,6 +684,23 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     const int64_t taps = static_cast<int64_t>(op.kh) * op.kw;
     if (op.kind == OpKind::ScaleBias) {
       // the epilogue below is all it has
+    } else if (op.int8 && (op.kind == OpKind::Linear || op.conv_type == ConvType::Dense)) {
+      // Dense conv and linear: int8 panels, built from the file copy.
+      const std::vector<int8_t> w = read_i8_tensor(
+          table, wname,
+          op.kind == OpKind::Linear ? std::vector<int64_t>{op.cin, op.cout}
+                                    : std::vector<int64_t>{op.kh, op.kw, op.cin, op.cout},
+          user);
+      op.qweights.resize(kernels::packed_i8_size(static_cast<int>(taps), op.cin, op.cout));
+      kernels::pack_i8(w.data(), static_cast<int>(taps), op.cin, op.cout, op.qweights.data());
+      weight_bytes_ += op.qweights.size();
+    } else if (op.int8) {
+      // Depthwise: the int8 values as floats, in the float layout.
+      const std::vector<int8_t> w = read_i8_tensor(table, wname, {op.kh, op.kw, op.cin}, user);
+      const int64_t stride = kernels::round_up(op.cin, kernels::kPanel);
+      op.weights.assign(static_cast<size_t>(taps * stride), 0.0f);
+      for (int64_t t = 0; t < taps; ++t)
+        for (int64_t c = 0; c < op.cin; ++c) op.weights[t * stride + c] = w[t * op.cin + c];
     } else if (op.kind == OpKind::Linear) {
       op.weights.resize(kernels::packed_conv_size(1, op.cin, op.cout));
       use_tensor(table, wname, {op.cin, op.cout}, user,
@@ -658,6 +719,11 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       });
     } else {
       op.weights = read_tensor(table, wname, {op.kh, op.kw, op.cin / op.groups, op.cout}, user);
+    }
+    if (op.int8) {
+      op.wscale = padded(read_scales(table, op.name + ".wscale", {op.cout}, user));
+      op.xscale = read_scales(table, op.name + ".xscale", {1}, user)[0];
+      weight_bytes_ += sizeof(float) * op.wscale.size();
     }
     op.epilogue.scale = op.has_scale ? read_tensor(table, op.name + ".scale", {op.cout}, user)
                                      : std::vector<float>(op.cout, 1.0f);
@@ -693,6 +759,12 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       Op& op = ops_[i];
       if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
       op.profile_epilogue.resize(profiles_.size());
+      if (op.int8) {
+        op.profile_xscale.resize(profiles_.size(), 0.0f);
+        const std::string xname = op.name + ".xscale@" + p.name;
+        if (table.count(xname))
+          op.profile_xscale[pi] = read_scales(table, xname, {1}, "op '" + op.name + "' at profile '" + p.name + "'")[0];
+      }
       const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
       const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;
       if (!hs && !hb) continue;

@@ -11,8 +11,9 @@
 //                       "shape": [...], "data_offsets": [begin, end]}, ...,
 //                       "__metadata__": {"slimrt": "<model JSON, as a string>"}}
 //   bytes [8+N, end)    tensor data; offsets are relative to 8+N, tensors do
-//                       not overlap and lie inside the file. Only F32 tensors
-//                       are read (little-endian, C order).
+//                       not overlap and lie inside the file. F32 tensors are
+//                       read, and the I8 weights of int8 ops (little-endian,
+//                       C order).
 //
 // Container rules, checked before anything else is read:
 //   - a tensor's byte count is exactly its element count times its dtype's
@@ -30,7 +31,7 @@
 //
 //   {
 //     "format": "slimrt",
-//     "format_version": 1,
+//     "format_version": 1,        // 2 when an op is int8 (below)
 //     "name": "tiny_resnet",
 //     "input":  {"name": "input", "shape": [N, C, H, W]},  // NCHW float32. C is
 //                        // fixed; N, H, W are the default shape: any N >= 1 runs,
@@ -191,8 +192,35 @@
 // present, plus a prelu's active slopes, plus a gate's 2*C*D + D*K weights
 // and D + C + K biases.
 //
-// Versions: format_version 1 is the only version; a file with a newer version
-// is refused with a message naming both versions.
+// int8 ops (format_version 2). A dense conv, a depthwise conv or a linear
+// with "precision": "int8" (the default, "float32", may be omitted; other
+// kinds and grouped convs take no precision) computes with int8 weights and
+// int8 inputs:
+//   tensors  "<name>.weight"   I8, the float layout's shape, quantized
+//                              symmetrically per output channel (a
+//                              quantizer writes [-127, 127]; -128 is read)
+//            "<name>.wscale"   F32 [Cout]: the weight scale of each output
+//                              channel (finite, > 0)
+//            "<name>.xscale"   F32 [1]: the input scale s (finite, > 0)
+//            optional "<name>.xscale@<profile name>" F32 [1]: the input scale
+//                              when that profile runs (activation ranges
+//                              change with width); uniform multipliers that
+//                              are not a named profile use "<name>.xscale"
+//            optional scale / bias and their per-profile forms as for float.
+//   Each input value x is quantized with r = 1 / s (a float32 division):
+//     q(x) = NaN ? 0 : round_half_even(clamp(x * r, -127, 127))
+//   (float32 product), and with wq the weights, the op computes
+//     acc[c] = sum over taps and active input channels of q(x) * wq[c]
+//   (padding contributes 0, exact integers), then
+//     y[c] = act(acc[c] * (s * wscale[c]) * scale[c] + bias[c])
+//   in float32 (a fused residual add is added before act, as for float).
+//   Activations between ops stay float32. An out-channel prefix keeps its
+//   weight scales; an in-channel prefix is a row prefix of the int8 panels.
+//   MACs and params are those of the float op (wscale and xscale do not count).
+//
+// Versions: format_version 2 adds int8 ops, 1 is a file without them (both
+// are read; a writer records 1 unless an op is int8). A file with a newer
+// version is refused with a message naming both versions.
 //
 // Errors: the reader never trusts the file. Any inconsistency (short file,
 // header past the end, bad JSON, tensor out of bounds or of the wrong shape or
@@ -202,7 +230,9 @@
 // e.g. "profile '0.5' has 7 widths, the model has 9 channel groups". Every
 // tensor an op needs is checked before memory is allocated for any weights, so
 // a loader never allocates more than the file's tensors justify (packed
-// weights are at most 16 times a tensor's bytes).
+// weights are at most 16 times a tensor's bytes, 64 times for int8 ones:
+// panels of 16 columns times groups of 4 rows, or a depthwise conv's int8
+// values held as floats).
 // ============================================================================
 #pragma once
 
@@ -220,7 +250,7 @@ namespace slimrt {
 using kernels::Act;
 using kernels::Activation;
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;  // the newest version read
 constexpr int kMaxTaps = 256;  // kernels keep per-tap pointers on the stack
 
 enum class OpKind {
@@ -290,6 +320,13 @@ struct Op {
   Epilogue epilogue;                     // full width, used unless a profile overrides
   std::vector<Epilogue> profile_epilogue;  // per profile index; empty vectors: no override
   GateHead gate;                           // gate only
+  // int8 ops: dense conv and linear hold their weights in `qweights`
+  // (kernels::pack_i8), depthwise in `weights` as floats of the int8 values.
+  bool int8 = false;
+  std::vector<int8_t> qweights;
+  std::vector<float> wscale;          // per output channel, padded to kPanel
+  float xscale = 0.0f;                // input scale, unless a profile has its own
+  std::vector<float> profile_xscale;  // per profile index; 0: none
 };
 
 // A loaded model: immutable, shared by sessions on any threads.

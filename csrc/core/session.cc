@@ -7,13 +7,14 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/int8.h"
 
 namespace slimrt {
 
 using kernels::ChannelRun;
 
 enum class StepKind { Conv, Depthwise, Grouped, MaxPool, AvgPool, GlobalAvgPool, Add, Copy, Shuffle, Flatten, Softmax, Act,
-                      Prelu, ScaleBias, Mul, Slice, Resize, Gate };
+                      Prelu, ScaleBias, Mul, Slice, Resize, Gate, ConvI8, DwI8 };
 
 struct Session::Step {
   StepKind kind = StepKind::Act;
@@ -24,6 +25,10 @@ struct Session::Step {
   kernels::PoolParams pool{};
   kernels::ResizeParams resize{};
   kernels::GateParams gate{};
+  kernels::ConvI8Params conv8{};
+  kernels::DwI8Params dw8{};
+  std::vector<int32_t> kmap, comp;  // int8: input row map, offset compensation
+  std::vector<float> mult;          // int8: s * wscale * scale per active output channel
   std::vector<ChannelRun> runs;
   std::vector<float> scale, bias;  // gathered epilogue (or prelu slopes) when not a plain prefix
   // generic operands for the simple kernels
@@ -136,6 +141,11 @@ Session::Session(std::shared_ptr<const Model> model, int threads)
   for (const Op& op : model_->ops())
     for (int32_t id : op.inputs) input_uses_ += id == 0;
   workspace_.assign(kernels::kConvWorkspaceFloats * static_cast<size_t>(threads), 0.0f);
+  for (const Op& op : model_->ops())
+    if (op.int8 && (op.kind == OpKind::Linear || op.conv_type == ConvType::Dense))
+      i8_workspace_ = std::max(i8_workspace_, kernels::conv_i8_workspace_bytes(op.kh * op.kw,
+                                                                              kernels::i8_row_groups(op.cin)));
+  workspace_i8_.assign(i8_workspace_ * static_cast<size_t>(threads), 0);
 }
 
 Session::~Session() { std::free(arena_); }
@@ -245,6 +255,10 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
     switch (op.kind) {
       case OpKind::Conv:
       case OpKind::Linear: {
+        if (op.int8) {
+          plan_int8(s, index, sp, epi, profile_index, done);
+          break;
+        }
         if (op.kind == OpKind::Conv && op.conv_type == ConvType::Depthwise) {
           s.kind = StepKind::Depthwise;
           int32_t pos = 0;
@@ -462,6 +476,16 @@ std::unique_ptr<Session::Plan> Session::build_plan(const std::vector<int32_t>& w
     if (s.kind == StepKind::Conv) {
       s.conv.runs = s.runs.data();
       s.conv.nruns = static_cast<int32_t>(s.runs.size());
+    } else if (s.kind == StepKind::ConvI8) {
+      s.conv8.kmap = s.kmap.data();
+      s.conv8.comp = s.comp.data();
+      s.conv8.mult = s.mult.data();
+      s.conv8.bias = s.bias.data();
+    } else if (s.kind == StepKind::DwI8) {
+      s.dw8.runs = s.runs.data();
+      s.dw8.nruns = static_cast<int32_t>(s.runs.size());
+      s.dw8.mult = s.mult.data();
+      s.dw8.bias = s.bias.data();
     } else if (s.kind == StepKind::Depthwise) {
       s.dw.runs = s.runs.data();
       s.dw.nruns = static_cast<int32_t>(s.runs.size());
@@ -661,6 +685,24 @@ void Session::execute(const Step& s) {
       }
       break;
     }
+    case StepKind::ConvI8: {
+      const int panels = static_cast<int>(kernels::round_up(s.conv8.out_channels, 16) / 16);
+      auto ws = [&](int part) { return workspace_i8_.data() + static_cast<size_t>(part) * i8_workspace_; };
+      if (s.split_panels) {
+        parallel_in((panels + 1) / 2, 1, 1, [&](int part, int64_t b, int64_t e) {
+          kernels::conv_i8(s.conv8, 0, s.count, static_cast<int>(2 * b),
+                           static_cast<int>(std::min<int64_t>(2 * e, panels)), ws(part));
+        });
+      } else {
+        parallel_in(s.count, kernels::kI8MR, 4, [&](int part, int64_t b, int64_t e) {
+          kernels::conv_i8(s.conv8, b, e, 0, panels, ws(part));
+        });
+      }
+      break;
+    }
+    case StepKind::DwI8:
+      parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::dwconv_i8(s.dw8, b, e); });
+      break;
     case StepKind::Depthwise:
       parallel(s.count, [&](int, int64_t b, int64_t e) { kernels::dwconv(s.dw, b, e); });
       break;
@@ -720,6 +762,106 @@ void Session::execute(const Step& s) {
                [&](int, int64_t b, int64_t e) { kernels::scale_bias(s.x, s.c, s.v1, s.v2, s.y, s.act, b, e); });
       break;
   }
+}
+
+void Session::plan_int8(Step& s, size_t index, const ShapePlan& sp, const Epilogue* epi, int32_t profile_index,
+                        std::vector<bool>& done) {
+  const auto& ops = model_->ops();
+  const Op& op = ops[index];
+  const TensorShape& x = sp.tensors[op.inputs[0]];
+  const TensorShape& y = sp.tensors[op.output];
+  auto buf = [&](int32_t t) { return arena_ + offsets_[t]; };
+  float xs = op.xscale;
+  if (profile_index >= 0 && static_cast<size_t>(profile_index) < op.profile_xscale.size() &&
+      op.profile_xscale[profile_index] > 0.0f)
+    xs = op.profile_xscale[profile_index];
+  const float inv = 1.0f / xs;
+  const bool own_epilogue = epi != &op.epilogue;  // a profile's epilogue is in active-position order
+  int32_t pos = 0;
+  for (const Run& r : x.runs) {
+    s.runs.push_back({pos, r.off, r.count});
+    pos += r.count;
+  }
+  if (op.kind == OpKind::Conv && op.conv_type == ConvType::Depthwise) {
+    s.kind = StepKind::DwI8;
+    for (const Run& r : x.runs)
+      for (int32_t k = 0; k < r.count; ++k) {
+        const int32_t at = static_cast<int32_t>(s.mult.size()), full = r.off + k;
+        const float scale = own_epilogue ? epi->scale[at] : epi->scale[full];
+        s.mult.push_back(xs * op.wscale[full] * scale);
+        s.bias.push_back(own_epilogue ? epi->bias[at] : epi->bias[full]);
+      }
+    s.mult.resize(kernels::round_up(s.mult.size(), 16), 0.0f);
+    s.bias.resize(s.mult.size(), 0.0f);
+    s.dw8 = {s.x, static_cast<int32_t>(x.n), static_cast<int32_t>(x.h), static_cast<int32_t>(x.w), s.y,
+             static_cast<int32_t>(y.h), static_cast<int32_t>(y.w), x.c, op.kh, op.kw, op.sh, op.sw, op.dh, op.dw,
+             op.pad_top, op.pad_left, nullptr, 0, op.weights.data(),
+             static_cast<int32_t>(kernels::round_up(op.cin, 16)), nullptr, nullptr, inv, op.act};
+    s.count = y.n * y.h * y.w;
+    return;
+  }
+  s.kind = StepKind::ConvI8;
+  const bool linear = op.kind == OpKind::Linear;
+  const int taps = op.kh * op.kw;
+  const int32_t kg_full = kernels::i8_row_groups(op.cin);
+  int32_t rows = 0;
+  for (const Run& r : x.runs) rows = std::max(rows, r.off + r.count);
+  const int32_t kgroups = kernels::i8_row_groups(rows);
+  s.kmap.assign(static_cast<size_t>(4 * kgroups), -1);
+  for (const ChannelRun& r : s.runs)
+    for (int32_t k = 0; k < r.count; ++k) s.kmap[r.w_off + k] = r.act_off + k;
+  // Output channels are the prefix [0, y.c): active position = channel.
+  const int64_t padded = kernels::round_up(y.c, 16);
+  s.comp.assign(padded, 0);
+  s.mult.assign(padded, 0.0f);
+  s.bias.assign(padded, 0.0f);
+  for (int32_t c = 0; c < y.c; ++c) {
+    int32_t sum = 0;
+    for (int t = 0; t < taps; ++t)
+      for (int32_t k = 0; k < 4 * kgroups; ++k)
+        if (s.kmap[k] >= 0) sum += kernels::packed_i8_at(op.qweights.data(), taps, kg_full, t, k, c);
+    s.comp[c] = 128 * sum;
+    s.mult[c] = xs * op.wscale[c] * epi->scale[c];
+    s.bias[c] = epi->bias[c];
+  }
+  auto& c = s.conv8;
+  c.input = s.x;
+  c.n = static_cast<int32_t>(x.n);
+  c.ih = linear ? 1 : static_cast<int32_t>(x.h);
+  c.iw = linear ? 1 : static_cast<int32_t>(x.w);
+  c.in_stride = x.c;
+  c.output = s.y;
+  c.oh = linear ? 1 : static_cast<int32_t>(y.h);
+  c.ow = linear ? 1 : static_cast<int32_t>(y.w);
+  c.out_stride = y.c;
+  c.kh = op.kh;
+  c.kw = op.kw;
+  c.sh = op.sh;
+  c.sw = op.sw;
+  c.dh = op.dh;
+  c.dw = op.dw;
+  c.pad_top = op.pad_top;
+  c.pad_left = op.pad_left;
+  c.prefix = x.runs.size() == 1 && x.runs[0].off == 0 ? x.runs[0].count : 0;
+  c.kgroups = kgroups;
+  c.kg_full = kg_full;
+  c.out_channels = y.c;
+  c.packed = op.qweights.data();
+  c.inv_scale = inv;
+  c.act = op.act;
+  if (const int32_t fi = fused_add_[index]; fi >= 0) {
+    const Op& add = ops[fi];
+    const int32_t other = add.inputs[add.inputs[0] == op.output ? 1 : 0];
+    if (sp.tensors[other].c == y.c) {
+      c.output = s.y = buf(add.output);
+      c.residual = buf(other);
+      c.act = add.act;
+      done[fi] = true;
+    }
+  }
+  s.count = y.n * c.oh * c.ow;
+  const int64_t panels = padded / 16;
+  s.split_panels = pool_.size() > 1 && panels >= 2 * pool_.size() && y.c > s.count;
 }
 
 }  // namespace slimrt

@@ -74,6 +74,9 @@ class Session {
   void prepare_shape(const int64_t* shape, int rank);
   Plan& plan_for(const ProfileRef& profile);
   std::unique_ptr<Plan> build_plan(const std::vector<int32_t>& widths, int32_t profile_index);
+  // The step of an int8 conv or linear (op `index`); marks a fused Add in `done`.
+  void plan_int8(Step& s, size_t index, const ShapePlan& sp, const Epilogue* epi, int32_t profile_index,
+                 std::vector<bool>& done);
   void execute(const Step& step);
   void feed_input(Plan& plan, const float* input);  // the caller's NCHW input into the plan
 
@@ -84,6 +87,8 @@ class Session {
   std::vector<int64_t> offsets_;   // arena offset (floats) per tensor
   float* arena_ = nullptr;
   std::vector<float> workspace_;    // kConvWorkspaceFloats per thread
+  std::vector<uint8_t> workspace_i8_;  // i8_workspace_ bytes per thread (int8 convs)
+  size_t i8_workspace_ = 0;
   int input_uses_ = 0;  // ops reading the model's input (tensor 0)
   std::vector<int32_t> fused_add_;  // per op: the Add its epilogue performs, or -1
   std::vector<float> gate_buf_;     // the gate head's rows per image: hidden, attention, logits

@@ -3,6 +3,7 @@
 
 #include "core/model.h"
 #include "core/plan.h"
+#include "kernels/int8.h"
 #include "kernels/kernels.h"
 #include "python/bindings.h"
 
@@ -71,6 +72,9 @@ void register_model(py::module_& m) {
   m.def("isa", &kernels::isa, "Instruction set of the vector kernels in use.");
   m.def("set_isa", &kernels::set_isa, py::arg("isa"),
         "Select the vector kernels ('generic', 'avx2', 'avx512f'); False if unavailable.");
+  m.def("i8_isa", &kernels::i8_isa, "Instruction set of the int8 kernels in use.");
+  m.def("set_i8_isa", &kernels::set_i8_isa, py::arg("isa"),
+        "Select the int8 kernels ('generic', 'avx512vnni'); False if unavailable.");
 }
 
 }  // namespace slimrt::python

@@ -44,8 +44,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
-    p = subparsers.add_parser("eval", help="test accuracy and MACs of every profile, through the engine")
-    p.add_argument("model", help="the .slim file")
+    p = subparsers.add_parser("eval", help="test accuracy and MACs of every profile, through the engine",
+                              description="Test accuracy of every profile through the engine. With several "
+                                          "models (e.g. MODEL.slim MODEL-int8.slim), one column per model and "
+                                          "the difference of each to the first.")
+    p.add_argument("model", nargs="+", help="the .slim file(s); several must have the same profiles")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--seed", type=int, default=0, help="split seed of the data (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1)
@@ -266,15 +269,40 @@ def run_eval(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
     from .evaluation import engine_accuracy
 
-    model = load(args.model)
+    models = [load(path) for path in args.model]
+    names = [[p.name for p in m.profiles] for m in models]
+    for path, have in zip(args.model[1:], names[1:]):
+        if have != names[0]:
+            raise ValueError(f"{path} has profiles {have}, {args.model[0]} has {names[0]}: models compared "
+                             "side by side need the same profiles")
     data = load_dataset(args.data, seed=args.seed)
-    rows = engine_accuracy(model, data.x_test, data.y_test, threads=args.threads)
+    tables = [engine_accuracy(m, data.x_test, data.y_test, threads=args.threads) for m in models]
+    if len(models) == 1:
+        model, rows = models[0], tables[0]
+        if args.json:
+            print(json.dumps({"model": model.name, "data": data.name, "test_images": len(data.x_test),
+                              "precision": model.precision, "profiles": rows}))
+        else:
+            print(f"{model.name} ({model.precision}) on {data.name} ({len(data.x_test)} test images), "
+                  "through the engine:")
+            _print_rows(rows)
+        return 0
     if args.json:
-        print(json.dumps({"model": model.name, "data": data.name, "test_images": len(data.x_test),
-                          "profiles": rows}))
-    else:
-        print(f"{model.name} on {data.name} ({len(data.x_test)} test images), through the engine:")
-        _print_rows(rows)
+        print(json.dumps({"data": data.name, "test_images": len(data.x_test), "models": [
+            {"path": str(path), "model": m.name, "precision": m.precision, "profiles": rows}
+            for path, m, rows in zip(args.model, models, tables)]}))
+        return 0
+    print(f"{data.name} ({len(data.x_test)} test images), through the engine; accuracy per model:")
+    for i, (path, m) in enumerate(zip(args.model, models)):
+        print(f"  [{i}] {path}: {m.name}, {m.precision}")
+    header = f"  {'profile':>12} {'MMACs':>9}" + "".join(f" {f'[{i}]':>8}" for i in range(len(models)))
+    header += "".join(f" {f'[{i}]-[0]':>8}" for i in range(1, len(models)))
+    print(header)
+    for j, r in enumerate(tables[0]):
+        acc = [t[j]["accuracy"] for t in tables]
+        line = f"  {r['name']:>12} {r['macs'] / 1e6:9.3f}" + "".join(f" {a:7.2f}%" for a in acc)
+        line += "".join(f" {a - acc[0]:+8.2f}" for a in acc[1:])
+        print(line)
     return 0
 
 
