@@ -23,6 +23,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import gate  # noqa: E402
 import latency  # noqa: E402
 import memory  # noqa: E402
 import peak  # noqa: E402
@@ -333,3 +334,42 @@ class TestRunAll:
         assert args.rounds <= 20 and args.max_seconds <= 5
         with pytest.raises(SystemExit):
             run_all.parse_args(["--only", "speed"])
+
+
+# ---------------------------------------------------------------------------------------------
+# gate
+# ---------------------------------------------------------------------------------------------
+
+def test_gate_benchmark_on_a_tiny_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "results"
+    args = ["--data", "digits", "--nets", "resnet_small", "--epochs", "1", "--gate-epochs", "1",
+            "--macs-weights", "0.5,8", "--train-limit", "96", "--latency-images", "3", "--threads", "1",
+            "--out", str(out)]
+    assert gate.main(args) == 0
+    text = capsys.readouterr().out
+    assert "dynamic gate on digits" in text and "choices" in text
+    payload = json.loads((out / "gate.json").read_text())
+    assert payload["benchmark"] == "gate"
+    assert_machine(payload["machine"])
+    assert_png(out / "gate.png")
+    rows = payload["rows"]
+    static = [r for r in rows if r["model"] == "static"]
+    gated = [r for r in rows if r["model"] == "gated"]
+    assert [r["profile"] for r in static] == ["0.25", "0.5", "0.75", "1.0"] and len(gated) == 2
+    curve = [(r["macs"], r["accuracy"]) for r in static]
+    full = static[-1]
+    from slimrt.train.datasets import load_dataset
+
+    test_images = len(load_dataset("digits").x_test)
+    for r in gated:  # derived figures, recomputed
+        assert sum(r["choices"].values()) == test_images
+        assert r["macs"] == pytest.approx(sum(r["choice_macs"][k] * n for k, n in r["choices"].items()) / test_images)
+        # a gated profile runs the layers before the gate at the shared (largest) width, plus the gate
+        assert all(r["choice_macs"][s["profile"]] >= s["macs"] for s in static)
+        assert r["static_at_macs"] == pytest.approx(gate.interpolate(r["macs"], curve))
+        assert r["dominates"] == (r["accuracy"] >= r["static_at_macs"])
+        assert r["macs_ratio"] == pytest.approx(r["macs"] / full["macs"])
+        assert r["latency_ratio"] == pytest.approx(r["latency_ms"] / full["latency_ms"])
+        assert r["latency_follows_macs"] == (r["latency_ratio"] <= r["macs_ratio"] + 0.1)
+        assert 0 <= r["gate_share"] <= 1 and r["gate_cheap"] == (r["gate_share"] < 0.03)
+    assert gate.interpolate(5.0, [(0.0, 10.0), (10.0, 30.0)]) == pytest.approx(20.0)

@@ -293,3 +293,37 @@ def test_gate_needs_a_rank_4_input() -> None:
     f = b.flatten(b.input)
     with pytest.raises(InvalidModelError, match="op 'g' \\(gate\\) needs a rank-4 input"):
         b.gate(f, np.ones((2, 48)), np.ones(2), np.ones((48, 2)), np.ones(48), np.ones((1, 2)), np.ones(1), name="g")
+
+
+def test_onnx_export_and_to_torch_of_a_gated_model() -> None:
+    """At every profile the exported graph computes the static run, and its second output is the
+    gate's logits: onnxruntime's choice is the engine's."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from slimrt.convert import to_onnx, to_torch
+    from slimrt.convert.export import count_macs
+    from slimrt.convert.ir import ConversionError
+
+    slim = per_image_model()
+    model = load(slim)
+    session = model.session()
+    x = inputs(9, seed=5)
+    session.run(x, "gate")
+    choice, logits = session.last_choice, session.last_logits
+    for p in model.profiles:
+        proto = to_onnx(slim, p.name)
+        assert [o.name for o in proto.graph.output] == ["fc", "g.logits"]
+        assert count_macs(proto) == p.macs
+        run = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        out, got = run.run(None, {"input": x})
+        np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-5)
+        assert np.argmax(got, axis=1).tolist() == choice.tolist()
+        static = session.run(x, p.name)
+        np.testing.assert_allclose(out, static, rtol=1e-4, atol=1e-5)
+        import torch
+
+        with torch.no_grad():
+            np.testing.assert_allclose(to_torch(slim, p.name)(torch.from_numpy(x)).numpy(), static, rtol=1e-4,
+                                       atol=1e-5)
+    with pytest.raises(ConversionError, match="op 'g' \\(gate\\) reads 9 active channels at this profile"):
+        to_onnx(slim, 1.0)

@@ -580,3 +580,37 @@ def test_nan_and_inf_propagate_as_in_numpy(isa, op, inputs):
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, inf * 0: NaN is the point
             want = run_reference(slim, x, key)
         assert_same_specials(model.run(x, key), want, f"{op}, profile {key}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c1, c2, hidden", [(1, 2, 1), (3, 4, 5), (7, 6, 3), (13, 11, 8), (127, 5, 7)])
+def test_gate_head_on_a_concat_every_choice(threads, c1, c2, hidden):
+    """The gate reads its input's active channels in channel-map order: here a concat of two
+    narrowed groups, so its channels are two runs, not a prefix."""
+    from slimrt import format as fmt
+    from slimrt.reference import run_reference_gated
+
+    rng = np.random.default_rng(c1 + c2)
+    b = ModelBuilder("gate", input_shape=(2, 3, 5, 7))
+    a = b.conv(b.input, weights(rng, c1 + 2, 3, 1, 1), out_group=b.group("a", c1 + 2), act="relu")
+    c = b.conv(b.input, weights(rng, c2 + 1, 3, 3, 3), out_group=b.group("c", c2 + 1), padding=1, act="relu")
+    cat = b.concat([a, c])
+    cg = c1 + c2
+    g = b.gate(cat, weights(rng, hidden, cg) * 3, vec(rng, hidden), weights(rng, cg, hidden), vec(rng, cg),
+               weights(rng, 3, hidden) * 5, vec(rng, 3))
+    y = b.conv(g, weights(rng, 9, cg + 3, 3, 3), out_group=b.group("body", 9), padding=1, act="relu")
+    b.conv(y, weights(rng, 4, 9, 1, 1), out_group=b.group("out", 4, fixed=True))
+    for w in (2, 5, 9):
+        b.profile(f"w{w}", {"a": c1, "c": c2, "body": w})
+    slim = b.build()
+    assert fmt.channel_maps(slim.meta, slim.meta["profiles"][0]["widths"])[g].runs == ((0, c1), (c1 + 2, c2))
+    x = rng.standard_normal((6, 3, 5, 7)).astype(np.float32)
+    assert check_all_profiles(b, x) == 3
+    session = slimrt.load(to_bytes(slim)).session(threads)
+    got = session.run(x, "gate")
+    want, choice, logits = run_reference_gated(slim, x)
+    np.testing.assert_allclose(session.last_logits, logits, rtol=1e-4, atol=1e-4)
+    same = session.last_choice == choice
+    assert same.sum() >= 5  # a near tie may differ in float32
+    np.testing.assert_allclose(got[same], want[same], rtol=1e-4, atol=1e-4)
+

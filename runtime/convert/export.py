@@ -3,7 +3,9 @@
 The exported graph holds only the active channels of the profile: every conv and linear gets
 the rows and columns its channel maps select (see :func:`slimrt.format.channel_maps`), with the
 profile's epilogue (per-channel scale, bias) folded into weight and bias. A residual add whose
-operands have different widths pads the narrower one with zeros (zero padding match).
+operands have different widths pads the narrower one with zeros (zero padding match). A gate op
+(DS-Net's dynamic gate) exports its attention head in the graph and its slimming head's logits as
+a second graph output, ``<gate>.logits`` [N, profiles], so its choice can be checked too.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def to_onnx(model: ModelLike, profile: str | float) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["N", c, h, w])]
     out_shape = ["N"] + list(view.infos[meta["output"]].active_shape[1:])
     outputs = [helper.make_tensor_value_info(meta["output"], TensorProto.FLOAT, out_shape)]
+    outputs += [helper.make_tensor_value_info(gate_logits_name(op), TensorProto.FLOAT, ["N", op.choices])
+                for op in view.ops if op.kind == "gate"]
     label = view.name if view.name is not None else ",".join(map(str, view.widths))
     graph = helper.make_graph(g.nodes, f"{meta['name']}@{label}", inputs, outputs, g.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
@@ -227,8 +231,39 @@ def _emit(g: _GraphWriter, view: ProfileView, op: fmt.Op) -> None:
         slope = view.slim.tensors[f"{op.name}.slope"][info.channel_index()]
         slope = slope.reshape((-1,) + (1,) * (len(info.shape) - 2))  # broadcast over H, W
         g.node("PRelu", [x[0], g.const(f"{op.name}.slope", slope)], op.output, op.name)
+    elif op.kind == "gate":
+        _gate(g, view, op, x[0])
     else:
         raise ConversionError(f"op '{op.name}' of kind '{op.kind}' has no ONNX export")
+
+
+def gate_logits_name(op: fmt.Op) -> str:
+    """The graph output holding the slimming head's logits of gate ``op``."""
+    return f"{op.name}.logits"
+
+
+def _gate(g: _GraphWriter, view: ProfileView, op: fmt.Op, x: str) -> None:
+    """The gate's double head (model.h): attention in the graph, logits as an output."""
+    width = view.infos[op.inputs[0]].width
+    if width != op.channels:
+        raise ConversionError(f"op '{op.name}' (gate) reads {width} active channels at this profile, its head "
+                              f"takes {op.channels}: export a named profile of this gated model")
+    t, n = view.slim.tensors, op.name
+
+    def dense(src: str, layer: str) -> str:
+        return g.node("Gemm", [src, g.const(f"{n}.{layer}.weight", t[f"{n}.{layer}.weight"]),
+                               g.const(f"{n}.{layer}.bias", t[f"{n}.{layer}.bias"])], g.temp(n), f"{n}.{layer}")
+
+    pooled = g.node("GlobalAveragePool", [x], g.temp(n), f"{n}.pool")
+    h = g.node("Relu", [dense(g.node("Flatten", [pooled], g.temp(n), f"{n}.flatten", axis=1), "reduce")],
+               g.temp(n), f"{n}.relu")
+    a = g.node("Sigmoid", [dense(h, "expand")], g.temp(n), f"{n}.sigmoid")
+    a = g.node("Mul", [a, g.const(g.temp(f"{n}.two"), np.array(2.0, np.float32))], g.temp(n), f"{n}.twice")
+    a = g.node("Unsqueeze", [a, g.const(g.temp(f"{n}.axes"), np.array([2, 3], np.int64))], g.temp(n),
+               f"{n}.unsqueeze")
+    g.node("Mul", [x, a], op.output, f"{n}.attention")
+    logits = dense(h, "slim")
+    g.node("Identity", [logits], gate_logits_name(op), f"{n}.logits")
 
 
 def _shuffle(g: _GraphWriter, shape: tuple[int, ...], groups: int, x: str, out: str, name: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,6 +105,10 @@ class PrunedNet(nn.Module):
             return self.layers[step.layer](xs[0])
         if step.kind == "scale_bias":
             return act(self.layers[step.layer](xs[0]))
+        if step.kind == "gate":  # the attention head (the logits are the ONNX export's second output)
+            h = F.relu(self.layers[step.layer + "_reduce"](xs[0].mean(dim=(2, 3))))
+            attention = 2.0 * torch.sigmoid(self.layers[step.layer + "_expand"](h))
+            return xs[0] * attention[:, :, None, None]
         if step.kind == "shuffle":
             n, c, h, w = xs[0].shape
             g = a["groups"]
@@ -170,6 +175,19 @@ def _step(view: ProfileView, op: fmt.Op, key: str, layers: dict[str, nn.Module])
     if op.kind == "scale_bias":
         scale, bias = channel_affine(view, op)
         layers[key] = ChannelAffine(torch.from_numpy(scale.copy()), torch.from_numpy(bias.copy()))
+        return Step(layer=key, **base)
+    if op.kind == "gate":
+        width = view.infos[op.inputs[0]].width
+        if width != op.channels:
+            raise ConversionError(f"op '{op.name}' (gate) reads {width} active channels at this profile, its head "
+                                  f"takes {op.channels}: convert a named profile of this gated model")
+        for layer in ("reduce", "expand"):
+            w = view.slim.tensors[f"{op.name}.{layer}.weight"]  # [in, out]
+            linear = nn.Linear(w.shape[0], w.shape[1])
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+                linear.bias.copy_(torch.from_numpy(view.slim.tensors[f"{op.name}.{layer}.bias"].copy()))
+            layers[f"{key}_{layer}"] = linear
         return Step(layer=key, **base)
     if op.kind == "prelu":
         slope = view.slim.tensors[f"{op.name}.slope"][view.infos[op.inputs[0]].channel_index()]
