@@ -24,6 +24,8 @@ Usage (the CI runs a short seeded campaign; the long one is the same command wit
     python tests/fuzz.py --mutants 3000 --seed 14            # CI, a couple of minutes
     nice -n 19 python tests/fuzz.py --mutants 1000000 --workers 2 --out /tmp/slimrt-fuzz
 
+or, to fuzz the sanitized engine, `.ci/sanitizers --campaign 1000000` (its build, then this command).
+
 Exit status 0 when there are no findings, 1 otherwise; mutants with findings are written to
 --out with their index. Under a sanitizer build, run with the sanitizer runtime preloaded
 (.ci/sanitizers does).
@@ -551,6 +553,7 @@ class Campaign:
         self.workers: dict[int, dict[str, Any]] = {}
         self.started = time.monotonic()
         self.last_report = self.started
+        self.stopped = False
 
     def spawn(self, slot: int, first: int) -> None:
         a = self.args
@@ -614,6 +617,8 @@ class Campaign:
         index = w["next"]
         end = self.args.first + self.args.mutants
         sanitized = any(mark in stderr for mark in SANITIZER_MARKS)
+        if self.stopped:  # ended by --max-seconds: the mutant in progress is not counted
+            return
         if killed_for_stall:
             self.tally.mutants += 1
             self.record("hangs", index, f"no progress for {self.args.stall} s of wall time; killed")
@@ -625,8 +630,6 @@ class Campaign:
             self.spawn(slot, index + self.args.workers)
         elif sanitized:  # a report that did not end the process
             self.record("sanitizer", index, stderr[-1500:])
-        elif index < end and False:
-            pass
 
     def progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -656,6 +659,13 @@ class Campaign:
         for slot in range(a.workers):
             self.spawn(slot, a.first + slot)
         while self.workers:
+            if a.max_seconds and time.monotonic() - self.started > a.max_seconds and not self.stopped:
+                self.stopped = True
+                print(f"time budget of {a.max_seconds:.0f} s spent: stopping the workers", flush=True)
+                for slot in list(self.workers):
+                    self.workers[slot]["proc"].terminate()
+                    self.finish_worker(slot, killed_for_stall=False)
+                break
             for key, _ in self.selector.select(timeout=1.0):
                 slot = key.data
                 w = self.workers[slot]
@@ -679,7 +689,9 @@ class Campaign:
         print(f"crashes {t.crashes}, hangs {t.hangs}, sanitizer reports {t.sanitizer}, disagreements "
               f"{t.disagreements}, reader errors {t.errors}, loads over the memory limit {t.memory}; "
               f"largest peak RSS growth of a load {t.peak_bytes / MIB:.2f} MiB")
-        return 0 if t.total_findings() == 0 and t.mutants >= a.mutants else 1
+        if self.stopped:
+            print(f"stopped by --max-seconds after {t.mutants} of {a.mutants} mutants")
+        return 0 if t.total_findings() == 0 and (t.mutants >= a.mutants or self.stopped) else 1
 
 
 def mutant_kind(seed: int, index: int) -> str:
@@ -698,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stall", type=float, default=60.0,
                         help="wall seconds without progress before a worker is killed as hung")
     parser.add_argument("--out", default="/tmp/slimrt-fuzz", help="directory for findings and summary.json")
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop after this many seconds, reporting what was examined (0: no limit)")
     parser.add_argument("--report-every", type=float, default=30.0, help="seconds between progress lines")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--step", type=int, default=1, help=argparse.SUPPRESS)
