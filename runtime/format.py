@@ -167,16 +167,15 @@ def read(source: Source) -> SlimFile:
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
-        meta = _parse_container(data[: 8 + _header_length(data, len(data))], len(data))
-        tensors = _load_tensors(lambda: safetensors.numpy.load(data))
     else:
-        path = Path(source)
-        with _open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            head = prefix + f.read(_header_length(prefix, size))
-        meta = _parse_container(head, size)
-        tensors = _load_tensors(lambda: _load_path(path))
+        data = read_regular_file(source)
+    head = data[: 8 + _header_length(data, len(data))]
+    meta, spans = _parse_container(head, len(data))
+    # The container was checked entry by entry (the engine's rules): every tensor is F32, its
+    # bytes lie inside the data section and match its shape; each is copied out of the file.
+    tensors = {name: np.frombuffer(data, dtype="<f4", count=(end - begin) // 4,
+                                   offset=len(head) + begin).reshape(shape).astype(np.float32)
+               for name, (begin, end, shape) in spans.items()}
     slim = SlimFile(meta, tensors)
     validate(slim)
     return slim
@@ -223,18 +222,6 @@ def _contiguous(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array) for name, array in tensors.items()}
 
 
-def _load_path(path: Path) -> dict[str, np.ndarray]:
-    with safe_open(str(path), framework="numpy") as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
-
-
-def _load_tensors(load: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    try:
-        return dict(load())
-    except Exception as exc:  # safetensors raises its own error types for bad containers
-        raise InvalidModelError(f"not a valid safetensors container: {exc}") from exc
-
-
 def _header_length(prefix: bytes, file_size: int) -> int:
     """The header length N from the first 8 bytes, checked against the file size."""
     if file_size < 8:
@@ -274,13 +261,40 @@ def _check_depth(text: str | bytes, what: str) -> None:
             depth -= 1
 
 
-def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
-    """Check the safetensors header (`head` = length + JSON) and return the model JSON."""
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _check_strings(node: Any) -> None:
+    """Strings must be Unicode text: an escaped lone surrogate (\\ud800) is not (the engine's
+    parser refuses it too)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError, a ValueError, on a lone surrogate
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _strict_json(text: str) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity, no lone surrogates (ValueError)."""
+    value = json.loads(text, parse_constant=_refuse_constant)
+    _check_strings(value)
+    return value
+
+
+def _parse_container(head: bytes, file_size: int) -> tuple[dict[str, Any], dict[str, tuple[int, int, Shape]]]:
+    """Check the safetensors header (`head` = length + JSON); return the model JSON and every
+    tensor's byte range in the data section and shape."""
     data_size = file_size - len(head)
     _check_depth(head[8:], "the file header JSON")
     try:
-        header = json.loads(head[8:].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = _strict_json(head[8:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidModelError(f"the file header is not valid JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise InvalidModelError("the file header JSON is not an object")
@@ -290,19 +304,20 @@ def _parse_container(head: bytes, file_size: int) -> dict[str, Any]:
             "the file has no __metadata__.slimrt model JSON: it is not a slimrt model "
             "(convert it with `slimrt convert`)")
     spans = {name: _check_header_entry(name, entry, data_size) for name, entry in header.items()}
-    _check_no_overlap(spans)
+    _check_no_overlap({name: span[:2] for name, span in spans.items()})
     _check_depth(metadata["slimrt"], "the model JSON (__metadata__.slimrt)")
     try:
-        meta = json.loads(metadata["slimrt"])
-    except json.JSONDecodeError as exc:
+        meta = _strict_json(metadata["slimrt"])
+    except ValueError as exc:
         raise InvalidModelError(f"the model JSON (__metadata__.slimrt) is not valid JSON: {exc}")
     if not isinstance(meta, dict):
         raise InvalidModelError("the model JSON (__metadata__.slimrt) is not an object")
-    return meta
+    return meta, spans
 
 
-def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int]:
-    """Check one tensor's header entry and return its byte range [begin, end) in the data.
+def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int, Shape]:
+    """Check one tensor's header entry and return its byte range [begin, end) in the data and
+    its shape.
 
     The order of the checks and their messages are the engine's (model.cc parse_entry); the
     F32-or-I8 rule is this reader's own.
@@ -332,7 +347,7 @@ def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int
         raise InvalidModelError(
             f"file truncated: tensor '{name}' ends at byte {offsets[1]} of the data section, "
             f"which has {data_size} bytes")
-    return offsets[0], offsets[1]
+    return offsets[0], offsets[1], tuple(shape)
 
 
 def _check_no_overlap(spans: Mapping[str, tuple[int, int]]) -> None:
@@ -362,20 +377,30 @@ def _need(obj: Mapping[str, Any], key: str, where: str) -> Any:
     return obj[key]
 
 
-def _int_field(obj: Mapping[str, Any], key: str, where: str, minimum: int) -> int:
+MAX_SIZE = 1 << 20  # channels of a group, dimensions of the input, slice bounds, conv groups
+MAX_WINDOW = 64  # kernel, stride, dilation, padding and resize factors
+MAX_TAPS = 256  # kernel height x width
+
+
+def _int_field(obj: Mapping[str, Any], key: str, where: str, minimum: int, maximum: int = MAX_SIZE) -> int:
     value = _need(obj, key, where)
-    if not _is_int(value) or value < minimum:
+    if not _is_int(value) or not minimum <= value <= maximum:
         raise InvalidModelError(
-            f"{where}: \"{key}\" must be an integer >= {minimum}, got {value!r}")
+            f"{where}: \"{key}\" must be an integer in [{minimum}, {maximum}], got {value!r}")
     return value
 
 
-def _ints_field(obj: Mapping[str, Any], key: str, where: str, length: int,
-                minimum: int) -> tuple[int, ...]:
+def _ints_field(obj: Mapping[str, Any], key: str, where: str, length: int, minimum: int,
+                maximum: int = MAX_WINDOW, default: int | None = None) -> tuple[int, ...]:
+    """A list of `length` integers in [minimum, maximum]; absent means `default` repeated
+    (required when there is no default)."""
+    if key not in obj and default is not None:
+        return (default,) * length
     value = _need(obj, key, where)
-    if not _is_int_list(value) or len(value) != length or any(v < minimum for v in value):
+    if not _is_int_list(value) or len(value) != length or any(not minimum <= v <= maximum for v in value):
         raise InvalidModelError(
-            f"{where}: \"{key}\" must be a list of {length} integers >= {minimum}, got {value!r}")
+            f"{where}: \"{key}\" must be a list of {length} integers in [{minimum}, {maximum}], "
+            f"got {value!r}")
     return tuple(value)
 
 
@@ -406,14 +431,15 @@ def _check_header_fields(meta: Mapping[str, Any]) -> None:
         raise InvalidModelError(
             f"format_version {version} is newer than this reader's format_version "
             f"{FORMAT_VERSION}; upgrade slimrt to read it")
-    _str_field(meta, "name", "the model JSON")
+    if "name" in meta:
+        _str_field(meta, "name", "the model JSON")
     _str_field(meta, "output", "the model JSON")
     source = _need(meta, "input", "the model JSON")
     if not isinstance(source, Mapping):
         raise InvalidModelError("the model JSON: \"input\" must be an object")
     _str_field(source, "name", "the model input")
-    _ints_field(source, "shape", "the model input", 4, 1)
-    m = _need(meta, "min_multiplier", "the model JSON")
+    _ints_field(source, "shape", "the model input", 4, 1, MAX_SIZE)
+    m = meta.get("min_multiplier", 1.0)
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1:
         raise InvalidModelError(f"min_multiplier must be in (0, 1], got {m!r}")
 
@@ -437,18 +463,17 @@ def parse_groups(meta: Mapping[str, Any]) -> list[Group]:
         if not isinstance(why, str):
             raise InvalidModelError(f"{where}: \"why\" must be a string")
         fixed = _bool_field(entry, "fixed", where, False)
-        groups.append(Group(name, _int_field(entry, "size", where, 1), fixed, why))
+        groups.append(Group(name, _int_field(entry, "size", where, 1, MAX_SIZE), fixed, why))
     return groups
 
 
+# Required fields; the others default as in model.h (stride 1, pads 0, dilation 1, groups 1 for
+# conv, act "none").
 _OP_FIELDS: dict[str, tuple[str, ...]] = {
-    "conv": ("kernel", "stride", "pads", "dilation", "groups", "act"),
-    "linear": ("out_group", "act"),
-    "add": ("act",),
-    "maxpool": ("kernel", "stride", "pads"),
-    "avgpool": ("kernel", "stride", "pads"),
-    "act": ("act",),
-    "scale_bias": ("act",),
+    "conv": ("kernel",),
+    "linear": ("out_group",),
+    "maxpool": ("kernel",),
+    "avgpool": ("kernel",),
     "shuffle": ("groups",),
     "slice": ("start", "end"),
     "resize": ("scale", "mode"),
@@ -511,20 +536,30 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         raise InvalidModelError(f"{where} ({kind}) has {len(inputs)} inputs, expected {expected}")
     for key in _OP_FIELDS.get(kind, ()):
         _need(entry, key, where)
-    fields: dict[str, Any] = {}
-    if "act" in _OP_FIELDS.get(kind, ()):
-        fields.update(_act_fields(entry, where))
+    # every op's "act" is checked (the kinds without one ignore it), as in the engine
+    fields: dict[str, Any] = _act_fields(entry, where)
     if kind in ("conv", "maxpool", "avgpool"):
         fields["kernel"] = _ints_field(entry, "kernel", where, 2, 1)
-        fields["stride"] = _ints_field(entry, "stride", where, 2, 1)
-        fields["pads"] = _ints_field(entry, "pads", where, 4, 0)
-    if kind == "conv":
-        fields["dilation"] = _ints_field(entry, "dilation", where, 2, 1)
-    if kind in ("conv", "shuffle"):
+        if fields["kernel"][0] * fields["kernel"][1] > MAX_TAPS:
+            raise InvalidModelError(f"{where} has a {fields['kernel'][0]}x{fields['kernel'][1]} kernel; at most "
+                                    f"{MAX_TAPS} taps are supported")
+        fields["stride"] = _ints_field(entry, "stride", where, 2, 1, default=1)
+        fields["pads"] = _ints_field(entry, "pads", where, 4, 0, default=0)
+        dilation = _ints_field(entry, "dilation", where, 2, 1, default=1)
+        if kind == "conv":
+            fields["dilation"] = dilation
+        ceil_mode = _bool_field(entry, "ceil_mode", where, False)
+        count_include_pad = _bool_field(entry, "count_include_pad", where, False)
+    if kind in ("conv", "linear"):
+        fields["groups"] = _int_field(entry, "groups", where, 1) if "groups" in entry else 1
+        if kind == "linear":
+            del fields["groups"]
+    if kind == "shuffle":
         fields["groups"] = _int_field(entry, "groups", where, 1)
-    if kind == "conv" and fields["groups"] == 1 and "out_group" not in entry:
+    has_out_group = entry.get("out_group") is not None  # null counts as absent
+    if kind == "conv" and fields["groups"] == 1 and not has_out_group:
         raise InvalidModelError(f"conv '{name}' has no out_group; only depthwise convs omit it")
-    if kind in ("conv", "linear") and (kind == "linear" or "out_group" in entry):
+    if kind in ("conv", "linear") and (kind == "linear" or has_out_group):
         fields["out_group"] = _int_field(entry, "out_group", where, 0)
         if fields["out_group"] >= n_groups:
             raise InvalidModelError(
@@ -538,7 +573,7 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
         for key in ("channels", "hidden", "choices"):
             fields[key] = _int_field(entry, key, where, 1)
     if kind == "slice":
-        fields["start"] = _int_field(entry, "start", where, 0)
+        fields["start"] = _int_field(entry, "start", where, 0, MAX_SIZE - 1)
         fields["end"] = _int_field(entry, "end", where, fields["start"] + 1)
     if "precision" in entry:
         if kind not in ("conv", "linear"):
@@ -548,16 +583,18 @@ def parse_op(index: int, entry: Any, n_groups: int) -> Op:
             raise InvalidModelError(f"{where} has precision {precision!r} (known: {', '.join(PRECISIONS)})")
         fields["precision"] = precision
     if kind in ("maxpool", "avgpool"):
-        fields["ceil_mode"] = _bool_field(entry, "ceil_mode", where, False)
+        fields["ceil_mode"] = ceil_mode
     if kind == "avgpool":
-        fields["count_include_pad"] = _bool_field(entry, "count_include_pad", where, False)
+        fields["count_include_pad"] = count_include_pad
     output = _str_field(entry, "output", where)
     return Op(kind=kind, name=name, inputs=tuple(inputs), output=output, **fields)
 
 
 def _act_fields(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
     """"act" and the parameters it reads ("act_alpha", "act_beta"), defaults filled in."""
-    act = entry["act"]
+    act = entry.get("act", "none")
+    if not isinstance(act, str):
+        raise InvalidModelError(f"{where} field \"act\" must be a string")
     if act not in ACTIVATIONS:
         raise InvalidModelError(
             f"{where} has unknown activation '{act}'; known: {', '.join(ACTIVATIONS)}")
@@ -1100,8 +1137,8 @@ def _check_profiles(meta: Mapping[str, Any], groups: Sequence[Group]) -> list[di
             if not 1 <= w <= g.size:
                 raise InvalidModelError(f"{where} sets group '{g.name}' to width {w}, outside "
                                         f"[1, {g.size}]")
-        _int_field(p, "macs", where, 0)
-        _int_field(p, "params", where, 0)
+        _int_field(p, "macs", where, 0, 2**63 - 1)
+        _int_field(p, "params", where, 0, 2**63 - 1)
     return profiles
 
 

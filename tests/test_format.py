@@ -219,7 +219,7 @@ VGG_CASES: list[tuple[str, Mutation, str]] = [
     ("input_count", set_op("c2", inputs=["c1", "c1"]), "2 inputs"),
     ("linear_rank", set_op("fc1", inputs=["pool3"]), "insert a flatten"),
     ("pool_pads", set_op("pool3", pads=[3, 3, 3, 3]), "smaller than the kernel"),
-    ("pool_too_big", set_op("pool1", kernel=[40, 40], pads=[0, 0, 0, 0]),
+    ("pool_too_big", set_op("pool1", kernel=[40, 2], pads=[0, 0, 0, 0]),
      "smaller than the kernel"),
     ("conv_empty", set_op("c1", kernel=[40, 3]), "empty output"),
     ("ceil_type", set_op("pool2", ceil_mode=1), "\"ceil_mode\""),
@@ -702,10 +702,13 @@ def test_gate_from_another_group_is_refused_by_both_readers() -> None:
     for p in meta["profiles"]:
         p["widths"].append(p["widths"][0])
     meta["profiles"].insert(0, {"name": "skew", "widths": [8, 8, 16], "macs": 0, "params": 0})
-    with pytest.raises(InvalidModelError, match="mul 'm': its gate 'g' and its input 'x' must have the same channels"):
+    message = ("mul 'm': its gate 'g' and its input 'x' must have the same channels at every width: the layer "
+               "making the gate must write its input's channel group (or both must be fixed)")
+    with pytest.raises(InvalidModelError) as info:
         fmt.validate(fmt.SlimFile(meta, slim.tensors))
+    assert str(info.value) == message
     data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
-    assert "profile 'skew'" in engine_error(data) and "the gate must have its input's channels" in engine_error(data)
+    assert engine_error(data) == message
 
 
 # -- channel shuffle ----------------------------------------------------------------------------
@@ -750,7 +753,8 @@ def test_shuffle_groups_must_divide_the_channels() -> None:
 
 
 def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
-    """The C++ loader's own check: a file whose writer skipped validation."""
+    """The C++ loader's own check, a file whose writer skipped validation: refused at load for every
+    width, not only at the profiles' (a multiplier would narrow it)."""
     import json
 
     import safetensors.numpy
@@ -762,7 +766,8 @@ def test_engine_refuses_a_shuffle_fed_by_a_sliceable_group() -> None:
     meta["groups"][0]["fixed"] = False
     meta["profiles"].insert(0, {"name": "narrow", "widths": [4, 4], "macs": 0, "params": 0})
     data = safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
-    with pytest.raises(InvalidModelError, match="profile 'narrow'.*'s' \\(shuffle\\).*needs all 8 input channels"):
+    with pytest.raises(InvalidModelError, match="shuffle 's' \\(groups 2\\) must run at full width: its input 'conv0' "
+                                                "must come from fixed groups"):
         slimrt.load(data)
 
 
@@ -926,3 +931,140 @@ def test_non_regular_files_are_refused_without_blocking(tmp_path, kind: str) -> 
                 load(path)
             assert str(info.value) == f"'{path}' is not a regular file", load
             assert time.monotonic() - start < 2.0, load
+
+
+# -- one set of acceptance rules: files the differential fuzzer (tests/fuzz.py) found judged
+# differently by the engine and this reader --------------------------------------------------
+
+def _edit_header(data: bytes, edit: Callable[[dict[str, Any], bytes], bytes]) -> bytes:
+    header, body = corrupt._split(data)
+    body = edit(header, body)
+    return corrupt._join(header, body)
+
+
+def _first_op(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    return lambda model: next(op for op in model["ops"] if op["op"] == kind)
+
+
+def _model_edit(edit: Callable[[dict[str, Any]], None]) -> Callable[[bytes], bytes]:
+    return lambda data: corrupt._edit_model(data, edit)
+
+
+def _unused_tensor(header: dict[str, Any], body: bytes) -> bytes:
+    header["stem.weihgt"] = {"dtype": "F32", "shape": [1], "data_offsets": [len(body), len(body) + 4]}
+    return body + b"\0\0\0\0"
+
+
+def _gap_between_tensors(header: dict[str, Any], body: bytes) -> bytes:
+    """Every tensor moves 8 bytes up: a gap before the first (safetensors itself refuses it)."""
+    for name, entry in header.items():
+        if name != "__metadata__":
+            entry["data_offsets"] = [entry["data_offsets"][0] + 8, entry["data_offsets"][1] + 8]
+    return bytes(8) + body
+
+
+def _text_edit(old: str, new: str) -> Callable[[bytes], bytes]:
+    def edit(data: bytes) -> bytes:
+        pattern = re.escape(old).replace(":", r":\s*")
+        out = corrupt._edit_model_text(data, lambda text: re.sub(pattern, new, text, count=1))
+        assert out != data
+        return out
+    return edit
+
+
+def _drop(*keys: str) -> Callable[[dict[str, Any]], None]:
+    """The fields dropped from the first 1x1 conv (their values are the defaults)."""
+    def edit(model: dict[str, Any]) -> None:
+        op = next(op for op in model["ops"] if op["op"] == "conv" and op["kernel"] == [1, 1]
+                  and op["stride"] == [1, 1] and op["pads"] == [0, 0, 0, 0])
+        for key in keys:
+            del op[key]
+    return edit
+
+
+def _on_every_op(edit: Callable[[dict[str, Any]], None]) -> Callable[[bytes], bytes]:
+    """An edit of tests/fuzz.py's model that has every op kind (the bundled one has no pools)."""
+    import fuzz
+
+    return lambda _: corrupt._edit_model(fmt.to_bytes(fuzz.every_op_model()), edit)
+
+
+# name -> (edit of the bundled bytes, accepted?, the message of both readers when refused)
+AGREEMENT_CASES: dict[str, tuple[Callable[[bytes], bytes], bool, str | None]] = {
+    "profile_records_wrong_macs": (
+        _model_edit(lambda m: m["profiles"][0].update(macs=m["profiles"][0]["macs"] + 1)), False, None),
+    "profile_records_wrong_params": (
+        _model_edit(lambda m: m["profiles"][-1].update(params=m["profiles"][-1]["params"] - 1)), False, None),
+    "profiles_out_of_cost_order": (_model_edit(lambda m: m["profiles"].reverse()), False, None),
+    "unused_tensor": (lambda d: _edit_header(d, _unused_tensor), False,
+                      "tensor 'stem.weihgt' is not used by any op or profile; remove it or fix its name"),
+    "gap_between_tensors": (lambda d: _edit_header(d, _gap_between_tensors), True, None),
+    "nan_constant_in_json": (_text_edit('"min_multiplier":0.25', '"min_multiplier": NaN'), False, None),
+    "infinity_constant_in_json": (_text_edit('"min_multiplier":0.25', '"min_multiplier": Infinity'), False,
+                                  None),
+    "lone_surrogate_in_json": (_text_edit('"name":"tiny_resnet"', '"name": "\\\\ud800"'), False, None),
+    "empty_group_name": (_model_edit(lambda m: m["groups"][0].update(name="")), False, None),
+    "empty_op_name": (_model_edit(lambda m: m["ops"][1].update(name="")), False, None),
+    "duplicate_group_name": (_model_edit(lambda m: m["groups"][1].update(name=m["groups"][0]["name"])), False,
+                             None),
+    "group_why_not_a_string": (_model_edit(lambda m: m["groups"][0].update(why=3)), False, None),
+    "model_name_not_a_string": (_model_edit(lambda m: m.update(name=7)), False, None),
+    "model_name_absent": (_model_edit(lambda m: m.pop("name")), True, None),
+    "min_multiplier_absent": (_model_edit(lambda m: m.pop("min_multiplier")), True, None),
+    "conv_defaults": (_model_edit(_drop("stride", "pads", "dilation", "groups")), True, None),
+    "conv_out_group_null": (_model_edit(lambda m: _first_op("conv")(m).update(out_group=None)), False,
+                            "conv 'stem' has no out_group; only depthwise convs omit it"),
+    "kernel_beyond_64": (_model_edit(lambda m: _first_op("conv")(m).update(kernel=[65, 1])), False, None),
+    "pool_dilation_zero": (_on_every_op(lambda m: _first_op("avgpool")(m).update(dilation=[0, 1])), False,
+                           None),
+    "pool_defaults": (_on_every_op(lambda m: _first_op("avgpool")(m).pop("pads")),
+                      True, None),
+    "conv_ceil_mode_not_bool": (_model_edit(lambda m: _first_op("conv")(m).update(ceil_mode=5)), False, None),
+    "act_on_an_op_without_one": (_model_edit(lambda m: _first_op("flatten")(m).update(act="bogus")), False,
+                                 None),
+    "input_dimension_beyond_2_20": (
+        _model_edit(lambda m: m["input"].update(shape=[1 << 21, 3, 96, 96])), False, None),
+    "shuffle_fed_by_a_sliceable_group": (None, False, None),  # built below
+}
+
+
+def _agreement_input(case: str) -> bytes:
+    if case == "shuffle_fed_by_a_sliceable_group":  # every profile runs it full, a multiplier would not
+        slim = shuffle_builder(fixed=True).build()
+        meta = copy.deepcopy(slim.meta)
+        meta["groups"][0]["fixed"] = False
+        import safetensors.numpy
+        return safetensors.numpy.save(dict(slim.tensors), metadata={"slimrt": json.dumps(meta)})
+    edit = AGREEMENT_CASES[case][0]
+    assert edit is not None
+    return edit(bundled_bytes())
+
+
+@pytest.mark.parametrize("case", AGREEMENT_CASES)
+def test_engine_and_reader_accept_and_refuse_alike(case: str) -> None:
+    data = _agreement_input(case)
+    _, accepted, message = AGREEMENT_CASES[case]
+    if accepted:
+        model, slim = slimrt.load(data), fmt.read(data)
+        assert [p.name for p in model.profiles] == [p["name"] for p in slim.meta["profiles"]]
+        return
+    engine, reader = engine_error(data), reader_error(data)
+    if message is not None:
+        assert engine == reader == message
+
+
+def test_short_differential_fuzz_finds_nothing(tmp_path: Path) -> None:
+    """A few hundred seeded mutants through tests/fuzz.py's examine (the CI runs thousands, under
+    the sanitizers): both readers agree, nothing raises but InvalidModelError, loads stay small."""
+    import fuzz
+
+    seeds = fuzz.seed_models()
+    meter = fuzz.PeakMeter()
+    findings, loaded = [], 0
+    for index in range(300):
+        _, data = fuzz.mutant(99, index, seeds)
+        verdict = fuzz.examine(data, tmp_path / "mutant.slim", meter, np.random.default_rng(index))
+        findings += [(index, f) for f in verdict.findings]
+        loaded += verdict.loaded
+    assert findings == []
+    assert loaded > 0  # some mutants (changed weights, reordered keys) are valid models that ran

@@ -84,8 +84,9 @@ int32_t as_int32(const Json& v, const std::string& what, int64_t lo, int64_t hi)
   return static_cast<int32_t>(x);
 }
 
+// Names, kinds and modes: empty strings are refused as the Python reader does.
 std::string as_string(const Json& v, const std::string& what) {
-  if (!v.is_string()) fail_model(what + " must be a string");
+  if (!v.is_string() || v.get_ref<const std::string&>().empty()) fail_model(what + " must be a non-empty string");
   return v.get<std::string>();
 }
 
@@ -405,6 +406,98 @@ std::vector<float> padded(std::vector<float> v, float fill_unused = 0.0f) {
   return v;
 }
 
+// Rules that hold at every width assignment, uniform multipliers included (the
+// checks of runtime/format.py _check_static_widths, with its messages). Per
+// tensor: is it always at full width, is its channel map always one prefix,
+// and what decides its channel map (a signature: equal signatures mean equal
+// maps at every width; "" when several groups decide it).
+void check_static_widths(const Model& model, const ShapePlan& full) {
+  const std::vector<Group>& groups = model.groups();
+  const size_t n = model.tensor_names().size();
+  std::vector<char> always_full(n, 0), prefix(n, 0);
+  std::vector<std::string> sig(n);
+  always_full[0] = prefix[0] = 1;
+  sig[0] = "full";
+  auto name = [&](int32_t t) { return "'" + model.tensor_names()[t] + "'"; };
+  for (const Op& op : model.ops()) {
+    const std::vector<int32_t>& ins = op.inputs;
+    const int32_t out = op.output;
+    const bool layer = op.kind == OpKind::Linear || (op.kind == OpKind::Conv && op.out_group >= 0);
+    const int32_t c = full.tensors[out].c_full;
+    std::string s;
+    if (layer) {
+      s = groups[op.out_group].fixed ? "full" : "g" + std::to_string(op.out_group);
+    } else if (op.kind == OpKind::Add) {
+      bool wide_full = false;
+      for (int32_t t : ins) wide_full |= sig[t] == "full" && full.tensors[t].c_full == c;
+      s = sig[ins[0]] == sig[ins[1]] ? sig[ins[0]] : (wide_full ? "full" : "");
+    } else if (op.kind == OpKind::Concat) {
+      bool all_full = true, any_none = false;
+      s = "concat(";
+      for (int32_t t : ins) {
+        all_full &= sig[t] == "full";
+        any_none |= sig[t].empty();
+        s += sig[t] + ",";
+      }
+      s = all_full ? "full" : any_none ? "" : s + ")";
+    } else if (op.kind == OpKind::Shuffle || op.kind == OpKind::Slice) {
+      s = "full";
+    } else if (op.kind == OpKind::Flatten && full.tensors[ins[0]].rank == 4) {
+      const int64_t pixels = full.tensors[ins[0]].h * full.tensors[ins[0]].w;
+      const std::string& in = sig[ins[0]];
+      s = pixels == 1 || in == "full" || in.empty() ? in : "flatten(" + in + "," + std::to_string(pixels) + ")";
+    } else {
+      s = sig[ins[0]];
+    }
+    sig[out] = s;
+    if (layer) {
+      always_full[out] = groups[op.out_group].fixed;
+      prefix[out] = 1;
+    } else if (op.kind == OpKind::Add) {
+      for (int32_t t : ins)
+        if (!prefix[t])
+          fail_model("add '" + op.name + "': operand " + name(t) +
+                     " is a concat whose channels are not a prefix at narrower widths; zero padding match needs "
+                     "prefix operands (fix the concat's inputs' groups)");
+      always_full[out] = 0;
+      for (int32_t t : ins) always_full[out] |= always_full[t] && full.tensors[t].c_full == c;
+      prefix[out] = 1;
+    } else if (op.kind == OpKind::Concat) {
+      bool all = true;
+      for (int32_t t : ins) all &= always_full[t] != 0;
+      bool head = true;
+      for (size_t i = 0; i + 1 < ins.size(); ++i) head &= always_full[ins[i]] != 0;
+      always_full[out] = all;
+      prefix[out] = head && prefix[ins.back()];
+    } else if (op.kind == OpKind::Mul) {
+      if (sig[ins[0]].empty() || sig[ins[0]] != sig[ins[1]])
+        fail_model("mul '" + op.name + "': its gate " + name(ins[1]) + " and its input " + name(ins[0]) +
+                   " must have the same channels at every width: the layer making the gate must write its "
+                   "input's channel group (or both must be fixed)");
+      always_full[out] = always_full[ins[0]];
+      prefix[out] = prefix[ins[0]];
+    } else if (op.kind == OpKind::Shuffle || op.kind == OpKind::Slice) {
+      if (!always_full[ins[0]]) {
+        const std::string what = op.kind == OpKind::Shuffle
+                                     ? "shuffle '" + op.name + "' (groups " + std::to_string(op.groups) + ")"
+                                     : "slice '" + op.name + "' [" + std::to_string(op.start) + ", " +
+                                           std::to_string(op.end) + ")";
+        fail_model(what + " must run at full width: its input " + name(ins[0]) +
+                   " must come from fixed groups (mark the groups that feed it fixed)");
+      }
+      always_full[out] = prefix[out] = 1;
+    } else {
+      always_full[out] = always_full[ins[0]];
+      prefix[out] = prefix[ins[0]];
+    }
+    if (op.kind == OpKind::Conv && op.out_group >= 0 && op.groups > 1 &&
+        (!groups[op.out_group].fixed || !always_full[ins[0]]))
+      fail_model("grouped conv '" + op.name + "' (groups " + std::to_string(op.groups) +
+                 ") must run at full width: its out_group '" + groups[op.out_group].name +
+                 "' must be fixed and its input " + name(ins[0]) + " must come from fixed groups");
+  }
+}
+
 }  // namespace
 
 // --- model --------------------------------------------------------------------
@@ -424,7 +517,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   if (version < 1) fail_model("format_version " + std::to_string(version) + " is not valid");
   const bool int8_allowed = version >= 2;
   auto name_it = doc.find("name");
-  name_ = name_it != doc.end() && name_it->is_string() ? name_it->get<std::string>() : "model";
+  name_ = name_it != doc.end() ? as_string(*name_it, "model name") : "model";
 
   const Json& input = member(doc, "input", "model");
   const std::string input_name = as_string(member(input, "name", "input"), "input name");
@@ -443,6 +536,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   // groups
   const Json& groups = member(doc, "groups", "model");
   if (!groups.is_array()) fail_model("\"groups\" must be a list");
+  std::unordered_set<std::string> group_names;
   for (size_t i = 0; i < groups.size(); ++i) {
     const std::string where = "group " + std::to_string(i);
     Group g;
@@ -450,7 +544,12 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     g.size = as_int32(member(groups[i], "size", where), where + " size", 1, 1 << 20);
     g.fixed = opt_bool(groups[i], "fixed", false, where);
     auto why = groups[i].find("why");
-    if (why != groups[i].end() && why->is_string()) g.why = why->get<std::string>();
+    if (why != groups[i].end()) {
+      if (!why->is_string()) fail_model(where + " field \"why\" must be a string");
+      g.why = why->get<std::string>();
+    }
+    if (!group_names.insert(g.name).second)
+      fail_model(where + ": the name '" + g.name + "' is used by an earlier group");
     groups_.push_back(std::move(g));
   }
 
@@ -573,6 +672,7 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
 
   // full-width shapes (the plan at full widths)
   const FullShapes shapes = infer_full_shapes(*this);
+  check_static_widths(*this, plan_shapes(*this, full_widths(), 1, input_shape_[2], input_shape_[3]));
 
   // profiles
   const Json& profiles = member(doc, "profiles", "model");
@@ -734,7 +834,17 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
     weight_bytes_ += sizeof(float) * (op.weights.size() + op.epilogue.scale.size() + op.epilogue.bias.size());
   }
 
-  // per-profile epilogues, and a check that every profile plans
+  // per-profile epilogues, and a check that every profile plans and records
+  // the MACs and params its widths give, in order of cost (model.h)
+  std::unordered_set<std::string> used;  // the tensors the ops and profiles read
+  for (const Op& op : ops_) {
+    if (op.kind == OpKind::Prelu) used.insert(op.name + ".slope");
+    if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
+    if (op.kind != OpKind::ScaleBias) used.insert(op.name + ".weight");
+    used.insert(op.name + ".scale");
+    used.insert(op.name + ".bias");
+  }
+  const Profile* previous = nullptr;
   for (size_t pi = 0; pi < profiles_.size(); ++pi) {
     const Profile& p = profiles_[pi];
     std::vector<int32_t> out_widths;
@@ -755,6 +865,23 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
                    profiles_[0].name + "' and " + std::to_string(out_widths[out_op]) + " at profile '" + p.name +
                    "'; a gated model's output has one width at every profile");
     }
+    const ShapePlan cost = plan_shapes(*this, p.widths, 1, input_shape_[2], input_shape_[3]);
+    int64_t params = cost.params;  // plus the per-profile epilogues of ops without shared ones
+    for (size_t i = 0; i < ops_.size(); ++i) {
+      const Op& op = ops_[i];
+      if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
+      params += (!op.has_scale && table.count(op.name + ".scale@" + p.name)) * static_cast<int64_t>(out_widths[i]);
+      params += (!op.has_bias && table.count(op.name + ".bias@" + p.name)) * static_cast<int64_t>(out_widths[i]);
+    }
+    if (p.macs != cost.macs || p.params != params)
+      fail_model("profile '" + p.name + "' records macs " + std::to_string(p.macs) + " and params " +
+                 std::to_string(p.params) + ", its widths give macs " + std::to_string(cost.macs) + " and params " +
+                 std::to_string(params) + "; rebuild the file with slimrt.builder");
+    if (previous && p.macs < previous->macs)
+      fail_model("profile '" + p.name + "' (" + std::to_string(p.macs) + " MACs) comes after profile '" +
+                 previous->name + "' (" + std::to_string(previous->macs) +
+                 " MACs); profiles are ordered by cost, cheapest first");
+    previous = &p;
     for (size_t i = 0; i < ops_.size(); ++i) {
       Op& op = ops_[i];
       if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
@@ -766,6 +893,8 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
           op.profile_xscale[pi] = read_scales(table, xname, {1}, "op '" + op.name + "' at profile '" + p.name + "'")[0];
       }
       const std::string sname = op.name + ".scale@" + p.name, bname = op.name + ".bias@" + p.name;
+      used.insert(sname);
+      used.insert(bname);
       const bool hs = table.count(sname) > 0, hb = table.count(bname) > 0;
       if (!hs && !hb) continue;
       if (static_cast<int32_t>(i) < gate_op_)
@@ -784,6 +913,11 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
       op.profile_epilogue[pi] = std::move(e);
     }
   }
+  // A tensor nothing reads is a misspelt name (or a file for another reader).
+  const std::string* unused = nullptr;
+  for (const auto& entry : table)
+    if (!used.count(entry.first) && (!unused || entry.first < *unused)) unused = &entry.first;
+  if (unused) fail_model("tensor '" + *unused + "' is not used by any op or profile; remove it or fix its name");
 }
 
 int32_t Model::producer_of(int32_t tensor) const {

@@ -44,8 +44,10 @@
 //     "ops": [ ... ],             // in execution order (topologically sorted)
 //     "profiles": [               // ordered by cost, cheapest first
 //       {"name": "0.25", "widths": [8, ...], "macs": 1234567, "params": 4567}, ...
-//     ]
-//   }
+//     ]                           // macs and params: what the widths give (both
+//   }                             // readers compute them and refuse a mismatch)
+//
+// Every tensor in the file is read by an op or a profile; any other is refused.
 //
 // Every op has "op" (kind), "name" (unique), "inputs" (list of tensor names,
 // each the model input or an earlier op's output) and "output" (a new tensor
