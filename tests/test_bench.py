@@ -373,3 +373,27 @@ def test_gate_benchmark_on_a_tiny_run(tmp_path: Path, capsys) -> None:
         assert r["latency_follows_macs"] == (r["latency_ratio"] <= r["macs_ratio"] + 0.1)
         assert 0 <= r["gate_share"] <= 1 and r["gate_cheap"] == (r["gate_share"] < 0.03)
     assert gate.interpolate(5.0, [(0.0, 10.0), (10.0, 30.0)]) == pytest.approx(20.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# int8
+# ---------------------------------------------------------------------------------------------
+
+class TestInt8:
+    def test_rows_ratios_sizes_and_files(self, tiny: common.BenchModel, tmp_path: Path) -> None:
+        import int8  # bench/int8.py
+
+        result = int8.run([tiny], [1], FAST)
+        assert [r["profile"] for r in result.rows] == [p.name for p in tiny.profiles]
+        for row in result.rows:
+            assert row["fp32_ms"] == row["stats"]["fp32"]["median_ms"]
+            assert row["int8_ms"] == row["stats"]["int8"]["median_ms"]
+            assert row["int8_over_fp32"] == pytest.approx(row["int8_ms"] / row["fp32_ms"])
+            assert row["int8_weight_bytes"] < row["fp32_weight_bytes"]
+            assert row["int8_file_bytes"] < row["fp32_file_bytes"]
+        assert result.rows[0]["int8_ref_err"] <= 0.05  # whole model: a few quantization steps at most
+        assert result.machine["slimrt_int8_isa"] in ("generic", "avx512vnni")
+        assert "int8/fp32" in int8.table(result)
+        json_path, png_path = common.write_result("int8", result, int8.plot, tmp_path)
+        assert json.loads(json_path.read_text())["benchmark"] == "int8"
+        assert_png(png_path)

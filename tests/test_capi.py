@@ -57,6 +57,22 @@ def test_version_matches_python(lib):
 
 
 def test_load_list_and_run_every_profile(lib, model_path):
+    run_every_profile(lib, model_path)
+
+
+def test_int8_model_runs_through_the_c_abi(lib, tmp_path):
+    from slimrt import format as fmt
+
+    images = np.random.default_rng(1).random((8,) + slimrt.load(slimrt.default_model_path()).input_shape[1:],
+                                             dtype=np.float32)
+    path = tmp_path / "int8.slim"
+    fmt.write(slimrt.quantize(slimrt.default_model_path(), images, depthwise=True), path)
+    assert slimrt.load(path).precision == "int8"
+    run_every_profile(lib, str(path))
+
+
+def run_every_profile(lib, model_path: str) -> None:
+    """Load through the C ABI, list the profiles, run each and a multiplier: the Python results."""
     ffi, c = lib
     status, model = load(ffi, c, model_path)
     assert status == c.SLIMRT_OK, ffi.string(c.slimrt_last_error())
