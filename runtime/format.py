@@ -171,11 +171,12 @@ def read(source: Source) -> SlimFile:
         data = read_regular_file(source)
     head = data[: 8 + _header_length(data, len(data))]
     meta, spans = _parse_container(head, len(data))
-    # The container was checked entry by entry (the engine's rules): every tensor is F32, its
-    # bytes lie inside the data section and match its shape; each is copied out of the file.
-    tensors = {name: np.frombuffer(data, dtype="<f4", count=(end - begin) // 4,
-                                   offset=len(head) + begin).reshape(shape).astype(np.float32)
-               for name, (begin, end, shape) in spans.items()}
+    # The container was checked entry by entry (the engine's rules): every tensor is F32 (or I8),
+    # its bytes lie inside the data section and match its shape; each is copied out of the file.
+    kinds = {"F32": (np.dtype("<f4"), np.float32), "I8": (np.dtype("i1"), np.int8)}
+    tensors = {name: np.frombuffer(data, dtype=kinds[dtype][0], count=(end - begin) // kinds[dtype][0].itemsize,
+                                   offset=len(head) + begin).reshape(shape).astype(kinds[dtype][1])
+               for name, (begin, end, shape, dtype) in spans.items()}
     slim = SlimFile(meta, tensors)
     validate(slim)
     return slim
@@ -287,9 +288,9 @@ def _strict_json(text: str) -> Any:
     return value
 
 
-def _parse_container(head: bytes, file_size: int) -> tuple[dict[str, Any], dict[str, tuple[int, int, Shape]]]:
+def _parse_container(head: bytes, file_size: int) -> tuple[dict[str, Any], dict[str, tuple[int, int, Shape, str]]]:
     """Check the safetensors header (`head` = length + JSON); return the model JSON and every
-    tensor's byte range in the data section and shape."""
+    tensor's byte range in the data section, shape and dtype."""
     data_size = file_size - len(head)
     _check_depth(head[8:], "the file header JSON")
     try:
@@ -315,9 +316,9 @@ def _parse_container(head: bytes, file_size: int) -> tuple[dict[str, Any], dict[
     return meta, spans
 
 
-def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int, Shape]:
-    """Check one tensor's header entry and return its byte range [begin, end) in the data and
-    its shape.
+def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int, Shape, str]:
+    """Check one tensor's header entry and return its byte range [begin, end) in the data, its
+    shape and its dtype.
 
     The order of the checks and their messages are the engine's (model.cc parse_entry); the
     F32-or-I8 rule is this reader's own.
@@ -347,7 +348,7 @@ def _check_header_entry(name: str, entry: Any, data_size: int) -> tuple[int, int
         raise InvalidModelError(
             f"file truncated: tensor '{name}' ends at byte {offsets[1]} of the data section, "
             f"which has {data_size} bytes")
-    return offsets[0], offsets[1], tuple(shape)
+    return offsets[0], offsets[1], tuple(shape), dtype
 
 
 def _check_no_overlap(spans: Mapping[str, tuple[int, int]]) -> None:

@@ -839,10 +839,17 @@ void Model::parse(const uint8_t* data, size_t size, bool mapped) {
   std::unordered_set<std::string> used;  // the tensors the ops and profiles read
   for (const Op& op : ops_) {
     if (op.kind == OpKind::Prelu) used.insert(op.name + ".slope");
+    if (op.kind == OpKind::Gate)
+      for (const auto& entry : gate_tensor_shapes(op.gate)) used.insert(op.name + entry.first);
     if (op.kind != OpKind::Conv && op.kind != OpKind::Linear && op.kind != OpKind::ScaleBias) continue;
     if (op.kind != OpKind::ScaleBias) used.insert(op.name + ".weight");
     used.insert(op.name + ".scale");
     used.insert(op.name + ".bias");
+    if (op.int8) {
+      used.insert(op.name + ".wscale");
+      used.insert(op.name + ".xscale");
+      for (const Profile& p : profiles_) used.insert(op.name + ".xscale@" + p.name);
+    }
   }
   const Profile* previous = nullptr;
   for (size_t pi = 0; pi < profiles_.size(); ++pi) {
