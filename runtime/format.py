@@ -24,11 +24,10 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Collection, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Collection, Mapping, Sequence, Union
 
 import numpy as np
 import safetensors.numpy
-from safetensors import safe_open
 
 from slimrt.errors import InvalidModelError, ProfileError
 

@@ -566,7 +566,7 @@ class Campaign:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         os.set_blocking(proc.stdout.fileno(), False)
         self.workers[slot] = {"proc": proc, "next": first, "buf": b"", "seen": time.monotonic(), "err": err,
-                              "err_at": err.tell()}
+                              "err_at": err.tell(), "cpu_seen": 0.0, "started": False}
         self.selector.register(proc.stdout, selectors.EVENT_READ, slot)
 
     def record(self, kind: str, index: int, message: str) -> None:
@@ -615,13 +615,13 @@ class Campaign:
                 self.line(slot, raw.decode())
         stderr = (self.out / f"worker{slot}.stderr").read_bytes()[w["err_at"]:].decode(errors="replace")
         index = w["next"]
-        end = self.args.first + self.args.mutants
         sanitized = any(mark in stderr for mark in SANITIZER_MARKS)
         if self.stopped:  # ended by --max-seconds: the mutant in progress is not counted
             return
         if killed_for_stall:
             self.tally.mutants += 1
-            self.record("hangs", index, f"no progress for {self.args.stall} s of wall time; killed")
+            self.record("hangs", index, f"no result after {2 * self.args.hang:g} s of CPU time or "
+                                        f"{self.args.stall:g} s of wall time; killed")
             self.spawn(slot, index + self.args.workers)
         elif rc != 0:
             self.tally.mutants += 1
@@ -630,6 +630,16 @@ class Campaign:
             self.spawn(slot, index + self.args.workers)
         elif sanitized:  # a report that did not end the process
             self.record("sanitizer", index, stderr[-1500:])
+
+    def stalled(self, w: dict[str, Any]) -> bool:
+        """A worker is hung when it spent --hang seconds of CPU on one mutant (a worker that
+        the machine does not run is not hung), or when nothing came for --stall seconds of wall
+        time. Its start (imports, seed models) is not a mutant."""
+        if not w["started"]:  # imports and seed models take a few seconds of CPU
+            return _cpu_seconds(w["proc"].pid) > 60.0
+        if time.monotonic() - w["seen"] > self.args.stall:
+            return True
+        return _cpu_seconds(w["proc"].pid) - w["cpu_seen"] > 2 * self.args.hang
 
     def progress(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -674,12 +684,13 @@ class Campaign:
                     self.finish_worker(slot, killed_for_stall=False)
                     continue
                 w["seen"] = time.monotonic()
+                w["cpu_seen"] = _cpu_seconds(w["proc"].pid)
+                w["started"] = True
                 w["buf"] += chunk
                 *lines, w["buf"] = w["buf"].split(b"\n")
                 for raw in lines:
                     self.line(slot, raw.decode())
-            now = time.monotonic()
-            for slot in [s for s, w in self.workers.items() if now - w["seen"] > a.stall]:
+            for slot in [s for s, w in self.workers.items() if self.stalled(w)]:
                 self.finish_worker(slot, killed_for_stall=True)
             self.progress()
         self.progress(force=True)
@@ -692,6 +703,16 @@ class Campaign:
         if self.stopped:
             print(f"stopped by --max-seconds after {t.mutants} of {a.mutants} mutants")
         return 0 if t.total_findings() == 0 and (t.mutants >= a.mutants or self.stopped) else 1
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def mutant_kind(seed: int, index: int) -> str:
@@ -707,8 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first mutant (to resume)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--hang", type=float, default=5.0, help="CPU seconds per mutant counted as a hang")
-    parser.add_argument("--stall", type=float, default=60.0,
-                        help="wall seconds without progress before a worker is killed as hung")
+    parser.add_argument("--stall", type=float, default=600.0,
+                        help="wall seconds without a result before a worker is killed as hung "
+                             "(default 600; CPU time past 2 x --hang kills it sooner)")
     parser.add_argument("--out", default="/tmp/slimrt-fuzz", help="directory for findings and summary.json")
     parser.add_argument("--max-seconds", type=float, default=0.0,
                         help="stop after this many seconds, reporting what was examined (0: no limit)")

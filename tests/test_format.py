@@ -1068,3 +1068,16 @@ def test_short_differential_fuzz_finds_nothing(tmp_path: Path) -> None:
         loaded += verdict.loaded
     assert findings == []
     assert loaded > 0  # some mutants (changed weights, reordered keys) are valid models that ran
+
+
+@pytest.mark.parametrize("depth", [65, 1000])
+def test_info_on_deeply_nested_json_prints_one_error_line(tmp_path: Path, capsys, depth: int) -> None:
+    """`slimrt info` of a file whose model JSON nests 1000 deep once ended in a RecursionError
+    traceback: now one line naming the limit, exit status 2."""
+    pytest.importorskip("slimrt.convert.cli")  # the info command comes with the converter
+    from slimrt.cli import main
+
+    path = tmp_path / "deep.slim"
+    path.write_bytes(corrupt.deep_model_json(bundled_bytes(), depth).data)
+    assert main(["info", str(path)]) == 2
+    assert capsys.readouterr().err == f"slimrt: error: {DEEP_MODEL}\n"

@@ -752,6 +752,58 @@ def closed_counts(server) -> dict[str, float]:
 HEAD = b"POST /v1/infer HTTP/1.1\r\nHost: slimrt\r\nContent-Type: application/x-npy\r\n"
 
 
+@pytest.fixture(scope="module")
+def capped(model, cache_dir):
+    """A loopback server with at most 4 connections and a half-second write timeout."""
+    config = ServeConfig(policy="budget", budget_ms=1000.0, workers=1, latency_cache=cache_dir,
+                         calibrate_repeats=2, header_timeout_s=60.0, write_timeout_s=0.5, max_connections=4)
+    with BackgroundServer(create_app(model, config)) as server:
+        yield server
+
+
+class TestConnectionBounds:
+    def test_connections_beyond_the_cap_are_answered_503(self, capped):
+        held = [connect(capped) for _ in range(3)]  # with the next one: 4, the cap
+        probe = connect(capped, b"GET /healthz HTTP/1.1\r\nHost: slimrt\r\n\r\n")
+        assert read_answer(probe)[0] == 200
+        extra = connect(capped)
+        data, closed = until_closed(extra, 3.0)
+        extra.close()
+        status, _, body = answer(data)
+        assert closed is not None and status == 503
+        assert json.loads(body)["error"] == ("the server has 4 connections open, its limit; retry later")
+        held.pop().close()  # a slot frees: the next connection is served
+        deadline = time.monotonic() + 5.0
+        while True:
+            sock = connect(capped, b"GET /healthz HTTP/1.1\r\nHost: slimrt\r\n\r\n")
+            status = read_answer(sock)[0]  # 503 (the slot not yet free) or 200
+            sock.close()
+            if status == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert status == 200
+        for sock in held + [probe]:
+            sock.close()
+
+    def test_a_client_that_does_not_read_is_cut_at_the_write_timeout(self, capped):
+        before = closed_counts(capped).get("write_timeout", 0)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
+        sock.connect(capped.address)
+        sock.settimeout(0.5)
+        request = b"GET /metrics HTTP/1.1\r\nHost: slimrt\r\n\r\n"
+        try:
+            for _ in range(20_000):  # answers of a few KiB each, far beyond every buffer
+                sock.sendall(request)
+        except OSError:  # the server stopped reading (its writing paused), or cut the connection
+            pass
+        deadline = time.monotonic() + 10.0
+        while closed_counts(capped).get("write_timeout", 0) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert closed_counts(capped).get("write_timeout", 0) == before + 1
+        sock.close()
+
+
 class TestSlowClients:
     def test_slowloris_is_closed_at_the_header_timeout(self, guarded):
         before = closed_counts(guarded)

@@ -89,7 +89,9 @@ class ServeConfig:
 
     Slow and oversized clients: header_timeout_s bounds the arrival of a request line and
     headers, body_timeout_s that of a body (from the end of its headers; 408); a head may
-    hold at most max_header_bytes bytes and max_headers header fields (431).
+    hold at most max_header_bytes bytes and max_headers header fields (431); an answer the
+    client does not read must drain within write_timeout_s (else the connection is aborted);
+    at most max_connections connections are open at once (one more is answered 503).
     api_key: when set, every request must send `Authorization: Bearer KEY` or
     `X-API-Key: KEY` (401 otherwise). docs: serve /docs, /redoc and /openapi.json.
     """
@@ -111,6 +113,8 @@ class ServeConfig:
     body_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
+    write_timeout_s: float = 10.0
+    max_connections: int = 512
     api_key: str | None = None
     docs: bool = False
 
@@ -141,7 +145,9 @@ class ServeConfig:
             raise ValueError(f"queue_size must be >= 0, got {self.queue_size}")
         if not 0 < self.tail_quantile < 1 or not self.margin_ms >= 0:
             raise ValueError("need 0 < tail_quantile < 1 and margin_ms >= 0")
-        for name in ("header_timeout_s", "body_timeout_s", "monitor_period_s"):
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        for name in ("header_timeout_s", "body_timeout_s", "write_timeout_s", "monitor_period_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number of seconds > 0, got {value}")
@@ -211,7 +217,7 @@ class _Metrics:
         self.closed = r.add(Counter("slimrt_connections_closed_total",
                                     "Connections the server closed: idle, header_timeout, "
                                     "header_too_large, drain_timeout, drain_too_large, "
-                                    "invalid_request",
+                                    "invalid_request, write_timeout, too_many_connections",
                                     ["reason"]))
 
     def served(self, result: Result, label: str) -> None:

@@ -69,6 +69,11 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--body-timeout", type=float, default=10.0,
                    help="seconds a client has to send a body after its headers; 408 after "
                         "(default 10)")
+    p.add_argument("--write-timeout", type=float, default=10.0,
+                   help="seconds an answer may wait for a client that does not read it before the "
+                        "connection is aborted (default 10)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="most connections open at once; one more is answered 503 (default 512)")
     p.add_argument("--max-header-kb", type=float, default=16.0,
                    help="largest request line and headers in KiB; 431 beyond (default 16)")
     p.add_argument("--max-headers", type=int, default=100,
@@ -113,13 +118,15 @@ def _config(args: argparse.Namespace) -> Any:
                          latency_cache=args.latency_cache, margin_ms=args.margin_ms,
                          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                          max_header_bytes=int(args.max_header_kb * 1024),
-                         max_headers=args.max_headers, api_key=key, docs=args.docs)
+                         max_headers=args.max_headers, write_timeout_s=args.write_timeout,
+                         max_connections=args.max_connections, api_key=key, docs=args.docs)
     try:
         config.check()
     except ValueError as exc:  # name the command-line flag, not the field
         text = str(exc)
         for field, flag in (("header_timeout_s", "--header-timeout"),
                             ("body_timeout_s", "--body-timeout"), ("budget_ms", "--budget-ms"),
+                            ("write_timeout_s", "--write-timeout"), ("max_connections", "--max-connections"),
                             ("max_header_bytes", "--max-header-kb"),
                             ("max_headers", "--max-headers"), ("queue_size", "--queue-size"),
                             ("max_batch", "--max-batch"), ("workers", "--workers"),

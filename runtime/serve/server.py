@@ -16,6 +16,11 @@ forever. Each connection here has at most one deadline at a time:
     within `body_timeout_s` of the answer and `max_drain_bytes` (the body limit), else the
     connection is closed.
 
+Two more bounds hold whatever the phase: an answer the client does not read (the transport's
+buffer full, writing paused) must drain within `write_timeout_s`, else the connection is
+aborted; and at most `max_connections` connections are open at once: one more is answered 503
+and closed at once.
+
 A 408 or 431 the protocol answers itself is followed by a half-close and `LINGER_S` of
 reading and dropping input, so that a client still writing reads the answer instead of a
 connection reset.
@@ -58,6 +63,8 @@ class ConnectionLimits:
     body_timeout_s: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_drain_bytes: int = 16 * 2**20  # of a body answered unread; beyond, the connection ends
+    write_timeout_s: float = 10.0
+    max_connections: int = 512
 
 
 def raw_error(status: int, reason: str, message: str) -> bytes:
@@ -75,18 +82,58 @@ class GuardedH11Protocol(H11Protocol):
 
     limits = ConnectionLimits()
     report: Callable[[str], None] = staticmethod(lambda reason: None)
+    open_connections = 0  # of this server (the class is made per server by guarded_protocol)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._phase: str | None = None
         self._lingering = False
         self._drained = 0
+        self._counted = False
         super().connection_made(transport)
+        cls = type(self)
+        if cls.open_connections >= self.limits.max_connections:
+            self._close("too_many_connections", raw_error(
+                503, "Service Unavailable",
+                f"the server has {self.limits.max_connections} connections open, its limit; retry later"))
+            return
+        cls.open_connections += 1
+        self._counted = True
         self._sync(time.perf_counter())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        self._cancel_write()
+        if self._counted:
+            type(self).open_connections -= 1
+            self._counted = False
         super().connection_lost(exc)
+
+    # -- an answer the client does not read ---------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_late)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_write()
+
+    def _cancel_write(self) -> None:
+        if getattr(self, "_write_timer", None) is not None:
+            self._write_timer.cancel()  # type: ignore[union-attr]
+            self._write_timer = None
+
+    def _write_late(self) -> None:
+        self._write_timer = None
+        if self.transport.is_closing():
+            return
+        prefix = "%s:%d - " % self.client if self.client else ""
+        logger.info("%sclosing the connection: write timeout", prefix)
+        self.report("write_timeout")
+        self.transport.abort()  # its unsent answer is dropped: the client stopped reading
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -203,7 +250,8 @@ def _app_limits(app: Any) -> tuple[ConnectionLimits, Callable[[str], None] | Non
         return ConnectionLimits(), None
     c = state.config
     return (ConnectionLimits(c.header_timeout_s, c.body_timeout_s, c.max_header_bytes,
-                             c.max_body_bytes), state.metrics.closed.inc)
+                             c.max_body_bytes, c.write_timeout_s, c.max_connections),
+            state.metrics.closed.inc)
 
 
 def uvicorn_config(app: Any, *, host: str = "127.0.0.1", port: int = 0,
