@@ -20,6 +20,7 @@ wall time per epoch is the median epoch. Table on stdout, ``accuracy.json`` and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -151,21 +152,41 @@ def run(args: argparse.Namespace) -> common.Result:
                 common.log(f"{data_name} {net_name}: s/epoch sandwich {times['sandwich']:.2f}, parallel "
                            f"{times['parallel']:.2f} (ratio {times['parallel'] / times['sandwich']:.2f}, side by side)")
     units = [(d, n, seed) for d in args.data for n in args.nets for seed in range(args.seeds)]
-    done: dict[tuple[str, str, int], dict[str, Any]] = {}
     work = dict(recipes=args.recipes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 threads=args.threads)
-    if args.jobs > 1:
+    saved = args.out / "accuracy-units"  # one file per finished job: a stopped run resumes
+    saved.mkdir(parents=True, exist_ok=True)
+
+    def unit_path(u: tuple[str, str, int]) -> Path:
+        return saved / f"{u[0]}-{u[1]}-seed{u[2]}-e{args.epochs}-b{args.batch_size}-lr{args.lr:g}.json"
+
+    done: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for u in units:
+        path = unit_path(u)
+        if not args.fresh and path.exists():
+            got = {k: tuple(v) for k, v in json.loads(path.read_text()).items()}
+            if set(args.recipes) <= set(got):
+                done[u] = got
+                common.log(f"{u[0]} {u[1]} seed {u[2]}: from {path}")
+
+    def finish(u: tuple[str, str, int], got: dict[str, Any]) -> None:
+        done[u] = got
+        previous = json.loads(unit_path(u).read_text()) if unit_path(u).exists() else {}
+        unit_path(u).write_text(json.dumps({**previous, **{k: list(v) for k, v in got.items()}}))
+        common.log(f"{u[0]} {u[1]} seed {u[2]}: done")
+
+    todo = [u for u in units if u not in done]
+    if args.jobs > 1 and len(todo) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {u: pool.submit(train_unit, *u, **work) for u in units}
-            for u, f in futures.items():
-                done[u] = f.result()
-                common.log(f"{u[0]} {u[1]} seed {u[2]}: done")
+            futures = {pool.submit(train_unit, *u, **work): u for u in todo}
+            for f in as_completed(futures):
+                finish(futures[f], f.result())
     else:
-        for u in units:
-            done[u] = train_unit(*u, **work)
+        for u in todo:
+            finish(u, train_unit(*u, **work))
     for data_name in args.data:
         for net_name in args.nets:
             for recipe in args.recipes:
@@ -228,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of sandwich and parallel training timed alternately, per data set and net")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training process")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every job again (default: reuse the jobs a stopped run finished)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="training processes side by side (each data set, net and seed is one job)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
